@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.services import Services, session_services
+from workers.kafka.admin import delete_topics_with_prefix
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with session_services(tmp_path_factory.mktemp("stack")) as found:
+        yield found
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Unique names for one test, so tests never see each other's topics or keys."""
+
+    topic_prefix: str
+    key_prefix: str
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+
+@pytest.fixture
+async def namespace(services: Services) -> AsyncIterator[Namespace]:
+    token = uuid.uuid4().hex[:10]
+    ns = Namespace(topic_prefix=f"t{token}", key_prefix=f"t{token}:")
+    yield ns
+    await delete_topics_with_prefix(services.kafka_bootstrap, ns.topic_prefix)
+    client = aioredis.Redis.from_url(services.redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{ns.key_prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_client(services: Services) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(services.redis_url)
+    yield client
+    await client.aclose()

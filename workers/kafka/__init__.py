@@ -1,0 +1,1 @@
+"""Kafka I/O: topic names, topic creation, producers and consumers."""

@@ -1,0 +1,61 @@
+"""Create the topics a worker needs, idempotently, when they are missing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create each missing topic; returns the names created. Existing topics are left alone."""
+    wanted = {spec.name: spec for spec in specs}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
+            for name, s in wanted.items()
+            if name not in existing
+        ]
+        if not missing:
+            return []
+        response = await admin.create_topics(missing)
+        created = []
+        for topic, error_code, *rest in response.topic_errors:
+            # Another replica of this stage may have created it between our list and create.
+            if error_code == TopicAlreadyExistsError.errno:
+                continue
+            if error_code != 0:
+                error = for_code(error_code)
+                raise error(f"creating topic {topic!r} failed: {rest[0] if rest else ''}")
+            created.append(topic)
+        log.info("created topics %s", created)
+        return created
+    finally:
+        await admin.close()
+
+
+async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()

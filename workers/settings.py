@@ -1,0 +1,143 @@
+"""One settings object, parsed once at start, frozen, then handed to components.
+
+Sources, highest first: keyword arguments, environment variables (`CONVEYOR_` prefix, `__`
+between levels, e.g. `CONVEYOR_KAFKA__PARTITIONS=8`), the well-known `KAFKA_BOOTSTRAP` and
+`REDIS_URL`, then a TOML file (`CONVEYOR_CONFIG`, default `conveyor.toml` when present).
+Components never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class KafkaSettings(_Group):
+    bootstrap: str = "127.0.0.1:9092"
+    """Comma-separated bootstrap servers."""
+    topic_prefix: str = "conveyor"
+    """Every topic name starts with this prefix and a dot."""
+    partitions: int = Field(default=4, ge=1)
+    """Partitions of each topic the workers create when it is missing."""
+    replication_factor: int = Field(default=1, ge=1)
+    """Replication factor of topics the workers create."""
+    client_id: str = "conveyor"
+    """Prefix of the client id each producer and consumer reports to the broker."""
+    max_poll_records: int = Field(default=500, ge=1)
+    """Most records taken from the consumer in one poll."""
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    """The group evicts a consumer that does not poll within this interval."""
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    """The group evicts a consumer whose heartbeats stop for this long."""
+    linger_ms: int = Field(default=2, ge=0)
+    """Producer batching delay."""
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] | None = None
+    """Producer compression; None sends uncompressed."""
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest record the producer will send; larger tensors go by claim-check."""
+
+
+class RedisSettings(_Group):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL (redis:// or rediss://)."""
+    key_prefix: str = "conveyor:"
+    """Every Redis key starts with this prefix."""
+    task_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    """How long the ledger keeps a task after its last transition."""
+
+
+class StackSettings(_Group):
+    state_dir: Path = Path(".stack")
+    """Data, logs and PID files of the native stack."""
+    cache_dir: Path = Path.home() / ".cache" / "conveyor"
+    """Downloaded Kafka jars."""
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    """Loopback port of the Kafka broker."""
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
+    """Loopback port of the KRaft controller."""
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    """Loopback port of Redis."""
+    install_missing: bool = True
+    """Install redis-server with apt-get when it is missing and we are root."""
+
+
+class Settings(BaseSettings):
+    """Everything a Conveyor process can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    """The broker and topics."""
+    redis: RedisSettings = RedisSettings()
+    """The ledger, tenant registry and claim-check store."""
+    stack: StackSettings = StackSettings()
+    """The native local stack (`conveyor stack up`)."""
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get("CONVEYOR_CONFIG", "conveyor.toml"))
+        return (
+            init_settings,
+            env_settings,
+            _WellKnownEnv(settings_cls),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file),
+        )
+
+
+class _WellKnownEnv(PydanticBaseSettingsSource):
+    """KAFKA_BOOTSTRAP and REDIS_URL, the names every tool in this field already uses."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if bootstrap := os.environ.get("KAFKA_BOOTSTRAP"):
+            found["kafka"] = {"bootstrap": bootstrap}
+        if url := os.environ.get("REDIS_URL"):
+            found["redis"] = {"url": url}
+        return found
+
+
+class SettingsError(ValueError):
+    """Settings that do not parse; the message names each bad field and value."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Parse the settings once; errors name the field and the bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from exc
