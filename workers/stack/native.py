@@ -328,7 +328,7 @@ class NativeStack:
                 java,
                 "-cp",
                 f"{lib}/*",
-                f"-Dlog4j2.configurationFile={self.config.ops_dir / 'log4j2.properties'}",
+                *self._jvm_options(),
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",

@@ -1,0 +1,133 @@
+"""The task ledger: one Redis hash per task, moved forward by an atomic, monotonic Lua script.
+
+Every transition of a batch goes to Redis in ONE script call (EVALSHA over all the batch's
+keys), so a stage pays one round trip per batch, not per task. The script is atomic, so
+concurrent writers (replicas, redeliveries) can never move a task backwards or out of a
+terminal state; see ``transition.lua`` for the exact rules. Redis errors propagate unchanged:
+the caller decides whether to retry. Retrying is safe: a repeated transition is a DUPLICATE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from types import TracebackType
+from typing import Self
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from schemas.messages import Status
+from workers.ledger.records import Outcome, TaskRecord, Transition, TransitionResult, text
+from workers.names import RedisKeys
+
+TRANSITION_LUA = resources.files(__package__).joinpath("transition.lua").read_text("utf-8")
+
+
+class Ledger:
+    """Records task transitions and answers where tasks stand.
+
+    Does not own `redis`: `stop()` leaves the client open for whoever created it.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, ttl_s: int) -> None:
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
+            raise ValueError(f"ttl_s must be an int >= 1, got {ttl_s!r}")
+        self._redis = redis
+        self._keys = keys
+        self._ttl_s = ttl_s
+        self._script: AsyncScript | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        """Loads the script into Redis (so the first batch is one round trip). Once only."""
+        if self._started:
+            raise RuntimeError("Ledger can be started only once")
+        self._started = True
+        try:
+            await self._redis.script_load(TRANSITION_LUA)
+        except BaseException:
+            self._started = False
+            raise
+        self._script = self._redis.register_script(TRANSITION_LUA)
+
+    async def stop(self) -> None:
+        """Stops accepting calls. Idempotent."""
+        self._script = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _running_script(self) -> AsyncScript:
+        if self._script is None:
+            raise RuntimeError("Ledger is not running: call start() first (and not after stop())")
+        return self._script
+
+    async def record(self, transitions: Sequence[Transition]) -> list[TransitionResult]:
+        """Applies `transitions` in order, in one round trip; one result per transition.
+
+        Several transitions of the same task in one batch are applied one after another.
+        An empty batch makes no call to Redis. After a Redis restart the script is reloaded
+        (NOSCRIPT) transparently.
+        """
+        script = self._running_script()
+        if not transitions:
+            return []
+        keys = [self._keys.task(t.task_id) for t in transitions]
+        args: list[str | int] = [self._ttl_s]
+        for t in transitions:
+            fields = t.fields()
+            args += [t.state.value, t.at_ms, len(fields)]
+            for name, value in fields.items():
+                args += [name, value]
+        reply = await script(keys=keys, args=args)
+        if not isinstance(reply, list) or len(reply) != 2 * len(transitions):
+            raise RuntimeError(
+                f"ledger script returned {reply!r} for {len(transitions)} transitions"
+            )
+        return [
+            TransitionResult(t.task_id, Outcome(text(reply[2 * i])), Status(text(reply[2 * i + 1])))
+            for i, t in enumerate(transitions)
+        ]
+
+    async def states(self, task_ids: Sequence[str]) -> dict[str, Status | None]:
+        """The stored state of each task (None when unknown or expired), in one round trip."""
+        self._running_script()
+        if not task_ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(self._keys.task(task_id), "state")
+            values: list[bytes | str | None] = await pipe.execute()
+        return {
+            task_id: None if value is None else Status(text(value))
+            for task_id, value in zip(task_ids, values, strict=True)
+        }
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The task's full record, or None when unknown or expired."""
+        self._running_script()
+        return await _read_record(self._redis, self._keys, task_id)
+
+
+async def _read_record(redis: aioredis.Redis, keys: RedisKeys, task_id: str) -> TaskRecord | None:
+    raw = await redis.hgetall(keys.task(task_id))
+    return TaskRecord.from_hash(task_id, raw)
+
+
+async def read_task(redis_url: str, key_prefix: str, task_id: str) -> TaskRecord | None:
+    """One task's record, read with a client of its own (for `conveyor status TASK_ID`)."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await _read_record(client, RedisKeys(key_prefix), task_id)
+    finally:
+        await client.aclose()

@@ -1,0 +1,85 @@
+-- Applies a batch of task state transitions atomically and monotonically.
+--
+-- KEYS[i]  the task hash of transition i (the same key may appear more than once;
+--          transitions are applied in order, each seeing the ones before it).
+-- ARGV[1]  ttl_s, set on every key a transition is applied to.
+-- Then, per transition i, in KEYS order:
+--   state, at_ms, n, followed by n field/value pairs written only when the transition applies.
+--
+-- Rank: ACCEPTED 1 < PREPROCESSED 2 < INFERRED 3 < terminal (DONE, FAILED, EXPIRED, REJECTED) 4.
+--   new rank > stored rank      -> APPLIED: state, <state>_at_ms, updated_at_ms, the pairs,
+--                                  EXPIRE; an unknown task also gets attempts=0 and
+--                                  accepted_at_ms (a jump from nothing records acceptance).
+--   new state == stored state   -> DUPLICATE: attempts += 1, nothing else changes.
+--   otherwise (lower rank, or another terminal state) -> STALE: nothing changes.
+-- Returns a flat array: outcome_1, state_1, outcome_2, state_2, ... where state_i is the
+-- state stored after transition i.
+--
+-- Everything is validated before the first write, so a bad call changes nothing.
+
+local RANK = {
+  ACCEPTED = 1, PREPROCESSED = 2, INFERRED = 3,
+  DONE = 4, FAILED = 4, EXPIRED = 4, REJECTED = 4,
+}
+
+local ttl_s = tonumber(ARGV[1])
+if not ttl_s or ttl_s < 1 then
+  return redis.error_reply('ERR ledger: ttl_s must be >= 1, got ' .. tostring(ARGV[1]))
+end
+
+-- Pass 1: validate every argument and every stored state; remember where each record starts.
+local starts = {}
+local a = 2
+for i, key in ipairs(KEYS) do
+  local state, at_ms, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if not RANK[state] then
+    return redis.error_reply('ERR ledger: unknown state ' .. tostring(state) .. ' for ' .. key)
+  end
+  if not at_ms or not n then
+    return redis.error_reply('ERR ledger: malformed arguments for ' .. key)
+  end
+  local stored = redis.call('HGET', key, 'state')
+  if stored and not RANK[stored] then
+    return redis.error_reply('ERR ledger: stored state ' .. stored .. ' unknown in ' .. key)
+  end
+  starts[i] = a
+  a = a + 3 + 2 * n
+end
+if a - 1 ~= #ARGV then
+  return redis.error_reply('ERR ledger: expected ' .. (a - 1) .. ' arguments, got ' .. #ARGV)
+end
+
+-- Pass 2: apply.
+local out = {}
+for i, key in ipairs(KEYS) do
+  local s = starts[i]
+  local state, at_ms, n = ARGV[s], ARGV[s + 1], tonumber(ARGV[s + 2])
+  local stored = redis.call('HGET', key, 'state')
+  local stored_rank = stored and RANK[stored] or 0
+  if RANK[state] > stored_rank then
+    local fields = {'state', state, string.lower(state) .. '_at_ms', at_ms, 'updated_at_ms', at_ms}
+    if not stored then
+      fields[#fields + 1] = 'attempts'
+      fields[#fields + 1] = '0'
+      if state ~= 'ACCEPTED' then
+        fields[#fields + 1] = 'accepted_at_ms'
+        fields[#fields + 1] = at_ms
+      end
+    end
+    for p = s + 3, s + 2 + 2 * n do
+      fields[#fields + 1] = ARGV[p]
+    end
+    redis.call('HSET', key, unpack(fields))
+    redis.call('EXPIRE', key, ttl_s)
+    out[#out + 1] = 'APPLIED'
+    out[#out + 1] = state
+  elseif state == stored then
+    redis.call('HINCRBY', key, 'attempts', 1)
+    out[#out + 1] = 'DUPLICATE'
+    out[#out + 1] = stored
+  else
+    out[#out + 1] = 'STALE'
+    out[#out + 1] = stored
+  end
+end
+return out

@@ -1,0 +1,59 @@
+"""Every Kafka topic and Redis key name is built here, and nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one prefix: `<prefix>.requests`, `<prefix>.preprocessed`, ..."""
+
+    prefix: str = "conveyor"
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}.requests"
+
+    @property
+    def preprocessed(self) -> str:
+        return f"{self.prefix}.preprocessed"
+
+    @property
+    def inferred(self) -> str:
+        return f"{self.prefix}.inferred"
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}.results"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.requests, self.preprocessed, self.inferred, self.results, self.dlq)
+
+    def input_of(self, stage: str) -> str:
+        return {
+            "preprocess": self.requests,
+            "inference": self.preprocessed,
+            "postprocess": self.inferred,
+        }[stage]
+
+    def group_of(self, stage: str) -> str:
+        """The consumer group every replica of a stage joins."""
+        return f"{self.prefix}.{stage}"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Redis key names under one prefix (which ends with a separator, e.g. `conveyor:`)."""
+
+    prefix: str = "conveyor:"
+
+    def task(self, task_id: str) -> str:
+        """Hash holding one task's ledger record."""
+        return f"{self.prefix}task:{task_id}"
