@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from workers.settings import Settings, SettingsError, load_settings
 from workers.stack import NativeStack, StackConfig, StackError
@@ -44,6 +46,47 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(s.ready for s in statuses) else 1
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.service import run_worker
+
+    asyncio.run(run_worker(args.stage, settings))
+    return 0
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.commands import build_model
+
+    repository = args.repository or settings.model_repository
+    started = time.monotonic()
+    path = build_model(args.pipeline, repository, args.version)
+    print(f"built {args.pipeline} into {path} in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.commands import submit
+
+    return asyncio.run(submit(settings, args.tenant, args.pipeline, args.text, args.wait_s))
+
+
+def _results(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.commands import follow_results
+
+    return asyncio.run(follow_results(settings, args.tenant))
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.commands import status
+
+    return status(settings, args.task_id)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.demo import run_demo
+
+    return run_demo(settings, requests=args.requests, keep_stack=args.keep_stack)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +95,38 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     stack = commands.add_parser("stack", help="run a real Kafka and Redis locally, without Docker")
     stack.add_argument("action", choices=["up", "down", "status"])
     handlers["stack"] = _stack
+
+    worker = commands.add_parser("worker", help="run one pipeline stage until SIGTERM")
+    worker.add_argument("stage", choices=["preprocess", "inference", "postprocess"])
+    handlers["worker"] = _worker
+
+    models = commands.add_parser("models", help="build models into the model repository")
+    models.add_argument("action", choices=["build"])
+    models.add_argument("pipeline", choices=["text-embedding", "tiny-classify"])
+    models.add_argument("--repository", type=Path, default=None)
+    models.add_argument("--version", type=int, default=1)
+    handlers["models"] = _models
+
+    submit = commands.add_parser("submit", help="submit texts to a pipeline")
+    submit.add_argument("text", nargs="+")
+    submit.add_argument("--tenant", default="cli")
+    submit.add_argument("--pipeline", default="text-embedding")
+    submit.add_argument("--wait-s", type=float, default=None, help="wait for the result")
+    handlers["submit"] = _submit
+
+    results = commands.add_parser("results", help="print results as they arrive")
+    results.add_argument("--follow", action="store_true", help="keep following (the default)")
+    results.add_argument("--tenant", default=None)
+    handlers["results"] = _results
+
+    status = commands.add_parser("status", help="a task's state in the ledger")
+    status.add_argument("task_id")
+    handlers["status"] = _status
+
+    demo = commands.add_parser("demo", help="stack + workers + traffic from three tenants")
+    demo.add_argument("--requests", type=int, default=300)
+    demo.add_argument("--keep-stack", action="store_true", help="leave Kafka and Redis running")
+    handlers["demo"] = _demo
 
     return parser, handlers
 

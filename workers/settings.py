@@ -59,6 +59,44 @@ class RedisSettings(_Group):
     """How long the ledger keeps a task after its last transition."""
 
 
+class WorkerSettings(_Group):
+    max_in_flight: int = Field(default=4096, ge=1)
+    """Records taken from Kafka and not yet finished; intake pauses at this bound."""
+    batches_in_flight: int = Field(default=2, ge=1)
+    """Batches a stage processes at once (the next batch is prepared while one runs)."""
+    max_batch_size: int | None = Field(default=None, ge=1)
+    """Override of the batch size (inference: the model config's; other stages: 256)."""
+    max_wait_ms: float | None = Field(default=None, ge=0)
+    """Override of the batching window from a batch's first item."""
+    commit_interval_ms: int = Field(default=200, ge=10)
+    """How often finished offsets are committed."""
+    shutdown_grace_s: float = Field(default=20.0, gt=0)
+    """On SIGTERM, in-flight work gets this long to finish before the worker exits anyway."""
+    retry_backoff_ms: int = Field(default=200, ge=1)
+    """First delay when Kafka or Redis refuses a write; doubles up to 5 s, forever."""
+    max_texts_per_request: int = Field(default=256, ge=1)
+    """Texts one request may carry."""
+    claim_check_threshold_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Tensors larger than this travel between stages through Redis, not Kafka."""
+
+
+class RuntimeSettings(_Group):
+    providers: tuple[str, ...] = (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )
+    """ONNX Runtime execution providers in order of preference; missing ones are skipped."""
+    intra_op_threads: int = Field(default=0, ge=0)
+    """Threads inside one operator; 0 lets ONNX Runtime use every core."""
+    inter_op_threads: int = Field(default=1, ge=0)
+    """Threads across operators."""
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """ONNX Runtime graph optimization level."""
+    io_binding: bool = True
+    """Bind inputs and outputs directly on device providers (CUDA, TensorRT)."""
+
+
 class StackSettings(_Group):
     state_dir: Path = Path(".stack")
     """Data, logs and PID files of the native stack."""
@@ -91,6 +129,12 @@ class Settings(BaseSettings):
     """The ledger, tenant registry and claim-check store."""
     stack: StackSettings = StackSettings()
     """The native local stack (`conveyor stack up`)."""
+    worker: WorkerSettings = WorkerSettings()
+    """Intake, batching, commits and shutdown of a stage worker."""
+    runtime: RuntimeSettings = RuntimeSettings()
+    """ONNX Runtime."""
+    model_repository: Path = Path("model_repository")
+    """Folder of models and pipelines (`<model>/config.json`, `<model>/<version>/model.onnx`)."""
     log_level: str = "INFO"
     """Python logging level."""
 

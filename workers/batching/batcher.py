@@ -50,14 +50,18 @@ class Batcher(Generic[T]):
         *,
         key: Callable[[T], Hashable] = lambda _: None,
         size_of: Callable[[T], int] = lambda _: 1,
+        window_of: Callable[[Hashable], tuple[int, float]] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
+        """`window_of(key)` may give a key its own (max_batch_size, max_wait_ms)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
+        self._window_of = window_of
+        self._windows: dict[Hashable, tuple[int, float]] = {}
         self._key = key
         self._size_of = size_of
         self._clock = clock
@@ -111,19 +115,29 @@ class Batcher(Generic[T]):
         for key, queue in self._queues.items():
             if not queue:
                 continue
-            deadline = queue[0].enqueued_at + self.max_wait_s
-            if self._closed or self._sizes[key] >= self.max_batch_size or now >= deadline:
+            max_size, max_wait_s = self._window(key)
+            deadline = queue[0].enqueued_at + max_wait_s
+            if self._closed or self._sizes[key] >= max_size or now >= deadline:
                 return (key,), None
             earliest = deadline if earliest is None else min(earliest, deadline)
         return None, (None if earliest is None else max(0.0, earliest - now))
 
+    def _window(self, key: Hashable) -> tuple[int, float]:
+        if self._window_of is None:
+            return self.max_batch_size, self.max_wait_s
+        if key not in self._windows:
+            max_size, max_wait_ms = self._window_of(key)
+            self._windows[key] = (max_size, max_wait_ms / 1000)
+        return self._windows[key]
+
     def _take(self, key: Hashable, now: float) -> Batch[T]:
         queue = self._queues[key]
+        max_size = self._window(key)[0]
         first = queue[0]
         items: list[T] = []
         size = 0
         # An item larger than the whole batch still goes, alone, rather than never.
-        while queue and (not items or size + queue[0].size <= self.max_batch_size):
+        while queue and (not items or size + queue[0].size <= max_size):
             queued = queue.popleft()
             items.append(queued.item)
             size += queued.size

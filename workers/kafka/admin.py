@@ -59,3 +59,16 @@ async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
             await admin.delete_topics(doomed)
     finally:
         await admin.close()
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition ids of an existing topic; raises when the topic is missing."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        if described["error_code"] != 0:
+            raise for_code(described["error_code"])(f"topic {topic!r} cannot be described")
+        return sorted(p["partition"] for p in described["partitions"])
+    finally:
+        await admin.close()

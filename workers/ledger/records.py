@@ -32,6 +32,20 @@ def truncate_utf8(text: str, max_bytes: int) -> str:
     return encoded[:max_bytes].decode("utf-8", errors="ignore")
 
 
+STATE_RANK: Mapping[Status, int] = {
+    Status.ACCEPTED: 1,
+    Status.PREPROCESSED: 2,
+    Status.INFERRED: 3,
+    **{status: 4 for status in (Status.DONE, *ERROR_STATUSES)},
+}
+"""Order of states (the same as transition.lua's): a task only ever moves to a higher rank."""
+
+
+def reached(current: Status | None, target: Status) -> bool:
+    """True when a task in `current` already is at `target` or beyond it."""
+    return current is not None and STATE_RANK[current] >= STATE_RANK[target]
+
+
 class Outcome(enum.StrEnum):
     """What a transition did to the stored record."""
 

@@ -1,0 +1,216 @@
+"""The Python client: submit requests, await results, follow the results stream, read state.
+
+    async with Client(bootstrap="127.0.0.1:9092") as client:
+        task_id = await client.submit(InferenceRequest.new(tenant="acme", pipeline=..., inputs=...))
+        result = await client.result(task_id, timeout_s=30)
+
+Results are read from the results topic (or the reply topic the client was given) by a
+group-less consumer that starts at the topic's end when the client starts, so `result()`
+finds every answer to requests submitted after `start()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas import (
+    MSGPACK,
+    ContractError,
+    ErrorResult,
+    InferenceRequest,
+    InferenceResult,
+    decode_result,
+    encode,
+    headers_for,
+    key_for,
+)
+from workers.kafka.admin import partitions_of
+from workers.names import Topics
+from workers.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+Result = InferenceResult | ErrorResult
+
+
+class Client:
+    """Submits requests and receives their results; one instance per event loop."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics | None = None,
+        *,
+        reply_to: str | None = None,
+        content_type: str = MSGPACK,
+        unclaimed_limit: int = 100_000,
+    ) -> None:
+        self.topics = topics or Topics()
+        self.bootstrap = bootstrap
+        self.reply_to = reply_to
+        self.results_topic = reply_to or self.topics.results
+        self.content_type = content_type
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        # Results that arrived before anyone asked: bounded, oldest dropped first.
+        self._unclaimed: OrderedDict[str, Result] = OrderedDict()
+        self._unclaimed_limit = unclaimed_limit
+        self._subscribers: list[tuple[str | None, asyncio.Queue[Result]]] = []
+        self._tasks = TaskSet(self._reader_crashed)
+        self._reader_error: BaseException | None = None
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            raise RuntimeError("client already started")
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+        )
+        await self._consumer.start()
+        partitions = await partitions_of(self.bootstrap, self.results_topic)
+        assigned = [TopicPartition(self.results_topic, p) for p in partitions]
+        self._consumer.assign(assigned)
+        await self._consumer.seek_to_end(*assigned)
+        for tp in assigned:  # resolve "end" now, before any request can be answered
+            await self._consumer.position(tp)
+        self._tasks.start(self._read(), "client-results")
+
+    async def stop(self) -> None:
+        await self._tasks.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- submit -----------------------------------------------------------------------
+
+    async def submit(self, request: InferenceRequest) -> str:
+        """Publish one request (acknowledged by the broker); returns its task id."""
+        await self.submit_many([request])
+        return request.task_id
+
+    async def submit_many(self, requests: Iterable[InferenceRequest]) -> list[str]:
+        producer = self._require_producer()
+        acks = []
+        ids = []
+        for request in requests:
+            if self.reply_to and request.reply_to is None:
+                request = _with_reply_to(request, self.reply_to)
+            acks.append(
+                await producer.send(
+                    self.topics.requests,
+                    encode(request, self.content_type),
+                    key=key_for(request),
+                    headers=headers_for(request, self.content_type),
+                )
+            )
+            ids.append(request.task_id)
+        await asyncio.gather(*acks)
+        return ids
+
+    async def submit_raw(
+        self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Publish bytes as they are (tests of malformed input; non-Python clients do this)."""
+        producer = self._require_producer()
+        await (await producer.send(self.topics.requests, value, key=key, headers=headers or []))
+
+    # ---- results ----------------------------------------------------------------------
+
+    async def result(self, task_id: str, timeout_s: float | None = None) -> Result:
+        """The result (or error) of `task_id`."""
+        if task_id in self._unclaimed:
+            return self._unclaimed.pop(task_id)
+        self._raise_if_broken()
+        future = self._waiting.get(task_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[task_id] = future
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._waiting.pop(task_id, None)
+
+    async def results(self, tenant: str | None = None) -> AsyncIterator[Result]:
+        """Every result from now on (of one tenant, or all), as an async iterator."""
+        queue: asyncio.Queue[Result] = asyncio.Queue(maxsize=10_000)
+        entry = (tenant, queue)
+        self._subscribers.append(entry)
+        try:
+            while True:
+                self._raise_if_broken()
+                yield await queue.get()
+        finally:
+            self._subscribers.remove(entry)
+
+    async def _read(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        result = decode_result(record.value or b"", record.headers)
+                    except ContractError as exc:
+                        log.warning(
+                            "undecodable result at %s/%s: %s", record.partition, record.offset, exc
+                        )
+                        continue
+                    self._dispatch(result)
+
+    def _dispatch(self, result: Result) -> None:
+        future = self._waiting.pop(result.task_id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+        else:
+            self._unclaimed[result.task_id] = result
+            if len(self._unclaimed) > self._unclaimed_limit:
+                self._unclaimed.popitem(last=False)
+        for tenant, queue in self._subscribers:
+            if tenant is None or tenant == result.tenant:
+                if queue.full():
+                    queue.get_nowait()  # a slow subscriber loses its oldest, never blocks others
+                queue.put_nowait(result)
+
+    def _reader_crashed(self, error: BaseException) -> None:
+        self._reader_error = error
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _raise_if_broken(self) -> None:
+        if self._reader_error is not None:
+            raise RuntimeError("the results reader stopped") from self._reader_error
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("client is not started")
+        return self._producer
+
+
+def _with_reply_to(request: InferenceRequest, reply_to: str) -> InferenceRequest:
+    fields: dict[str, Any] = {"reply_to": reply_to}
+    return dataclasses.replace(request, **fields)

@@ -1,0 +1,102 @@
+"""Text preprocessing: tokenization with the model version's own tokenizer.json."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from schemas import ContractError, ErrorCode
+from workers.models.repository import ModelVersion, PipelineConfig
+from workers.pipelines.base import Array, parameter, require
+
+TOKENIZER_FILENAME = "tokenizer.json"
+DEFAULT_MAX_TEXTS = 256
+
+
+class Tokenize:
+    """`text.tokenize`: BYTES `text` [n] -> `input_ids`, `attention_mask` [n, seq].
+
+    Texts longer than `max_sequence_length` tokens are truncated (`truncate: true`, as
+    sentence-transformers does) or rejected with INPUT_TOO_LONG (`truncate: false`). Rows pad
+    to the longest text of the request; the batcher pads across requests.
+    """
+
+    def __init__(self) -> None:
+        self._tokenizers: dict[tuple[Path, int], Tokenizer] = {}
+
+    def __call__(
+        self,
+        inputs: Mapping[str, Array],
+        parameters: Mapping[str, Any],
+        pipeline: PipelineConfig,
+        model: ModelVersion,
+    ) -> dict[str, Array]:
+        texts = _texts(
+            require(inputs, "text", "inputs"),
+            parameter({}, pipeline, "max_texts", DEFAULT_MAX_TEXTS),
+        )
+        max_length = int(parameter({}, pipeline, "max_sequence_length", 256))
+        truncate = parameter(parameters, pipeline, "truncate", True)
+        if not isinstance(truncate, bool):
+            raise ContractError(
+                ErrorCode.WRONG_TYPE,
+                f"parameters.truncate must be a boolean, got {truncate!r}",
+                "parameters.truncate",
+            )
+        encodings = self._tokenizer(model.asset(TOKENIZER_FILENAME), max_length).encode_batch(texts)
+        if not truncate:
+            for row, encoding in enumerate(encodings):
+                if encoding.overflowing:
+                    raise ContractError(
+                        ErrorCode.INPUT_TOO_LONG,
+                        f"inputs.text[{row}] is longer than {max_length} tokens "
+                        "and truncate is false",
+                        f"inputs.text[{row}]",
+                    )
+        seq = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), seq), dtype=np.int64)
+        mask = np.zeros((len(encodings), seq), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.attention_mask)] = encoding.attention_mask
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _tokenizer(self, path: Path, max_length: int) -> Tokenizer:
+        key = (path, max_length)
+        if key not in self._tokenizers:
+            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(max_length=max_length)
+            self._tokenizers[key] = tokenizer
+        return self._tokenizers[key]
+
+
+def _texts(tensor: Array, max_texts: int) -> list[str]:
+    if tensor.dtype != object or tensor.ndim != 1:
+        raise ContractError(
+            ErrorCode.SHAPE_MISMATCH,
+            f"inputs.text must be a 1-D BYTES tensor of strings, got dtype {tensor.dtype} "
+            f"shape {list(tensor.shape)}",
+            "inputs.text",
+        )
+    if tensor.shape[0] == 0:
+        raise ContractError(ErrorCode.EMPTY_INPUT, "inputs.text holds no texts", "inputs.text")
+    if tensor.shape[0] > max_texts:
+        raise ContractError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"inputs.text holds {tensor.shape[0]} texts > limit {max_texts}",
+            "inputs.text",
+        )
+    texts: list[str] = tensor.tolist()
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ContractError(
+                ErrorCode.WRONG_TYPE,
+                f"inputs.text[{row}] must be UTF-8 text, got {type(text).__name__}",
+                f"inputs.text[{row}]",
+            )
+    return texts

@@ -1,0 +1,127 @@
+"""A stage worker process: its components composed in one AsyncExitStack, run until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+from typing import Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from schemas import DecodeLimits
+from workers.kafka.admin import TopicSpec, ensure_topics
+from workers.kafka.clients import make_consumer, make_producer
+from workers.ledger import Ledger
+from workers.models.repository import ModelRepository
+from workers.models.runtime import ModelRuntime, RuntimeOptions
+from workers.names import RedisKeys, Topics
+from workers.settings import Settings
+from workers.stages.inference import InferenceStage
+from workers.stages.postprocess import PostprocessStage
+from workers.stages.preprocess import PreprocessStage
+from workers.stages.runner import Stage, StageRunner
+
+log = logging.getLogger(__name__)
+
+StageName = Literal["preprocess", "inference", "postprocess"]
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A client that rides through a Redis restart: stale pooled connections are retried."""
+    return aioredis.Redis.from_url(
+        settings.redis.url,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=10,
+    )
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    r = settings.runtime
+    return RuntimeOptions(
+        providers=r.providers,
+        intra_op_threads=r.intra_op_threads,
+        inter_op_threads=r.inter_op_threads,
+        graph_optimization=r.graph_optimization,
+        io_binding=r.io_binding,
+    )
+
+
+async def ensure_pipeline_topics(settings: Settings) -> None:
+    topics = Topics(settings.kafka.topic_prefix)
+    k = settings.kafka
+    await ensure_topics(
+        k.bootstrap, [TopicSpec(name, k.partitions, k.replication_factor) for name in topics.all()]
+    )
+
+
+async def run_worker(stage_name: StageName, settings: Settings) -> None:
+    """Run one stage until SIGTERM/SIGINT; a second SIGINT exits at once."""
+    topics = Topics(settings.kafka.topic_prefix)
+    repository = ModelRepository(settings.model_repository)
+    limits = DecodeLimits()
+    w = settings.worker
+    await ensure_pipeline_topics(settings)
+    async with AsyncExitStack() as stack:
+        redis = redis_client(settings)
+        stack.push_async_callback(redis.aclose)
+        ledger = await stack.enter_async_context(
+            Ledger(redis, RedisKeys(settings.redis.key_prefix), settings.redis.task_ttl_s)
+        )
+        stage: Stage
+        if stage_name == "preprocess":
+            stage = PreprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
+        elif stage_name == "inference":
+            runtime = await stack.enter_async_context(
+                ModelRuntime(runtime_options(settings), w.batches_in_flight)
+            )
+            stage = InferenceStage(
+                topics, repository, runtime, limits, w.max_batch_size, w.max_wait_ms
+            )
+        else:
+            stage = PostprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
+        producer = make_producer(settings.kafka, stage_name)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        consumer = make_consumer(settings.kafka, stage_name, topics.group_of(stage_name))
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        runner = await stack.enter_async_context(StageRunner(stage, w, consumer, producer, ledger))
+        _install_signals(runner)
+        log.info(
+            "%s worker ready: %s -> pipeline topics under %r",
+            stage_name,
+            stage.input_topic,
+            topics.prefix,
+        )
+        await runner.wait()
+        log.info(
+            "%s worker stopping (processed %d, skipped %d)",
+            stage_name,
+            runner.processed,
+            runner.skipped,
+        )
+
+
+def _install_signals(runner: StageRunner) -> None:
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if signum == signal.SIGINT and interrupts > 1:
+            raise SystemExit(130)  # a second Ctrl-C: the operator does not want to wait
+        log.info(
+            "signal %s: stopping intake, finishing in-flight work", signal.Signals(signum).name
+        )
+        runner.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)

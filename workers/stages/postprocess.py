@@ -1,0 +1,123 @@
+"""Postprocess: pooling, normalization, softmax, top-k; publishes the result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+
+from aiokafka import ConsumerRecord
+
+from schemas import (
+    ContractError,
+    DecodeLimits,
+    ErrorCode,
+    InferenceResult,
+    StageMessage,
+    Status,
+    arrays_of,
+    decode_stage,
+)
+from workers.ledger import Transition
+from workers.models.repository import ModelRepository
+from workers.names import Topics
+from workers.pipelines import postprocessor
+from workers.stages.stage_messages import identify_stage_message
+from workers.stages.work import StageOutput, Work, fail, internal_error
+
+BATCH_SIZE = 256
+
+
+class PostprocessStage:
+    name = "postprocess"
+    reaches = Status.DONE
+
+    def __init__(
+        self,
+        topics: Topics,
+        repository: ModelRepository,
+        limits: DecodeLimits,
+        max_batch_size: int | None = None,
+        max_wait_ms: float | None = None,
+    ) -> None:
+        self.topics = topics
+        self.input_topic = topics.inferred
+        self.repository = repository
+        self.limits = limits
+        self._window = (max_batch_size or BATCH_SIZE, max_wait_ms if max_wait_ms is not None else 0)
+
+    def batching(self, batch_key: Hashable) -> tuple[int, float]:
+        return self._window
+
+    def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
+        work = Work(record)
+        try:
+            work.message = decode_stage(record.value or b"", record.headers, limits=self.limits)
+        except ContractError as error:
+            work.error = error
+        return work
+
+    async def process(self, batch: list[Work]) -> StageOutput:
+        output = StageOutput()
+        seen: set[str] = set()
+        for work in batch:
+            if work.error is not None:
+                self._fail(output, work, work.error)
+                continue
+            message: StageMessage = work.message
+            if message.task_id in seen:
+                continue  # a redelivered copy in the same batch: answer once
+            seen.add(message.task_id)
+            try:
+                self._postprocess(output, message)
+            except ContractError as error:
+                self._fail(output, work, error)
+            except Exception as exc:  # a bug in a plug-in fails its task, never the worker
+                self._fail(output, work, internal_error(exc))
+        return output
+
+    def _postprocess(self, output: StageOutput, message: StageMessage) -> None:
+        started = time.perf_counter()
+        pipeline = self.repository.pipeline(message.pipeline)
+        if message.model_name is None or message.model_version is None:
+            raise ContractError(ErrorCode.INTERNAL, "inferred message names no model", "model_name")
+        outputs = postprocessor(pipeline.postprocess)(
+            arrays_of(message.tensors), message.parameters, pipeline
+        )
+        now_ms = int(time.time() * 1000)
+        result = InferenceResult(
+            task_id=message.task_id,
+            tenant=message.tenant,
+            pipeline=message.pipeline,
+            outputs=outputs,
+            model_name=message.model_name,
+            model_version=message.model_version,
+            submitted_at_ms=message.submitted_at_ms,
+            completed_at_ms=now_ms,
+            timings_ms={
+                **message.timings_ms,
+                "postprocess": (time.perf_counter() - started) * 1000,
+            },
+            traceparent=message.traceparent,
+        )
+        output.forward(message.reply_to or self.topics.results, result, message.content_type)
+        output.transitions.append(
+            Transition(
+                task_id=message.task_id,
+                state=Status.DONE,
+                at_ms=now_ms,
+                tenant=message.tenant,
+                pipeline=message.pipeline,
+                stage=self.name,
+            )
+        )
+
+    def _fail(self, output: StageOutput, work: Work, error: ContractError) -> None:
+        fail(
+            output,
+            work,
+            identify_stage_message(work),
+            error,
+            stage=self.name,
+            results_topic=self.topics.results,
+            dlq_topic=self.topics.dlq,
+        )

@@ -1,0 +1,173 @@
+"""Preprocess: decode and validate requests, resolve pipeline and model version, tokenize."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Hashable
+
+from aiokafka import ConsumerRecord
+
+from schemas import (
+    ContractError,
+    DecodeLimits,
+    ErrorCode,
+    InferenceRequest,
+    StageMessage,
+    Status,
+    arrays_of,
+    content_type_of,
+    decode_request,
+)
+from schemas.fields import ID_RE, MSGPACK, NAME_RE, TRACEPARENT_RE
+from workers.ledger import Transition
+from workers.models.repository import ModelRepository
+from workers.names import Topics
+from workers.pipelines import Preprocessor, preprocessor
+from workers.stages.work import StageOutput, TaskIdentity, Work, fail, internal_error
+
+BATCH_SIZE = 256
+
+
+class PreprocessStage:
+    name = "preprocess"
+    reaches = Status.PREPROCESSED
+
+    def __init__(
+        self,
+        topics: Topics,
+        repository: ModelRepository,
+        limits: DecodeLimits,
+        max_batch_size: int | None = None,
+        max_wait_ms: float | None = None,
+    ) -> None:
+        self.topics = topics
+        self.input_topic = topics.requests
+        self.repository = repository
+        self.limits = limits
+        self._window = (max_batch_size or BATCH_SIZE, max_wait_ms if max_wait_ms is not None else 0)
+        self._preprocessors: dict[str, Preprocessor] = {}
+
+    def batching(self, batch_key: Hashable) -> tuple[int, float]:
+        return self._window
+
+    def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
+        work = Work(record)
+        try:
+            work.message = decode_request(record.value or b"", record.headers, limits=self.limits)
+        except ContractError as error:
+            work.error = error
+        return work
+
+    async def process(self, batch: list[Work]) -> StageOutput:
+        output = StageOutput()
+        for work in batch:
+            if work.error is not None:
+                self._fail(output, work, work.error)
+                continue
+            try:
+                self._preprocess(output, work, work.message)
+            except ContractError as error:
+                self._fail(output, work, error, _status_of(error))
+            except Exception as exc:  # a bug in a plug-in fails its task, never the worker
+                self._fail(output, work, internal_error(exc))
+        return output
+
+    def _preprocess(self, output: StageOutput, work: Work, request: InferenceRequest) -> None:
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        if request.deadline_ms is not None and request.deadline_ms <= now_ms:
+            raise ContractError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"deadline_ms {request.deadline_ms} passed before preprocessing (now {now_ms})",
+                "deadline_ms",
+            )
+        pipeline, model = self.repository.resolve(request.pipeline, request.model_version)
+        tensors = self._preprocessor(pipeline.preprocess)(
+            arrays_of(request.inputs), request.parameters, pipeline, model
+        )
+        content_type = content_type_of(work.record.headers, work.record.value or b"")
+        message = dataclasses.replace(
+            StageMessage.from_request(request, content_type, tensors),
+            model_name=model.name,
+            model_version=model.version,
+            timings_ms={"preprocess": (time.perf_counter() - started) * 1000},
+        )
+        output.forward(self.topics.preprocessed, message)
+        output.transitions.append(
+            Transition(
+                task_id=request.task_id,
+                state=Status.PREPROCESSED,
+                at_ms=now_ms,
+                tenant=request.tenant,
+                pipeline=request.pipeline,
+                stage=self.name,
+                model_name=model.name,
+                model_version=model.version,
+            )
+        )
+
+    def _preprocessor(self, name: str) -> Preprocessor:
+        if name not in self._preprocessors:
+            self._preprocessors[name] = preprocessor(name)
+        return self._preprocessors[name]
+
+    def _fail(
+        self, output: StageOutput, work: Work, error: ContractError, status: Status = Status.FAILED
+    ) -> None:
+        fail(
+            output,
+            work,
+            identify(work),
+            error,
+            stage=self.name,
+            results_topic=self.topics.results,
+            dlq_topic=self.topics.dlq,
+            status=status,
+        )
+
+
+def _status_of(error: ContractError) -> Status:
+    return Status.EXPIRED if error.code == ErrorCode.DEADLINE_EXCEEDED else Status.FAILED
+
+
+def identify(work: Work) -> TaskIdentity:
+    """The task a record belongs to: from the decoded request, else its headers and key."""
+    request = work.message
+    record = work.record
+    if isinstance(request, InferenceRequest):
+        try:
+            content_type = content_type_of(record.headers, record.value or b"")
+        except ContractError:
+            content_type = MSGPACK
+        return TaskIdentity(
+            request.task_id,
+            request.tenant,
+            request.pipeline,
+            request.reply_to,
+            request.response_content_type or content_type,
+            request.traceparent,
+        )
+    key = record.key.decode("utf-8", "replace") if record.key else None
+    fallback = f"{record.topic}-{record.partition}-{record.offset}"
+    try:
+        content_type = content_type_of(record.headers, record.value or b"")
+    except ContractError:
+        content_type = MSGPACK
+    traceparent = work.header("traceparent")
+    return TaskIdentity(
+        task_id=_valid(ID_RE, work.header("conveyor-task-id"), _valid(ID_RE, key, fallback)),
+        tenant=_valid(NAME_RE, work.header("conveyor-tenant"), "unknown"),
+        pipeline=None,
+        reply_to=None,
+        content_type=content_type,
+        traceparent=traceparent if traceparent and TRACEPARENT_RE.fullmatch(traceparent) else None,
+    )
+
+
+def _valid(pattern: re.Pattern[str], value: str | None, fallback: str) -> str:
+    """`value` when the contract would accept it, else `fallback`: an error reply must encode."""
+    if value and len(value) <= 128 and pattern.fullmatch(value):
+        return value
+    return fallback

@@ -1,0 +1,284 @@
+"""The loop every stage shares: intake with backpressure, batching, delivery, commits.
+
+Order of a batch (Quix Streams' checkpoint order): process -> produce every output and wait
+for the broker's acks -> record the ledger transitions -> mark the offsets finished. A
+committer task commits, per partition, up to the lowest unfinished offset. So an offset is
+committed only after everything it produced is durable, and a crash at any point replays
+work instead of losing it; the ledger absorbs the replay (a task is DONE once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Protocol, TypeVar
+
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from schemas import Status
+from workers.batching import Batch, Batcher
+from workers.kafka.offsets import OffsetTracker
+from workers.ledger import Ledger, reached
+from workers.settings import WorkerSettings
+from workers.stages.work import Outgoing, StageOutput, Work
+from workers.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MAX_BACKOFF_S = 5.0
+_POLL_TIMEOUT_MS = 100
+
+
+class Stage(Protocol):
+    """What makes preprocess, inference and postprocess different; the runner does the rest."""
+
+    name: str
+    input_topic: str
+    reaches: Status
+    """The state a task is in after this stage; work already there is skipped (redelivery)."""
+
+    def batching(self, batch_key: Hashable) -> tuple[int, float]:
+        """(max_batch_size, max_wait_ms) of the batches of `batch_key` (see `Work.batch_key`)."""
+        ...
+
+    def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work: ...
+
+    async def process(self, batch: list[Work]) -> StageOutput: ...
+
+
+class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs one stage against Kafka and the ledger until stopped."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        settings: WorkerSettings,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        ledger: Ledger,
+    ) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.ledger = ledger
+        self.offsets = OffsetTracker()
+        self._batcher: Batcher[Work] = Batcher(
+            1, 0, key=_key_of, size_of=_rows_of, window_of=stage.batching
+        )
+        self._batch_slots = asyncio.Semaphore(settings.batches_in_flight)
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._crashed: BaseException | None = None
+        self._loops = TaskSet(self._crash)
+        self._batches = TaskSet(self._crash)
+        self._started = False
+        self.processed = 0
+        self.skipped = 0
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError(f"{self.stage.name} runner already started")
+        self._started = True
+        self.consumer.subscribe([self.stage.input_topic], listener=self)
+        self._loops.start(self._intake(), f"{self.stage.name}-intake")
+        self._loops.start(self._dispatch(), f"{self.stage.name}-dispatch")
+        self._loops.start(self._commit_loop(), f"{self.stage.name}-commit")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+        self._room.set()
+
+    async def wait(self) -> None:
+        """Until a stop is requested or a loop crashed (then raises its error)."""
+        await self._stopping.wait()
+        if self._crashed is not None:
+            raise self._crashed
+
+    async def stop(self) -> None:
+        """Stop intake, finish in-flight batches within the grace period, commit."""
+        if not self._started:
+            return
+        self.request_stop()
+        self._batcher.close()
+        finished = await self._loops.wait(self.settings.shutdown_grace_s)
+        finished = await self._batches.wait(self.settings.shutdown_grace_s) and finished
+        if not finished:
+            log.warning(
+                "%s: grace period over with work in flight; it will be redelivered", self.stage.name
+            )
+            await self._batches.cancel()
+            await self._loops.cancel()
+        await self._commit()
+        self._started = False
+
+    async def __aenter__(self) -> StageRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _crash(self, error: BaseException) -> None:
+        if self._crashed is None:
+            self._crashed = error
+        self.request_stop()
+
+    # ---- rebalance --------------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Commit what finished while the partitions are still ours; the rest is redelivered
+        # to the next owner, and the ledger absorbs the repeat.
+        await self._commit()
+        self.offsets.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "%s: assigned %s", self.stage.name, sorted((tp.topic, tp.partition) for tp in assigned)
+        )
+
+    # ---- intake -----------------------------------------------------------------------
+
+    async def _intake(self) -> None:
+        paused = False
+        while not self._stopping.is_set():
+            room = self.settings.max_in_flight - self.offsets.unfinished()
+            if room <= 0 and not paused:
+                self.consumer.pause(*self.consumer.assignment())
+                paused = True
+            elif room > 0 and paused:
+                self.consumer.resume(*self.consumer.paused())
+                paused = False
+            # Poll even while paused: the group evicts a consumer that stops polling.
+            batches = await self.consumer.getmany(
+                timeout_ms=_POLL_TIMEOUT_MS, max_records=max(1, min(room, 1000))
+            )
+            for records in batches.values():
+                for record in records:
+                    self._take(record)
+            if paused:
+                self._room.clear()
+                try:
+                    async with asyncio.timeout(_POLL_TIMEOUT_MS / 1000):
+                        await self._room.wait()
+                except TimeoutError:
+                    pass
+
+    def _take(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if self._stopping.is_set():
+            return  # not tracked, so never committed: the next owner reads it again
+        self.offsets.taken(TopicPartition(record.topic, record.partition), record.offset)
+        work = self.stage.decode(record)
+        self._batcher.put(work)
+
+    # ---- batches ----------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Hands ready batches to processing tasks, at most `batches_in_flight` at once."""
+        while True:
+            batch = await self._batcher.next_batch()
+            if batch is None:
+                return
+            await self._batch_slots.acquire()
+            self._batches.start(self._run_batch(batch), f"{self.stage.name}-{batch.batch_id}")
+
+    async def _run_batch(self, batch: Batch[Work]) -> None:
+        try:
+            fresh = await self._skip_finished(batch.items)
+            output = await self.stage.process(fresh) if fresh else StageOutput()
+            await self._deliver(output.outgoing)
+            await self._retry(lambda: self.ledger.record(output.transitions), "ledger")
+            for work in batch.items:
+                self.offsets.finished(work.partition, work.record.offset)
+            self.processed += len(fresh)
+            self.skipped += len(batch.items) - len(fresh)
+        finally:
+            self._batch_slots.release()
+            self._room.set()
+
+    async def _skip_finished(self, items: list[Work]) -> list[Work]:
+        """Drop redelivered work whose task already got past this stage."""
+        ids = [w.message.task_id for w in items if w.error is None]
+        if not ids:
+            return items
+        states: dict[str, Status | None] = await self._retry(
+            lambda: self.ledger.states(ids), "ledger"
+        )
+        return [
+            w
+            for w in items
+            if w.error is not None or not reached(states.get(w.message.task_id), self.stage.reaches)
+        ]
+
+    async def _deliver(self, outgoing: list[Outgoing]) -> None:
+        async def send_all() -> None:
+            acks = [
+                await self.producer.send(o.topic, o.value, key=o.key, headers=o.headers)
+                for o in outgoing
+            ]
+            await asyncio.gather(*acks)
+
+        if outgoing:
+            # The idempotent producer makes a resend after a timeout safe from duplicates
+            # within its session; across sessions the ledger absorbs them.
+            await self._retry(send_all, "kafka")
+
+    async def _retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
+        """Retry a delivery step on broker or Redis errors, with capped exponential backoff."""
+        delay_s = self.settings.retry_backoff_ms / 1000
+        while True:
+            try:
+                return await action()
+            except (
+                KafkaError,
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+            ) as exc:
+                log.warning(
+                    "%s: %s unavailable (%s); retrying in %.1fs",
+                    self.stage.name,
+                    what,
+                    exc,
+                    delay_s,
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, _MAX_BACKOFF_S)
+
+    # ---- commits ----------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval_s = self.settings.commit_interval_ms / 1000
+        while not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(interval_s):
+                    await self._stopping.wait()
+            except TimeoutError:
+                pass
+            await self._commit()
+
+    async def _commit(self) -> None:
+        offsets = self.offsets.to_commit()
+        if not offsets:
+            return
+        try:
+            # Explicit offsets: a bare commit() after a rebalance can fail (aiokafka #929).
+            await self.consumer.commit(offsets)
+            self.offsets.committed(offsets)
+        except KafkaError as exc:
+            # Not fatal: the offsets stay pending and the next commit carries them.
+            log.warning("%s: commit failed (%s); will retry", self.stage.name, exc)
+
+
+def _key_of(work: Work) -> Hashable:
+    return work.batch_key
+
+
+def _rows_of(work: Work) -> int:
+    return work.rows

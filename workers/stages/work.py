@@ -1,0 +1,128 @@
+"""What flows through a stage: consumed records in, records to produce and ledger moves out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from schemas import ContractError, ErrorCode, ErrorResult, Status, encode, headers_for, key_for
+from schemas.fields import MSGPACK
+from workers.ledger import Transition
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass
+class Work:
+    """One consumed record on its way through a stage."""
+
+    record: ConsumerRecord[bytes, bytes]
+    message: Any = None
+    """The decoded message (stage-specific); None when decoding failed."""
+    error: ContractError | None = None
+    rows: int = 1
+    batch_key: Hashable = None
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def partition(self) -> TopicPartition:
+        return TopicPartition(self.record.topic, self.record.partition)
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.record.headers or ():
+            if key == name:
+                return bytes(value).decode("utf-8", "replace")
+        return None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+@dataclass
+class StageOutput:
+    outgoing: list[Outgoing] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+
+    def forward(self, topic: str, message: Any, content_type: str = MSGPACK) -> None:
+        self.outgoing.append(
+            Outgoing(
+                topic,
+                key_for(message),
+                encode(message, content_type),
+                headers_for(message, content_type),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    """Who a failed record belongs to, as far as it can be told."""
+
+    task_id: str
+    tenant: str
+    pipeline: str | None
+    reply_to: str | None
+    content_type: str
+    traceparent: str | None
+
+
+def fail(
+    output: StageOutput,
+    work: Work,
+    identity: TaskIdentity,
+    error: ContractError,
+    *,
+    stage: str,
+    results_topic: str,
+    dlq_topic: str,
+    status: Status = Status.FAILED,
+) -> None:
+    """Answer a task that cannot be served: an error result, a dead letter, a ledger entry."""
+    result = ErrorResult.new(
+        task_id=identity.task_id,
+        tenant=identity.tenant,
+        code=error.code,
+        message=error.message,
+        stage=stage,
+        status=status,
+        pipeline=identity.pipeline,
+        traceparent=identity.traceparent,
+    )
+    output.forward(identity.reply_to or results_topic, result, identity.content_type)
+    record = work.record
+    dead_letter_headers = [
+        *(record.headers or ()),
+        ("conveyor-error-code", error.code.value.encode()),
+        ("conveyor-error-message", error.message[:1024].encode("utf-8", "replace")),
+        ("conveyor-error-stage", stage.encode()),
+        ("conveyor-task-id", identity.task_id.encode("utf-8")),
+        ("conveyor-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+    ]
+    output.outgoing.append(
+        Outgoing(dlq_topic, record.key, record.value or b"", dead_letter_headers)
+    )
+    output.transitions.append(
+        Transition(
+            task_id=identity.task_id,
+            state=status,
+            at_ms=int(time.time() * 1000),
+            tenant=identity.tenant,
+            pipeline=identity.pipeline,
+            stage=stage,
+            error_code=error.code.value,
+            error_message=error.message,
+        )
+    )
+
+
+def internal_error(exc: BaseException) -> ContractError:
+    return ContractError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
