@@ -54,7 +54,7 @@ def measure() -> list[tuple[str, int, float, float]]:
     codecs: list[tuple[str, Callable[[], bytes], Callable[[bytes], object], int]] = [
         ("conveyor msgpack", lambda: encode(message, MSGPACK), decode_request, 2000),
         ("pickle (protocol 5)", lambda: pickle.dumps(message, protocol=5), pickle.loads, 500),
-        ("conveyor V2 JSON", lambda: encode(message, JSON), decode_request, 15),
+        ("conveyor V2 JSON", lambda: encode(message, JSON), decode_request, 100),
     ]
     for name, encoder, decoder, repetitions in codecs:
         value = encoder()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from schemas._checks import check_int, check_str, kind_name
@@ -28,7 +28,7 @@ VERSION_TEXT = f"{SCHEMA_VERSION[0]}.{SCHEMA_VERSION[1]}"
 _VERSION_RE = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
 
 Headers = Sequence[tuple[str, bytes]]
-TensorEncoder = Callable[[dict[str, TensorValue], str], list[dict[str, Any]]]
+TensorEncoder = Callable[[Mapping[str, TensorValue], str], list[dict[str, Any]]]
 TensorDecoder = Callable[[Any, str, bool], dict[str, TensorValue]]
 """(raw entries, field name, ignore unknown keys) -> tensors."""
 

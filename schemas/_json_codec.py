@@ -1,11 +1,22 @@
 """Open Inference Protocol (KServe V2) JSON bodies.
 
 Tensors are ``{"name", "datatype", "shape", "data"}`` with ``data`` flat (row-major) or
-nested to match ``shape``. Floats are written with Python's shortest round-trip repr, so
-FP16/FP32/FP64 values survive a round trip exactly. JSON has no NaN/Inf: encoding a
-non-finite float raises ``NAN_FORBIDDEN``, and so does decoding one (``NaN``, ``Infinity``
-or an overflowing literal such as ``1e400``). BYTES tensors hold JSON strings: text by
-default, or base64 of binary elements when ``parameters.content_type`` is ``"base64"``.
+nested to match ``shape``. Bodies are compact UTF-8 written by orjson.
+
+Floats: every float tensor (FP16/FP32/FP64) is widened exactly to float64 and written as
+the shortest decimal that parses back to that float64, so any JSON reader that parses to
+double (Python, JavaScript, orjson) and narrows gets the original value bit for bit. We do
+not write FP32's own shortest digits: they are a third shorter but do not survive a
+parse-to-double-then-narrow reader (``7.038531e-26`` narrows to the wrong float32).
+
+JSON has no NaN/Inf: encoding a non-finite float raises ``NAN_FORBIDDEN``, and so does
+decoding one (``NaN``, ``Infinity`` or an overflowing literal such as ``1e400``). BYTES
+tensors hold JSON strings: text by default, or base64 of binary elements when
+``parameters.content_type`` is ``"base64"``.
+
+Decoding parses with orjson. A body orjson refuses is parsed again with the stdlib
+(NaN literals, bad UTF-8 as lone surrogates) so that the field checks can name the bad
+field; if that fails too, the body is ``MALFORMED`` with orjson's reason.
 """
 
 from __future__ import annotations
@@ -13,9 +24,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 
 from schemas import _envelope
 from schemas._checks import check_str, check_utf8, kind_name
@@ -49,13 +62,19 @@ _ALLOWED_TYPES: dict[str, frozenset[type]] = {
 }
 
 
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+"""NON_STR_KEYS only so that ``str`` subclasses (``TensorKey``, user StrEnums) work as keys."""
+
+
 def encode(message: Message) -> bytes:
     body = _envelope.to_wire(message, _encode_tensors)
-    text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8")
+    try:
+        return orjson.dumps(body, option=_DUMPS_OPTIONS)
+    except orjson.JSONEncodeError as exc:  # construction-time checks should make this unreachable
+        raise ContractError.at(ErrorCode.INTERNAL, "body", f"unencodable as JSON: {exc}") from None
 
 
-def _encode_tensors(tensors: dict[str, TensorValue], field: str) -> list[dict[str, Any]]:
+def _encode_tensors(tensors: Mapping[str, TensorValue], field: str) -> list[dict[str, Any]]:
     return [
         _entry(name, value, f"{field}[{index}]")
         for index, (name, value) in enumerate(tensors.items())
@@ -87,17 +106,33 @@ def _entry(name: str, value: TensorValue, path: str) -> dict[str, Any]:
         raise ContractError.at(
             ErrorCode.NAN_FORBIDDEN, f"{path}.data[{index}]", f"{flat[index]} has no JSON form"
         )
-    entry[TensorKey.DATA] = flat.tolist()
+    entry[TensorKey.DATA] = _json_ready(flat)
     return entry
 
 
+def _json_ready(flat: Array) -> Array | list[Any]:
+    """What orjson writes as the flat JSON array: a C-contiguous native-endian numeric array."""
+    if flat.dtype.kind == "O":  # text; orjson does not take object arrays
+        items: list[Any] = flat.tolist()
+        return items
+    if flat.dtype.kind == "f":
+        return flat.astype(np.float64)  # exact widening; see the module docstring
+    return np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
+
+
 def loads(value: bytes) -> Any:
-    """Parse a JSON body; bad UTF-8 becomes lone surrogates that the field checks reject by name."""
+    """Parse a JSON body (see the module docstring for the stdlib second chance)."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+    # Bad UTF-8 becomes lone surrogates, NaN/Infinity/1e400 become floats: the field checks
+    # then reject them as BAD_UTF8 / NAN_FORBIDDEN naming the field.
     text = value.decode("utf-8", "surrogateescape")
     try:
         return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ContractError.at(ErrorCode.MALFORMED, "body", f"undecodable JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        raise ContractError.at(ErrorCode.MALFORMED, "body", f"undecodable JSON: {reason}") from None
 
 
 class TensorReader:
@@ -126,8 +161,7 @@ class TensorReader:
     def _array(self, entry: dict[str, Any], datatype: Any, path: str) -> Array:
         shape: Any = entry.get(TensorKey.SHAPE)
         count = element_count(shape, f"{path}.shape", self._limits.max_tensor_elements)
-        flat = _flatten(entry.get(TensorKey.DATA), shape, count, path)
-        types = set(map(type, flat))
+        flat, types = _flatten(entry.get(TensorKey.DATA), shape, count, path)
         if datatype == BYTES:
             kind = _envelope.content_kind(entry.get(TensorKey.PARAMETERS), path, JSON_STRING_KINDS)
             array = self._strings(flat, types, kind, path)
@@ -166,27 +200,28 @@ def _unbase64(item: str, where: str) -> bytes:
         raise ContractError.at(ErrorCode.INVALID_VALUE, where, f"invalid base64: {exc}") from None
 
 
-def _flatten(data: Any, shape: list[int], count: int, path: str) -> list[Any]:
-    """Row-major elements of flat or nested ``data``, checked against ``shape``."""
+def _flatten(data: Any, shape: list[int], count: int, path: str) -> tuple[list[Any], set[type]]:
+    """Row-major elements of flat or nested ``data``, checked against ``shape``, and their types."""
     if not isinstance(data, list):
         raise ContractError.at(
             ErrorCode.WRONG_TYPE, f"{path}.data", f"expected a list, got {kind_name(data)}"
         )
-    if not any(isinstance(item, list) for item in data):
+    types = set(map(type, data))  # one C-speed pass; also tells flat data from nested
+    if list not in types:
         if len(data) != count:
             raise ContractError.at(
                 ErrorCode.SHAPE_MISMATCH,
                 f"{path}.shape",
                 f"product {count} != {len(data)} elements",
             )
-        return data
+        return data, types
     if not shape:
         raise ContractError.at(
             ErrorCode.SHAPE_MISMATCH, f"{path}.data", "nested data for a 0-d tensor"
         )
     flat: list[Any] = []
     _collect(data, shape, path, flat)
-    return flat
+    return flat, set(map(type, flat))
 
 
 def _collect(level: list[Any], dims: list[int], path: str, out: list[Any]) -> None:

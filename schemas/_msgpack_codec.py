@@ -16,6 +16,7 @@ NaN/Inf in float tensors pass through untouched (raw IEEE bytes; no O(n) scan).
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
@@ -61,7 +62,7 @@ def encode(message: Message) -> bytes:
     """Frame a message: envelope, then each numeric tensor's little-endian bytes."""
     chunks: list[tuple[int, Array]] = []
 
-    def encode_tensors(tensors: dict[str, TensorValue], field: str) -> list[dict[str, Any]]:
+    def encode_tensors(tensors: Mapping[str, TensorValue], field: str) -> list[dict[str, Any]]:
         entries, offset = [], 0
         for index, (name, value) in enumerate(tensors.items()):
             entry, chunk = _entry(name, value, offset, f"{field}[{index}]")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -122,10 +123,10 @@ def _rebuild(ref: TensorRef, raw: Any, path: str) -> TensorValue:
     return np.frombuffer(raw, dtype=dtype).reshape(ref.shape)
 
 
-def _tensors(message: Message) -> dict[str, TensorValue]:
+def _tensors(message: Message) -> Mapping[str, TensorValue]:
     if not message.TENSORS:
         return {}
-    tensors: dict[str, TensorValue] = getattr(message, message.TENSORS)
+    tensors: Mapping[str, TensorValue] = getattr(message, message.TENSORS)
     return tensors
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar, Self
@@ -91,7 +92,7 @@ class _Message:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _tensors_equal(left: dict[str, TensorValue], right: dict[str, TensorValue]) -> bool:
+def _tensors_equal(left: Mapping[str, TensorValue], right: Mapping[str, TensorValue]) -> bool:
     if left.keys() != right.keys():
         return False
     return all(_tensor_equal(left[name], right[name]) for name in left)
@@ -134,7 +135,8 @@ class InferenceRequest(_Message):
     task_id: str
     tenant: str
     pipeline: str
-    inputs: dict[str, TensorValue]
+    inputs: Mapping[str, TensorValue]
+    """Any mapping of name to array or ``TensorRef``; stored as a validated dict copy."""
     parameters: dict[str, Any] = field(default_factory=dict)
     """JSON-like values only (null, bool, int, finite float, str, list, str-keyed dict)."""
     model_version: int | None = None
@@ -167,7 +169,7 @@ class InferenceRequest(_Message):
 
     @classmethod
     def new(
-        cls, *, tenant: str, pipeline: str, inputs: dict[str, TensorValue], **options: Any
+        cls, *, tenant: str, pipeline: str, inputs: Mapping[str, TensorValue], **options: Any
     ) -> Self:
         """A request with a fresh uuid4-hex ``task_id`` and ``submitted_at_ms`` = now."""
         options.setdefault("task_id", new_task_id())
@@ -183,7 +185,7 @@ class StageMessage(_Message):
     pipeline: str
     content_type: str
     """Encoding the final result must use."""
-    tensors: dict[str, TensorValue]
+    tensors: Mapping[str, TensorValue]
     model_version: int | None = None
     """Requested version; after inference, the version that ran."""
     model_name: str | None = None
@@ -222,7 +224,7 @@ class StageMessage(_Message):
         cls,
         request: InferenceRequest,
         request_content_type: str,
-        tensors: dict[str, TensorValue],
+        tensors: Mapping[str, TensorValue],
         **options: Any,
     ) -> Self:
         """Carry a request's routing fields forward; the result keeps the client's encoding."""
@@ -250,7 +252,7 @@ class InferenceResult(_Message):
     task_id: str
     tenant: str
     pipeline: str
-    outputs: dict[str, TensorValue]
+    outputs: Mapping[str, TensorValue]
     model_name: str
     model_version: int
     submitted_at_ms: int

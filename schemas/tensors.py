@@ -156,10 +156,10 @@ def check_shape(shape: Any, field: str, max_elements: int | None = None) -> tupl
 
 
 def normalize_tensors(tensors: Any, field: str) -> dict[str, TensorValue]:
-    """Validate a tensor dict and return it with ``U``/``S`` arrays made object arrays."""
-    if not isinstance(tensors, dict):
+    """Validate a tensor mapping; returns a new dict with ``U``/``S`` arrays made object arrays."""
+    if not isinstance(tensors, Mapping):
         raise ContractError.at(
-            ErrorCode.WRONG_TYPE, field, f"expected a dict, got {kind_name(tensors)}"
+            ErrorCode.WRONG_TYPE, field, f"expected a mapping, got {kind_name(tensors)}"
         )
     out: dict[str, TensorValue] = {}
     for name, value in tensors.items():

@@ -50,7 +50,7 @@ class Client:
         *,
         reply_to: str | None = None,
         content_type: str = MSGPACK,
-        unclaimed_limit: int = 100_000,
+        received_limit: int = 100_000,
     ) -> None:
         self.topics = topics or Topics()
         self.bootstrap = bootstrap
@@ -60,9 +60,10 @@ class Client:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[Result]] = {}
-        # Results that arrived before anyone asked: bounded, oldest dropped first.
-        self._unclaimed: OrderedDict[str, Result] = OrderedDict()
-        self._unclaimed_limit = unclaimed_limit
+        # Results seen lately, so `result()` answers before or after arrival, more than once;
+        # bounded, oldest dropped first.
+        self._received: OrderedDict[str, Result] = OrderedDict()
+        self._received_limit = received_limit
         self._subscribers: list[tuple[str | None, asyncio.Queue[Result]]] = []
         self._tasks = TaskSet(self._reader_crashed)
         self._reader_error: BaseException | None = None
@@ -139,8 +140,8 @@ class Client:
 
     async def result(self, task_id: str, timeout_s: float | None = None) -> Result:
         """The result (or error) of `task_id`."""
-        if task_id in self._unclaimed:
-            return self._unclaimed.pop(task_id)
+        if task_id in self._received:
+            return self._received[task_id]
         self._raise_if_broken()
         future = self._waiting.get(task_id)
         if future is None:
@@ -185,10 +186,9 @@ class Client:
         future = self._waiting.pop(result.task_id, None)
         if future is not None and not future.done():
             future.set_result(result)
-        else:
-            self._unclaimed[result.task_id] = result
-            if len(self._unclaimed) > self._unclaimed_limit:
-                self._unclaimed.popitem(last=False)
+        self._received[result.task_id] = result
+        if len(self._received) > self._received_limit:
+            self._received.popitem(last=False)
         for tenant, queue in self._subscribers:
             if tenant is None or tenant == result.tenant:
                 if queue.full():

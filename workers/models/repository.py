@@ -102,11 +102,17 @@ class ModelRepository:
         self.pipelines: dict[str, PipelineConfig] = {}
         for config_path in sorted(root.glob(f"*/{CONFIG_FILENAME}")):
             model = _read_model(config_path)
+            if model.name in self.models:
+                raise RepositoryError(
+                    f"{config_path}: model name {model.name!r} is already used by "
+                    f"{self.models[model.name].directory}"
+                )
             self.models[model.name] = model
             for pipeline in model.pipelines:
                 if pipeline.name in self.pipelines:
                     raise RepositoryError(
-                        f"{config_path}: pipeline {pipeline.name!r} declared twice"
+                        f"{config_path}: pipeline {pipeline.name!r} declared twice "
+                        f"(also by model {self.pipelines[pipeline.name].model!r})"
                     )
                 self.pipelines[pipeline.name] = pipeline
 
@@ -170,7 +176,9 @@ def _read_model(config_path: Path) -> ModelConfig:
                 )
                 for p in raw.get("pipelines", [])
             ),
-            served_versions=_apply_policy(raw.get("version_policy", {"latest": 1}), available),
+            served_versions=_apply_policy(
+                raw.get("version_policy", {"latest": 1}), available, config_path
+            ),
             directory=directory,
         )
     except RepositoryError:
@@ -183,18 +191,23 @@ def _spec(raw: dict[str, Any]) -> TensorSpec:
     return TensorSpec(str(raw["name"]), str(raw["datatype"]), tuple(int(d) for d in raw["shape"]))
 
 
-def _apply_policy(policy: dict[str, Any], available: list[int]) -> tuple[int, ...]:
+def _apply_policy(policy: dict[str, Any], available: list[int], where: Path) -> tuple[int, ...]:
     if "latest" in policy:
         count = int(policy["latest"])
         if count < 1:
-            raise RepositoryError(f"version_policy.latest must be >= 1, got {count}")
+            raise RepositoryError(f"{where}: version_policy.latest must be >= 1, got {count}")
         return tuple(available[-count:])
     if "specific" in policy:
         wanted = [int(v) for v in policy["specific"]]
         missing = [v for v in wanted if v not in available]
         if missing:
-            raise RepositoryError(f"version_policy.specific names missing versions {missing}")
+            raise RepositoryError(
+                f"{where}: version_policy.specific names missing versions {missing}; "
+                f"available: {available}"
+            )
         return tuple(sorted(wanted))
     if "all" in policy:
         return tuple(available)
-    raise RepositoryError(f"version_policy must be latest, specific or all, got {policy!r}")
+    raise RepositoryError(
+        f"{where}: version_policy must be latest, specific or all, got {policy!r}"
+    )

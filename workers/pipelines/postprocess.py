@@ -31,11 +31,15 @@ def mean_pool_normalize(
 ) -> dict[str, Array]:
     """`embedding.mean_pool_normalize`: mean over unmasked tokens of `last_hidden_state`.
 
-    For graphs that do not pool inside; the inference stage forwards `attention_mask`.
+    For graphs that do not pool inside; the inference stage forwards `attention_mask`. That
+    mask is the task's own (unpadded) one, while `last_hidden_state` is padded to the longest
+    task of the batch: positions past the mask are padding and are dropped.
     """
     hidden = require(outputs, "last_hidden_state", "outputs")
-    mask = require(outputs, "attention_mask", "outputs")[:, : hidden.shape[1], None]
-    weights = mask.astype(np.float32)
+    mask = require(outputs, "attention_mask", "outputs")
+    seq = min(hidden.shape[1], mask.shape[1])
+    hidden = hidden[:, :seq]
+    weights = mask[:, :seq, None].astype(np.float32)
     pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
     return {"embedding": _l2_normalize(pooled)}
 

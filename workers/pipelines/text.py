@@ -76,11 +76,16 @@ class Tokenize:
 
 
 def _texts(tensor: Array, max_texts: int) -> list[str]:
-    if tensor.dtype != object or tensor.ndim != 1:
+    if tensor.dtype.kind not in "OU":
+        raise ContractError(
+            ErrorCode.DTYPE_MISMATCH,
+            f"inputs.text must be a BYTES tensor of strings, got dtype {tensor.dtype}",
+            "inputs.text",
+        )
+    if tensor.ndim != 1:
         raise ContractError(
             ErrorCode.SHAPE_MISMATCH,
-            f"inputs.text must be a 1-D BYTES tensor of strings, got dtype {tensor.dtype} "
-            f"shape {list(tensor.shape)}",
+            f"inputs.text must be 1-D, got shape {list(tensor.shape)}",
             "inputs.text",
         )
     if tensor.shape[0] == 0:

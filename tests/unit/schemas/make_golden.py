@@ -39,7 +39,13 @@ def golden_messages() -> dict[str, Message]:
             "text": np.array(["hello world", "héllo ☃"], dtype=object),
             "mask": np.array([[1, 1, 0]], dtype=np.int64),
         },
-        parameters={"normalize": True, "top_k": 3, "temperature": 0.25, "tags": ["a", None]},
+        parameters={
+            "normalize": True,
+            "top_k": 3,
+            "temperature": 0.25,
+            "epsilon": 1e-07,  # pins the JSON exponent form (orjson: 1e-7)
+            "tags": ["a", None],
+        },
         model_version=2,
         priority="interactive",
         deadline_ms=1_700_000_060_000,

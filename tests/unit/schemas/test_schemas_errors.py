@@ -451,10 +451,11 @@ def test_construction_validates() -> None:
         "inputs['']",
         lambda: InferenceRequest.new(tenant="a", pipeline="p", inputs={"": np.zeros(1)}),
     )
+    not_an_array: dict[str, Any] = {"x": [1.0]}
     raises(
         ErrorCode.WRONG_TYPE,
         "inputs['x']",
-        lambda: InferenceRequest.new(tenant="a", pipeline="p", inputs={"x": [1.0]}),
+        lambda: InferenceRequest.new(tenant="a", pipeline="p", inputs=not_an_array),
     )
     raises(
         ErrorCode.DTYPE_MISMATCH,

@@ -198,7 +198,8 @@ def test_hypothesis_mutations_only_raise_contract_errors(
 
 
 def test_envelope_garbage_types_are_contract_errors() -> None:
-    for envelope in (None, 1, "x", b"x", [], {1: 2}, {"inputs": msgpack.ExtType(5, b"x")}):
+    envelopes: list[object] = [None, 1, "x", b"x", [], {1: 2}, {"inputs": msgpack.ExtType(5, b"x")}]
+    for envelope in envelopes:
         value = frame(None, raw_envelope=msgpack.packb(envelope, strict_types=False))
         outcome = decode_any(random.Random(1), value, MSGPACK)
         assert outcome != "ok"

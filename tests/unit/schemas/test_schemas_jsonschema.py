@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs; types-jsonschema is not a dev dep
 import pytest
 from hypothesis import given, settings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from types import MappingProxyType
 
 import numpy as np
 
@@ -55,6 +56,16 @@ def test_result_encoding_follows_request_unless_overridden() -> None:
     stage = StageMessage.from_request(override, JSON, tensors={"ids": np.arange(3)})
     assert stage.content_type == MSGPACK
     assert (stage.task_id, stage.submitted_at_ms) == (override.task_id, override.submitted_at_ms)
+
+
+def test_any_mapping_of_tensors_is_stored_as_a_private_dict() -> None:
+    floats = {"x": np.zeros(3, np.float32)}  # dict[str, NDArray[float32]]: accepted by mypy
+    request = InferenceRequest.new(tenant="a", pipeline="p", inputs=MappingProxyType(floats))
+    assert type(request.inputs) is dict
+    floats["y"] = np.ones(1, np.float32)
+    assert list(request.inputs) == ["x"]
+    stage = StageMessage.from_request(request, JSON, tensors=floats)
+    assert stage.tensors is not floats
 
 
 def test_equality_is_tensor_aware() -> None:

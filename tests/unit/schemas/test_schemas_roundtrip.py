@@ -17,6 +17,7 @@ from schemas import (
     InferenceResult,
     Message,
     StageMessage,
+    arrays_of,
     decode_request,
     decode_result,
     decode_stage,
@@ -71,8 +72,9 @@ def test_every_dtype_and_shape(
     request = InferenceRequest.new(tenant="acme", pipeline="p", inputs={"x": array})
     decoded = decode_request(encode(request, content_type))
     assert decoded == request
-    assert decoded.inputs["x"].dtype == dtype.newbyteorder("<")
-    assert decoded.inputs["x"].shape == shape
+    x = arrays_of(decoded.inputs)["x"]
+    assert x.dtype == dtype.newbyteorder("<")
+    assert x.shape == shape
 
 
 @pytest.mark.parametrize("content_type", ENCODINGS)
@@ -105,10 +107,11 @@ def test_string_tensors_follow_the_rule(content_type: str) -> None:
         },
     )
     decoded = decode_request(encode(request, content_type))
-    assert [type(x) for x in decoded.inputs["u"].flat] == [str, str]
-    assert [type(x) for x in decoded.inputs["s"].flat] == [bytes, bytes]
-    assert decoded.inputs["o"].shape == (2, 1)
-    assert decoded.inputs["empty"].shape == (0, 2)
+    arrays = arrays_of(decoded.inputs)
+    assert [type(x) for x in arrays["u"].flat] == [str, str]
+    assert [type(x) for x in arrays["s"].flat] == [bytes, bytes]
+    assert arrays["o"].shape == (2, 1)
+    assert arrays["empty"].shape == (0, 2)
     assert decoded == request
 
 
@@ -117,9 +120,20 @@ def test_decoded_arrays_are_read_only(content_type: str) -> None:
     request = InferenceRequest.new(
         tenant="acme", pipeline="p", inputs={"x": np.ones(3), "s": np.array(["a"])}
     )
-    decoded = decode_request(encode(request, content_type))
-    assert not decoded.inputs["x"].flags.writeable
-    assert not decoded.inputs["s"].flags.writeable
+    arrays = arrays_of(decode_request(encode(request, content_type)).inputs)
+    assert not arrays["x"].flags.writeable
+    assert not arrays["s"].flags.writeable
+
+
+def test_json_float32_survives_readers_that_parse_to_double() -> None:
+    # 7.038531e-26 is float32 0x15ae43fd's shortest float32 digits, but parsed to double and
+    # narrowed it becomes the next float32: JSON must carry the widened float64 digits.
+    tricky = np.array([0x15AE43FD, 0x3EAAAAAB], dtype=np.uint32).view(np.float32)
+    request = InferenceRequest.new(tenant="acme", pipeline="p", inputs={"x": tricky})
+    value = encode(request, JSON)
+    assert b"7.038531e-26" not in value
+    decoded = arrays_of(decode_request(value).inputs)["x"]
+    assert decoded.view(np.uint32).tolist() == tricky.view(np.uint32).tolist()
 
 
 def test_json_accepts_nested_data_and_the_v2_example() -> None:
@@ -130,8 +144,9 @@ def test_json_accepts_nested_data_and_the_v2_example() -> None:
     )
     request = decode_request(body)
     assert request.task_id == "t-1"
-    assert request.inputs["text"].tolist() == ["hello world"]
-    np.testing.assert_array_equal(request.inputs["m"], [[1, 2.5], [3, 4]])
+    inputs = arrays_of(request.inputs)
+    assert inputs["text"].tolist() == ["hello world"]
+    np.testing.assert_array_equal(inputs["m"], [[1, 2.5], [3, 4]])
 
 
 @given(st.sampled_from([errors(), results()]).flatmap(lambda s: s), st.sampled_from(ENCODINGS))

@@ -12,6 +12,7 @@ from schemas import (
     DecodeLimits,
     InferenceRequest,
     StageMessage,
+    arrays_of,
     decode_request,
     decode_stage,
     encode,
@@ -32,7 +33,7 @@ def test_decoded_tensor_is_a_view_of_the_value(dtype: str) -> None:
         tenant="acme", pipeline="p", inputs={"a": np.ones(3), "x": array}
     )
     value = encode(request)
-    decoded = decode_request(value).inputs["x"]
+    decoded = arrays_of(decode_request(value).inputs)["x"]
     assert base_chain_end(decoded) is value
     assert np.shares_memory(decoded, np.frombuffer(value, dtype=np.uint8))
     assert not decoded.flags.writeable
@@ -44,13 +45,17 @@ def test_decoded_tensor_is_a_view_of_the_value(dtype: str) -> None:
 
 
 def test_tensors_are_64_byte_aligned_within_the_value() -> None:
-    tensors = {"a": np.ones(3, np.float32), "b": np.ones(5, np.int8), "c": np.ones(2)}
+    tensors: dict[str, np.ndarray[Any, Any]] = {
+        "a": np.ones(3, np.float32),
+        "b": np.ones(5, np.int8),
+        "c": np.ones(2),
+    }
     stage = StageMessage(
         task_id="t", tenant="a", pipeline="p", content_type="application/json", tensors=tensors
     )
     value = encode(stage)
     start = np.frombuffer(value, np.uint8).ctypes.data
-    for array in decode_stage(value).tensors.values():
+    for array in arrays_of(decode_stage(value).tensors).values():
         assert (array.ctypes.data - start) % 64 == 0
 
 
@@ -62,13 +67,13 @@ def test_decoding_64_mib_allocates_nothing_proportional() -> None:
     limits = DecodeLimits(max_message_bytes=2 * size, max_tensor_elements=size)
     tracemalloc.start()
     try:
-        decoded = decode_request(value, limits=limits)
+        decoded = arrays_of(decode_request(value, limits=limits).inputs)["x"]
         _, peak = tracemalloc.get_traced_memory()
-        copied = np.array(decoded.inputs["x"][:1024])  # proves numpy allocations are traced
+        copied = np.array(decoded[:1024])  # proves numpy allocations are traced
         _, peak_after_copy = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 256 * 1024, peak
     assert peak_after_copy >= copied.nbytes
-    assert base_chain_end(decoded.inputs["x"]) is value
-    assert decoded.inputs["x"][-1] == size // 4 - 1
+    assert base_chain_end(decoded) is value
+    assert decoded[-1] == size // 4 - 1

@@ -1,0 +1,46 @@
+"""Reading what the pipeline wrote: every record of a topic, results by task id."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from schemas import InferenceRequest, decode_result
+from workers.kafka.admin import partitions_of
+
+FEATURES = 16
+
+
+def tiny_request(tenant: str, **options: object) -> InferenceRequest:
+    rng = np.random.default_rng()
+    features = rng.standard_normal((1, FEATURES)).astype(np.float32)
+    return InferenceRequest.new(
+        tenant=tenant, pipeline="tiny-classify", inputs={"features": features}, **options
+    )
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record now in `topic`, from the beginning to the current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(60):
+            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def results_per_task(bootstrap: str, topic: str) -> Counter[str]:
+    records = await read_topic(bootstrap, topic)
+    return Counter(decode_result(r.value or b"", r.headers).task_id for r in records)

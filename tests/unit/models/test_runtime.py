@@ -1,0 +1,196 @@
+"""ModelRuntime and OnnxModel on CPU: provider choice, numerics, single loading, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from workers.models import runtime as runtime_module
+from workers.models.builders import build_tiny_classifier
+from workers.models.repository import ModelRepository, ModelVersion
+from workers.models.runtime import ModelRuntime, OnnxModel, RuntimeOptions, choose_providers
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TRT = "TensorrtExecutionProvider"
+CPU_ONLY = RuntimeOptions(providers=(CPU,), intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+    root = tmp_path_factory.mktemp("runtime-repository")
+    for version in (1, 2):
+        build_tiny_classifier(root, version, seed=10 + version)
+    config = root / "tiny-classifier" / "config.json"
+    config.write_text(config.read_text().replace('"latest": 1', '"all": {}'))
+    return ModelRepository(root)
+
+
+def _version(repository: ModelRepository, number: int) -> ModelVersion:
+    return repository.resolve("tiny-classify", number)[1]
+
+
+def _features(rows: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.random.default_rng(5).standard_normal((rows, 16)).astype(np.float32)
+
+
+class CountingModel(OnnxModel):
+    """Counts sessions created; each load waits for `gate` so callers overlap for sure."""
+
+    created: list[tuple[str, int]]
+    gate: threading.Event
+
+    def __init__(self, version: ModelVersion, options: RuntimeOptions) -> None:
+        if not type(self).gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        type(self).created.append((version.name, version.version))
+        super().__init__(version, options)
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> type[CountingModel]:
+    class Counting(CountingModel):
+        created = []
+        gate = threading.Event()
+
+    monkeypatch.setattr(runtime_module, "OnnxModel", Counting)
+    return Counting
+
+
+@pytest.mark.parametrize(
+    ("preferred", "available", "chosen"),
+    [
+        ((TRT, CUDA, CPU), [CPU, CUDA, TRT], [TRT, CUDA, CPU]),
+        ((TRT, CUDA, CPU), [CUDA, CPU], [CUDA, CPU]),
+        ((CUDA, TRT), [TRT, CUDA, CPU], [CUDA, TRT, CPU]),
+        ((TRT, CUDA, CPU), ["AzureExecutionProvider", CPU], [CPU]),
+        ((CPU, CUDA), [CUDA, CPU], [CUDA, CPU]),
+        (("NopeExecutionProvider",), [], [CPU]),
+        ((), [CUDA, CPU], [CPU]),
+    ],
+)
+def test_choose_providers_keeps_preference_order_and_ends_with_cpu(
+    preferred: tuple[str, ...], available: list[str], chosen: list[str]
+) -> None:
+    assert choose_providers(preferred, available) == chosen
+
+
+def test_cpu_run_matches_a_numpy_forward_pass(repository: ModelRepository) -> None:
+    version = _version(repository, 2)
+    weights = {
+        t.name: numpy_helper.to_array(t) for t in onnx.load(str(version.path)).graph.initializer
+    }
+    features = _features(9)
+    hidden = np.maximum(features @ weights["fc1.weight"] + weights["fc1.bias"], 0.0)
+    expected = hidden @ weights["fc2.weight"] + weights["fc2.bias"]
+
+    model = OnnxModel(version, CPU_ONLY)
+    outputs = model.run({"features": features})
+
+    assert model.providers == [CPU]
+    assert model.output_names == ["logits"]
+    assert outputs.keys() == {"logits"}
+    assert outputs["logits"].dtype == np.float32
+    np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-5, atol=1e-5)
+
+
+async def test_infer_runs_the_pinned_version(repository: ModelRepository) -> None:
+    features = _features(4)
+
+    async with ModelRuntime(CPU_ONLY) as runtime:
+        first = await runtime.infer(_version(repository, 1), {"features": features})
+        second = await runtime.infer(_version(repository, 2), {"features": features})
+        again = await runtime.infer(_version(repository, 1), {"features": features})
+
+    assert first["logits"].shape == second["logits"].shape == (4, 4)
+    assert not np.allclose(first["logits"], second["logits"])
+    np.testing.assert_array_equal(first["logits"], again["logits"])
+    assert sorted(m.version.version for m in runtime.loaded()) == [1, 2]
+
+
+async def test_concurrent_callers_load_a_version_once(
+    repository: ModelRepository, counting: type[CountingModel]
+) -> None:
+    version = _version(repository, 1)
+
+    async with ModelRuntime(CPU_ONLY, max_concurrent_batches=4) as runtime:
+        callers = [asyncio.create_task(runtime.model(version)) for _ in range(8)]
+        await asyncio.sleep(0)  # a yield, not a wait: every caller reaches the load
+        assert not any(c.done() for c in callers)
+        counting.gate.set()
+        models = await asyncio.gather(*callers)
+        later = await runtime.model(version)
+        other = await runtime.model(_version(repository, 2))
+
+    assert counting.created == [("tiny-classifier", 1), ("tiny-classifier", 2)]
+    assert all(m is models[0] for m in [*models, later])
+    assert other is not later
+    assert isinstance(models[0], CountingModel)
+
+
+async def test_a_failed_load_fails_every_caller_and_is_retried(
+    repository: ModelRepository, counting: type[CountingModel], tmp_path: Path
+) -> None:
+    real = _version(repository, 1)
+    broken_dir = tmp_path / "tiny-classifier" / "1"
+    broken_dir.mkdir(parents=True)
+    (broken_dir / "model.onnx").write_bytes(b"not an onnx model")
+    broken = ModelVersion(
+        dataclasses.replace(real.config, directory=tmp_path / "tiny-classifier"), 1
+    )
+    counting.gate.set()
+
+    async with ModelRuntime(CPU_ONLY) as runtime:
+        results = await asyncio.gather(
+            runtime.model(broken), runtime.model(broken), return_exceptions=True
+        )
+        (broken_dir / "model.onnx").write_bytes(real.path.read_bytes())
+        repaired = await runtime.model(broken)
+
+    assert len(results) == 2
+    assert all(isinstance(r, Exception) for r in results)
+    assert results[0] is results[1]  # one load, one failure shared by both callers
+    assert counting.created == [("tiny-classifier", 1), ("tiny-classifier", 1)]
+    assert repaired.run({"features": _features(2)})["logits"].shape == (2, 4)
+
+
+async def test_infer_before_start_raises(repository: ModelRepository) -> None:
+    runtime = ModelRuntime(CPU_ONLY)
+
+    with pytest.raises(RuntimeError, match="not started"):
+        await runtime.infer(_version(repository, 1), {"features": _features(1)})
+
+
+async def test_infer_after_stop_raises_even_with_a_loaded_model(
+    repository: ModelRepository,
+) -> None:
+    version = _version(repository, 1)
+    runtime = ModelRuntime(CPU_ONLY)
+    await runtime.start()
+    await runtime.model(version)
+    await runtime.stop()
+
+    with pytest.raises(RuntimeError, match="not started"):
+        await runtime.infer(version, {"features": _features(1)})
+
+
+async def test_double_start_is_an_error_and_stop_is_idempotent() -> None:
+    runtime = ModelRuntime(CPU_ONLY)
+    await runtime.stop()
+    await runtime.start()
+
+    with pytest.raises(RuntimeError, match="already started"):
+        await runtime.start()
+
+    await runtime.stop()
+    await runtime.stop()
+    await runtime.start()  # a stopped runtime may start again
+    await runtime.stop()

@@ -1,0 +1,99 @@
+"""Start and stop whole worker processes: the demo, the benchmarks and the e2e tests use it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+@dataclass
+class WorkerProcess:
+    stage: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class WorkerFleet:
+    """Worker processes of every stage, configured by environment variables (the settings)."""
+
+    env: dict[str, str]
+    """CONVEYOR_* / KAFKA_BOOTSTRAP / REDIS_URL for every worker."""
+    log_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start(
+        self, stage: str, count: int = 1, extra_env: dict[str, str] | None = None
+    ) -> list[WorkerProcess]:
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        started = []
+        for _ in range(count):
+            index = sum(1 for w in self.workers if w.stage == stage)
+            log_path = self.log_dir / f"{stage}-{index}.log"
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "workers", "worker", stage],
+                    env={**os.environ, **self.env, **(extra_env or {})},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            worker = WorkerProcess(stage, process, log_path)
+            self.workers.append(worker)
+            started.append(worker)
+        return started
+
+    def start_all(self, per_stage: int = 1) -> None:
+        for stage in STAGES:
+            self.start(stage, per_stage)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until every worker has joined its group and holds partitions (its log says so)."""
+        deadline = time.monotonic() + timeout_s
+        for worker in self.workers:
+            while ": assigned [" not in worker.log():
+                if not worker.alive:
+                    raise RuntimeError(f"{worker.stage} worker exited:\n{worker.log()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{worker.stage} worker not ready:\n{worker.log()[-3000:]}")
+                time.sleep(0.1)
+
+    def stop(self, worker: WorkerProcess, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        """Signal one worker and wait for it; returns its exit code."""
+        if worker.alive:
+            worker.process.send_signal(sig)
+        try:
+            return worker.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            return worker.process.wait()
+
+    def stop_all(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        for worker in self.workers:
+            if worker.alive:
+                worker.process.send_signal(sig)
+        for worker in self.workers:
+            self.stop(worker, sig, timeout_s)
+        self.workers.clear()
+
+    def __enter__(self) -> WorkerFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
