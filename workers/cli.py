@@ -142,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # aiokafka narrates every join and subscription at INFO; ours is the story worth reading.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.root.level))
     try:
         return handlers[args.command](args, settings)
     except StackError as exc:

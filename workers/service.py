@@ -79,7 +79,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             stage = PreprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
         elif stage_name == "inference":
             runtime = await stack.enter_async_context(
-                ModelRuntime(runtime_options(settings), w.batches_in_flight)
+                ModelRuntime(runtime_options(settings), settings.runtime.concurrent_runs)
             )
             stage = InferenceStage(
                 topics, repository, runtime, limits, w.max_batch_size, w.max_wait_ms

@@ -95,6 +95,10 @@ class RuntimeSettings(_Group):
     """ONNX Runtime graph optimization level."""
     io_binding: bool = True
     """Bind inputs and outputs directly on device providers (CUDA, TensorRT)."""
+    concurrent_runs: int = Field(default=1, ge=1)
+    """Model runs at once. ONNX Runtime already spreads one run over `intra_op_threads`, so
+    on CPU a second concurrent run only contends for the same cores; batches still overlap
+    their host work (decode, delivery, ledger) with the run in progress."""
 
 
 class StackSettings(_Group):

@@ -106,18 +106,18 @@ class OnnxModel:
 class ModelRuntime:
     """Loads model versions on first use and runs batches off the event loop."""
 
-    def __init__(self, options: RuntimeOptions, max_concurrent_batches: int = 2) -> None:
+    def __init__(self, options: RuntimeOptions, concurrent_runs: int = 1) -> None:
         self.options = options
         self._models: dict[tuple[str, int], OnnxModel] = {}
         self._loading: dict[tuple[str, int], asyncio.Future[OnnxModel]] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._max_concurrent_batches = max_concurrent_batches
+        self._concurrent_runs = concurrent_runs
 
     async def start(self) -> None:
         if self._executor is not None:
             raise RuntimeError("ModelRuntime already started")
         self._executor = ThreadPoolExecutor(
-            max_workers=self._max_concurrent_batches, thread_name_prefix="onnx"
+            max_workers=self._concurrent_runs, thread_name_prefix="onnx"
         )
 
     async def stop(self) -> None:

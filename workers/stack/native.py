@@ -331,8 +331,8 @@ class NativeStack:
                 *self._jvm_options(),
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # One argument: an id may start with "-", which argparse would take for a flag.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(properties),
             ],

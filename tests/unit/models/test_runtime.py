@@ -121,7 +121,7 @@ async def test_concurrent_callers_load_a_version_once(
 ) -> None:
     version = _version(repository, 1)
 
-    async with ModelRuntime(CPU_ONLY, max_concurrent_batches=4) as runtime:
+    async with ModelRuntime(CPU_ONLY, concurrent_runs=4) as runtime:
         callers = [asyncio.create_task(runtime.model(version)) for _ in range(8)]
         await asyncio.sleep(0)  # a yield, not a wait: every caller reaches the load
         assert not any(c.done() for c in callers)

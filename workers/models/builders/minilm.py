@@ -224,12 +224,15 @@ def _write_tokenizer(source: Path, target: Path, max_sequence_length: int) -> No
 
 
 def _config(pooling_in_graph: bool, max_sequence_length: int) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"max_sequence_length": max_sequence_length, "truncate": True}
     if pooling_in_graph:
         output = tensor_spec("sentence_embedding", "FP32", [-1, HIDDEN_SIZE])
         postprocess = "embedding.normalize"
     else:
         output = tensor_spec("last_hidden_state", "FP32", [-1, -1, HIDDEN_SIZE])
         postprocess = "embedding.mean_pool_normalize"
+        # Pooling outside the graph needs the mask: the inference stage passes it along.
+        parameters["forward_inputs"] = ["attention_mask"]
     return {
         "name": MODEL_NAME,
         "platform": "onnxruntime",
@@ -245,7 +248,7 @@ def _config(pooling_in_graph: bool, max_sequence_length: int) -> dict[str, Any]:
                 "name": "text-embedding",
                 "preprocess": "text.tokenize",
                 "postprocess": postprocess,
-                "parameters": {"max_sequence_length": max_sequence_length, "truncate": True},
+                "parameters": parameters,
             }
         ],
     }
