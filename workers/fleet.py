@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 STAGES = ("preprocess", "inference", "postprocess")
+# Several workers share this host: each takes a free loopback port for /metrics and health
+# and announces it in Redis (`conveyor top` reads it there).
+_LOCAL = {
+    "CONVEYOR_OBSERVABILITY__METRICS_PORT": "0",
+    "CONVEYOR_OBSERVABILITY__METRICS_HOST": "127.0.0.1",
+}
 
 
 @dataclass
@@ -49,7 +55,7 @@ class WorkerFleet:
             with log_path.open("ab") as log:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "workers", "worker", stage],
-                    env={**os.environ, **self.env, **(extra_env or {})},
+                    env={**os.environ, **_LOCAL, **self.env, **(extra_env or {})},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

@@ -57,3 +57,10 @@ class RedisKeys:
     def task(self, task_id: str) -> str:
         """Hash holding one task's ledger record."""
         return f"{self.prefix}task:{task_id}"
+
+    def worker(self, instance_id: str) -> str:
+        """Hash announcing one live worker (stage, metrics URL); expires unless refreshed."""
+        return f"{self.prefix}worker:{instance_id}"
+
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}worker:*"

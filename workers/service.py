@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import time
 from contextlib import AsyncExitStack
 from typing import Literal
 
@@ -16,16 +19,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas import DecodeLimits
 from workers.kafka.admin import TopicSpec, ensure_topics
-from workers.kafka.clients import make_consumer, make_producer
+from workers.kafka.clients import client_id, make_consumer, make_producer
 from workers.ledger import Ledger
 from workers.models.repository import ModelRepository
 from workers.models.runtime import ModelRuntime, RuntimeOptions
 from workers.names import RedisKeys, Topics
+from workers.observability.http import ObservabilityServer
+from workers.observability.metrics import WorkerMetrics
+from workers.observability.registry import WorkerAnnouncement
 from workers.settings import Settings
 from workers.stages.inference import InferenceStage
 from workers.stages.postprocess import PostprocessStage
 from workers.stages.preprocess import PreprocessStage
 from workers.stages.runner import Stage, StageRunner
+from workers.stages.telemetry import StageTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +74,31 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
     repository = ModelRepository(settings.model_repository)
     limits = DecodeLimits()
     w = settings.worker
+    o = settings.observability
+    keys = RedisKeys(settings.redis.key_prefix)
+    metrics = WorkerMetrics(stage_name, o.tenant_label_cap)
+    telemetry = StageTelemetry(metrics, stage_name, o.stuck_after_s)
     await ensure_pipeline_topics(settings)
     async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(
+            ObservabilityServer(metrics.registry, telemetry.health, o.metrics_host, o.metrics_port)
+        )
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
-        ledger = await stack.enter_async_context(
-            Ledger(redis, RedisKeys(settings.redis.key_prefix), settings.redis.task_ttl_s)
+        ledger = await stack.enter_async_context(Ledger(redis, keys, settings.redis.task_ttl_s))
+        instance = client_id(settings.kafka, stage_name)
+        await stack.enter_async_context(
+            WorkerAnnouncement(
+                redis,
+                keys,
+                instance,
+                {
+                    "stage": stage_name,
+                    "metrics_url": f"http://{_advertised_host(o.metrics_host)}:{server.port}/metrics",
+                    "pid": str(os.getpid()),
+                    "started_at_ms": str(int(time.time() * 1000)),
+                },
+            )
         )
         stage: Stage
         if stage_name == "preprocess":
@@ -82,7 +108,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 ModelRuntime(runtime_options(settings), settings.runtime.concurrent_runs)
             )
             stage = InferenceStage(
-                topics, repository, runtime, limits, w.max_batch_size, w.max_wait_ms
+                topics, repository, runtime, limits, w.max_batch_size, w.max_wait_ms, metrics
             )
         else:
             stage = PostprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
@@ -92,7 +118,9 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         consumer = make_consumer(settings.kafka, stage_name, topics.group_of(stage_name))
         await consumer.start()
         stack.push_async_callback(consumer.stop)
-        runner = await stack.enter_async_context(StageRunner(stage, w, consumer, producer, ledger))
+        runner = await stack.enter_async_context(
+            StageRunner(stage, w, consumer, producer, ledger, telemetry)
+        )
         _install_signals(runner)
         log.info(
             "%s worker ready: %s -> pipeline topics under %r",
@@ -107,6 +135,11 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             runner.processed,
             runner.skipped,
         )
+
+
+def _advertised_host(bind_host: str) -> str:
+    """The host others reach the endpoint at: this machine's name when bound to all."""
+    return socket.gethostname() if bind_host in ("0.0.0.0", "::") else bind_host
 
 
 def _install_signals(runner: StageRunner) -> None:

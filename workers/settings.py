@@ -101,6 +101,17 @@ class RuntimeSettings(_Group):
     their host work (decode, delivery, ledger) with the run in progress."""
 
 
+class ObservabilitySettings(_Group):
+    metrics_host: str = "0.0.0.0"
+    """Interface of the worker's HTTP endpoint (/metrics, /livez, /readyz)."""
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    """Port of that endpoint; 0 picks a free one (several workers on one host)."""
+    tenant_label_cap: int = Field(default=50, ge=1)
+    """Tenants named in metric labels; the rest are counted as `other`."""
+    stuck_after_s: float = Field(default=30.0, gt=0)
+    """/livez fails when the worker's loop has not turned for this long."""
+
+
 class StackSettings(_Group):
     state_dir: Path = Path(".stack")
     """Data, logs and PID files of the native stack."""
@@ -137,6 +148,8 @@ class Settings(BaseSettings):
     """Intake, batching, commits and shutdown of a stage worker."""
     runtime: RuntimeSettings = RuntimeSettings()
     """ONNX Runtime."""
+    observability: ObservabilitySettings = ObservabilitySettings()
+    """Metrics and health endpoint."""
     model_repository: Path = Path("model_repository")
     """Folder of models and pipelines (`<model>/config.json`, `<model>/<version>/model.onnx`)."""
     log_level: str = "INFO"

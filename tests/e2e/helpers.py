@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from schemas import InferenceRequest, decode_result
+from schemas import InferenceRequest, Status, decode_result
 from workers.kafka.admin import partitions_of
+from workers.ledger import Ledger, reached
 
 FEATURES = 16
 
@@ -44,3 +45,16 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, b
 async def results_per_task(bootstrap: str, topic: str) -> Counter[str]:
     records = await read_topic(bootstrap, topic)
     return Counter(decode_result(r.value or b"", r.headers).task_id for r in records)
+
+
+async def settled_states(
+    ledger: Ledger, task_ids: list[str], timeout_s: float = 30
+) -> Counter[Status | None]:
+    """The ledger states once every task is final. The ledger is written just after a
+    stage's outputs are acknowledged, so it may trail the result a client sees."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            states = await ledger.states(task_ids)
+            if all(s is not None and reached(s, Status.DONE) for s in states.values()):
+                return Counter(states.values())
+            await asyncio.sleep(0.05)

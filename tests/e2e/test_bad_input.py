@@ -16,7 +16,7 @@ import pytest
 
 from schemas import ErrorCode, ErrorResult, InferenceRequest, InferenceResult, Status, encode
 from tests.e2e.conftest import Pipeline
-from tests.e2e.helpers import FEATURES, read_topic, tiny_request
+from tests.e2e.helpers import FEATURES, read_topic, settled_states, tiny_request
 from workers.client import Client
 from workers.ledger import Ledger
 
@@ -133,6 +133,7 @@ async def test_malformed_requests_fail_with_a_reason_and_workers_survive(
         ]
         await client.submit_raw(case.value, key=f"bad-{i}".encode(), headers=headers)
 
+    await settled_states(ledger, [f"bad-{i}" for i in range(len(bad))])
     for i, case in enumerate(bad):
         result = await client.result(f"bad-{i}", timeout_s=60)
         assert isinstance(result, ErrorResult), case.name

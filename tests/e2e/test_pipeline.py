@@ -11,7 +11,7 @@ import pytest
 
 from schemas import ErrorResult, InferenceResult, Status, arrays_of
 from tests.e2e.conftest import Pipeline
-from tests.e2e.helpers import results_per_task, tiny_request
+from tests.e2e.helpers import results_per_task, settled_states, tiny_request
 from workers.client import Client
 from workers.ledger import Ledger
 
@@ -36,8 +36,7 @@ async def test_requests_from_three_tenants_complete_exactly_once(
     ][:3]
     assert Counter(r.tenant for r in results) == {t: len(ids[i::3]) for i, t in enumerate(TENANTS)}
     assert {r.model_version for r in results if isinstance(r, InferenceResult)} == {2}
-    states = await ledger.states(ids)
-    assert Counter(states.values()) == {Status.DONE: 2000}
+    assert await settled_states(ledger, ids) == {Status.DONE: 2000}
     per_task = await results_per_task(pipeline.settings.kafka.bootstrap, pipeline.topics.results)
     assert set(per_task) == set(ids)
     assert max(per_task.values()) == 1, "a task was answered twice"
@@ -74,7 +73,7 @@ async def test_sigterm_of_a_stage_mid_stream_loses_nothing(
     results = await asyncio.gather(*(client.result(i, timeout_s=120) for i in ids))
 
     assert all(isinstance(r, InferenceResult) for r in results)
-    assert Counter((await ledger.states(ids)).values()) == {Status.DONE: 1500}
+    assert await settled_states(ledger, ids) == {Status.DONE: 1500}
     per_task = await results_per_task(pipeline.settings.kafka.bootstrap, pipeline.topics.results)
     assert set(per_task) == set(ids)
     assert max(per_task.values()) == 1, "graceful shutdown must not answer a task twice"

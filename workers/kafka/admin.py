@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,10 +45,25 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]
                 error = for_code(error_code)
                 raise error(f"creating topic {topic!r} failed: {rest[0] if rest else ''}")
             created.append(topic)
+        await _until_described(admin, created)
         log.info("created topics %s", created)
         return created
     finally:
         await admin.close()
+
+
+async def _until_described(
+    admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = 30
+) -> None:
+    """Creation returns before every broker's metadata lists the topic: wait until it does."""
+    if not topics:
+        return
+    async with asyncio.timeout(timeout_s):
+        while True:
+            described = await admin.describe_topics(topics)
+            if all(t["error_code"] == 0 and t["partitions"] for t in described):
+                return
+            await asyncio.sleep(0.05)
 
 
 async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:

@@ -22,6 +22,8 @@ from workers.ledger import Transition
 from workers.models.repository import ModelRepository, ModelVersion
 from workers.models.runtime import ModelRuntime
 from workers.names import Topics
+from workers.observability.metrics import WorkerMetrics
+from workers.observability.tracing import child_of
 from workers.pipelines.base import Array
 from workers.pipelines.collate import collate, rows_of, split
 from workers.stages.stage_messages import identify_stage_message
@@ -40,7 +42,10 @@ class InferenceStage:
         limits: DecodeLimits,
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or WorkerMetrics("inference")
+        self._announced: set[tuple[str, int]] = set()
         self.topics = topics
         self.input_topic = topics.preprocessed
         self.repository = repository
@@ -104,6 +109,7 @@ class InferenceStage:
             started = time.perf_counter()
             outputs = await self.runtime.infer(model, feeds)
             inference_ms = (time.perf_counter() - started) * 1000
+            self._observe(model, inference_ms / 1000)
             rows = split(outputs, [w.rows for w in batch])
         except ContractError as error:
             for work in batch:
@@ -143,6 +149,7 @@ class InferenceStage:
                 message,
                 tensors=tensors,
                 batch_id=batch_id,
+                traceparent=child_of(message.traceparent),
                 timings_ms={
                     **message.timings_ms,
                     "inference_queue": queue_ms,
@@ -163,6 +170,15 @@ class InferenceStage:
                     batch_id=batch_id,
                 )
             )
+
+    def _observe(self, model: ModelVersion, seconds: float) -> None:
+        self.metrics.inference.labels(model.name, str(model.version)).observe(seconds)
+        key = (model.name, model.version)
+        if key not in self._announced:
+            self._announced.add(key)
+            loaded = next((m for m in self.runtime.loaded() if m.version == model), None)
+            providers = ",".join(loaded.providers) if loaded else "unknown"
+            self.metrics.model.labels(model.name, str(model.version)).info({"providers": providers})
 
     def _model(self, name: str, version: int) -> ModelVersion:
         config = self.repository.models.get(name)

@@ -20,9 +20,10 @@ from schemas import (
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
+from workers.observability.tracing import child_of
 from workers.pipelines import postprocessor
 from workers.stages.stage_messages import identify_stage_message
-from workers.stages.work import StageOutput, Work, fail, internal_error
+from workers.stages.work import DEFAULT_LANE, Finished, StageOutput, Work, fail, internal_error
 
 BATCH_SIZE = 256
 
@@ -97,9 +98,20 @@ class PostprocessStage:
                 **message.timings_ms,
                 "postprocess": (time.perf_counter() - started) * 1000,
             },
-            traceparent=message.traceparent,
+            traceparent=child_of(message.traceparent),
         )
-        output.forward(message.reply_to or self.topics.results, result, message.content_type)
+        output.forward(
+            message.reply_to or self.topics.results, result, message.content_type, "result"
+        )
+        output.finished.append(
+            Finished(
+                message.pipeline,
+                message.tenant,
+                message.priority or DEFAULT_LANE,
+                Status.DONE,
+                latency_s=max(0.0, (now_ms - message.submitted_at_ms) / 1000),
+            )
+        )
         output.transitions.append(
             Transition(
                 task_id=message.task_id,

@@ -24,8 +24,16 @@ from schemas.fields import ID_RE, MSGPACK, NAME_RE, TRACEPARENT_RE
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
+from workers.observability.tracing import child_of
 from workers.pipelines import Preprocessor, preprocessor
-from workers.stages.work import StageOutput, TaskIdentity, Work, fail, internal_error
+from workers.stages.work import (
+    DEFAULT_LANE,
+    StageOutput,
+    TaskIdentity,
+    Work,
+    fail,
+    internal_error,
+)
 
 BATCH_SIZE = 256
 
@@ -92,6 +100,7 @@ class PreprocessStage:
             StageMessage.from_request(request, content_type, tensors),
             model_name=model.name,
             model_version=model.version,
+            traceparent=child_of(request.traceparent),
             timings_ms={"preprocess": (time.perf_counter() - started) * 1000},
         )
         output.forward(self.topics.preprocessed, message)
@@ -148,6 +157,7 @@ def identify(work: Work) -> TaskIdentity:
             request.reply_to,
             request.response_content_type or content_type,
             request.traceparent,
+            request.priority or DEFAULT_LANE,
         )
     key = record.key.decode("utf-8", "replace") if record.key else None
     fallback = f"{record.topic}-{record.partition}-{record.offset}"

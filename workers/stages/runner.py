@@ -24,6 +24,7 @@ from workers.batching import Batch, Batcher
 from workers.kafka.offsets import OffsetTracker
 from workers.ledger import Ledger, reached
 from workers.settings import WorkerSettings
+from workers.stages.telemetry import StageTelemetry
 from workers.stages.work import Outgoing, StageOutput, Work
 from workers.tasks import TaskSet
 
@@ -61,12 +62,14 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         ledger: Ledger,
+        telemetry: StageTelemetry,
     ) -> None:
         self.stage = stage
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
         self.ledger = ledger
+        self.telemetry = telemetry
         self.offsets = OffsetTracker()
         self._batcher: Batcher[Work] = Batcher(
             1, 0, key=_key_of, size_of=_rows_of, window_of=stage.batching
@@ -91,8 +94,10 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._loops.start(self._intake(), f"{self.stage.name}-intake")
         self._loops.start(self._dispatch(), f"{self.stage.name}-dispatch")
         self._loops.start(self._commit_loop(), f"{self.stage.name}-commit")
+        self.telemetry.serving = True
 
     def request_stop(self) -> None:
+        self.telemetry.serving = False
         self._stopping.set()
         self._room.set()
 
@@ -176,6 +181,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             return  # not tracked, so never committed: the next owner reads it again
         self.offsets.taken(TopicPartition(record.topic, record.partition), record.offset)
         work = self.stage.decode(record)
+        self.telemetry.taken(work)
         self._batcher.put(work)
 
     # ---- batches ----------------------------------------------------------------------
@@ -199,6 +205,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.offsets.finished(work.partition, work.record.offset)
             self.processed += len(fresh)
             self.skipped += len(batch.items) - len(fresh)
+            self.telemetry.batch_done(batch, len(fresh), output)
         finally:
             self._batch_slots.release()
             self._room.set()
@@ -235,7 +242,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         delay_s = self.settings.retry_backoff_ms / 1000
         while True:
             try:
-                return await action()
+                result = await action()
+                self.telemetry.unavailable.discard(what)
+                return result
             except (
                 KafkaError,
                 redis.exceptions.ConnectionError,
@@ -248,6 +257,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     exc,
                     delay_s,
                 )
+                self.telemetry.unavailable.add(what)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _MAX_BACKOFF_S)
 
@@ -262,6 +272,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             except TimeoutError:
                 pass
             await self._commit()
+            await self.telemetry.sample(
+                self.consumer, self.offsets.unfinished(), len(self._batcher)
+            )
 
     async def _commit(self) -> None:
         offsets = self.offsets.to_commit()

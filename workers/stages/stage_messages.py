@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas import StageMessage
 from workers.stages.preprocess import identify
-from workers.stages.work import TaskIdentity, Work
+from workers.stages.work import DEFAULT_LANE, TaskIdentity, Work
 
 
 def identify_stage_message(work: Work) -> TaskIdentity:
@@ -17,5 +17,6 @@ def identify_stage_message(work: Work) -> TaskIdentity:
             message.reply_to,
             message.content_type,
             message.traceparent,
+            message.priority or DEFAULT_LANE,
         )
     return identify(work)

@@ -39,26 +39,48 @@ class Work:
         return None
 
 
+DEFAULT_LANE = "standard"
+
+
 @dataclass(frozen=True)
 class Outgoing:
     topic: str
     key: bytes | None
     value: bytes
     headers: Headers
+    kind: str = "forward"
+    """"forward" (to the next stage), "result", "error" or "dead_letter"."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A task a batch answered (DONE or an error state): what the metrics count."""
+
+    pipeline: str | None
+    tenant: str
+    lane: str
+    status: Status
+    code: str | None = None
+    latency_s: float | None = None
+    """From the request's submitted_at to now, for answered tasks."""
 
 
 @dataclass
 class StageOutput:
     outgoing: list[Outgoing] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
 
-    def forward(self, topic: str, message: Any, content_type: str = MSGPACK) -> None:
+    def forward(
+        self, topic: str, message: Any, content_type: str = MSGPACK, kind: str = "forward"
+    ) -> None:
         self.outgoing.append(
             Outgoing(
                 topic,
                 key_for(message),
                 encode(message, content_type),
                 headers_for(message, content_type),
+                kind,
             )
         )
 
@@ -73,6 +95,7 @@ class TaskIdentity:
     reply_to: str | None
     content_type: str
     traceparent: str | None
+    lane: str = DEFAULT_LANE
 
 
 def fail(
@@ -97,7 +120,7 @@ def fail(
         pipeline=identity.pipeline,
         traceparent=identity.traceparent,
     )
-    output.forward(identity.reply_to or results_topic, result, identity.content_type)
+    output.forward(identity.reply_to or results_topic, result, identity.content_type, "error")
     record = work.record
     dead_letter_headers = [
         *(record.headers or ()),
@@ -108,7 +131,10 @@ def fail(
         ("conveyor-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     ]
     output.outgoing.append(
-        Outgoing(dlq_topic, record.key, record.value or b"", dead_letter_headers)
+        Outgoing(dlq_topic, record.key, record.value or b"", dead_letter_headers, "dead_letter")
+    )
+    output.finished.append(
+        Finished(identity.pipeline, identity.tenant, identity.lane, status, error.code.value)
     )
     output.transitions.append(
         Transition(

@@ -1,0 +1,1 @@
+"""Metrics, health and trace context of a worker."""

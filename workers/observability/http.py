@@ -1,0 +1,93 @@
+"""A worker's HTTP endpoint: /metrics (Prometheus), /livez and /readyz (orchestrator probes).
+
+Served from a daemon thread so a busy event loop never delays a scrape; the loop's own
+liveness is judged from a heartbeat it stamps, not from whether this thread answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Health:
+    live: bool
+    ready: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class ObservabilityServer:
+    """Serves metrics and health on `host:port` (port 0 picks a free one)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, health: Callable[[], Health], host: str, port: int
+    ) -> None:
+        self._registry = registry
+        self._health = health
+        self._address = (host, port)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("server is not started")
+        return int(self._server.server_address[1])
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        registry, health = self._registry, self._health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path in ("/livez", "/readyz"):
+                    state = health()
+                    ok = state.live if self.path == "/livez" else state.ready
+                    body = json.dumps({"live": state.live, "ready": state.ready, **state.detail})
+                    self._send(200 if ok else 503, body.encode(), "application/json")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes every few seconds would drown the worker's log
+
+        self._server = ThreadingHTTPServer(self._address, Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="observability-http", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics and health on http://%s:%d", self._address[0], self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    async def __aenter__(self) -> ObservabilityServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

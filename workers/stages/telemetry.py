@@ -1,0 +1,88 @@
+"""What a stage runner reports: metrics per record and batch, samples, health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+
+from aiokafka import AIOKafkaConsumer
+
+from workers.batching import Batch
+from workers.observability.http import Health
+from workers.observability.metrics import WorkerMetrics
+from workers.stages.work import DEFAULT_LANE, StageOutput, Work
+
+
+class StageTelemetry:
+    """Counts for one stage; health from a loop heartbeat and the dependencies in trouble."""
+
+    def __init__(self, metrics: WorkerMetrics, stage: str, stuck_after_s: float) -> None:
+        self.metrics = metrics
+        self.stage = stage
+        self.stuck_after_s = stuck_after_s
+        self.heartbeat_at = time.monotonic()
+        self.unavailable: set[str] = set()
+        """Dependencies whose last call failed ("kafka", "ledger"); cleared on success."""
+        self.serving = False
+
+    def taken(self, work: Work) -> None:
+        message = work.message
+        tenant = self.metrics.tenant(
+            getattr(message, "tenant", None) or work.header("conveyor-tenant")
+        )
+        lane = getattr(message, "priority", None) or DEFAULT_LANE
+        self.metrics.messages_in.labels(self.stage, lane, tenant).inc()
+
+    def batch_done(self, batch: Batch[Work], fresh: int, output: StageOutput) -> None:
+        m = self.metrics
+        model = _model_label(batch.key)
+        m.batch_size.labels(self.stage, model).observe(batch.size)
+        m.batch_wait.labels(self.stage).observe(batch.waited_s)
+        if skipped := len(batch.items) - fresh:
+            m.redelivered.labels(self.stage).inc(skipped)
+        for outgoing in output.outgoing:
+            m.messages_out.labels(self.stage, outgoing.kind).inc()
+        for done in output.finished:
+            tenant = m.tenant(done.tenant)
+            pipeline = done.pipeline or "unknown"
+            m.tasks_completed.labels(pipeline, done.status.value, tenant).inc()
+            if done.code is not None:
+                m.errors.labels(self.stage, done.code, done.lane, tenant).inc()
+            if done.latency_s is not None:
+                m.end_to_end.labels(pipeline, tenant).observe(done.latency_s)
+
+    async def sample(self, consumer: AIOKafkaConsumer, in_flight: int, queued: int) -> None:
+        """Gauges read on the commit loop's beat; also the liveness heartbeat."""
+        self.heartbeat_at = time.monotonic()
+        m = self.metrics
+        m.in_flight.labels(self.stage).set(in_flight)
+        m.queue_depth.labels(self.stage, "all").set(queued)
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            position = await consumer.position(tp)
+            m.consumer_lag.labels(self.stage, tp.topic, str(tp.partition)).set(
+                max(0, end - position)
+            )
+
+    def health(self) -> Health:
+        stuck_s = time.monotonic() - self.heartbeat_at
+        live = stuck_s < self.stuck_after_s
+        ready = live and self.serving and not self.unavailable
+        return Health(
+            live=live,
+            ready=ready,
+            detail={
+                "stage": self.stage,
+                "serving": self.serving,
+                "unavailable": sorted(self.unavailable),
+                "loop_stalled_s": round(stuck_s, 3),
+            },
+        )
+
+
+def _model_label(key: Hashable) -> str:
+    if isinstance(key, tuple) and len(key) == 2 and key[0] is not None:
+        return f"{key[0]}:{key[1]}"
+    return "-"
