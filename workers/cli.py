@@ -81,6 +81,14 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return status(settings, args.task_id)
 
 
+def _top(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.names import RedisKeys
+    from workers.observability.top import run_top
+
+    keys = RedisKeys(settings.redis.key_prefix)
+    return asyncio.run(run_top(settings.redis.url, keys, args.interval_s, args.once))
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from workers.demo import run_demo
 
@@ -122,6 +130,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     status = commands.add_parser("status", help="a task's state in the ledger")
     status.add_argument("task_id")
     handlers["status"] = _status
+
+    top = commands.add_parser("top", help="live view of stages, lanes, tenants, lag")
+    top.add_argument("--interval-s", type=float, default=2.0)
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    handlers["top"] = _top
 
     demo = commands.add_parser("demo", help="stack + workers + traffic from three tenants")
     demo.add_argument("--requests", type=int, default=300)

@@ -19,6 +19,7 @@ from tests.e2e.helpers import read_topic, tiny_request
 from tests.services import Services
 from workers.client import Client
 from workers.observability.metrics import METRIC_NAMES
+from workers.observability.top import discover, frame, render, scrape
 from workers.observability.tracing import trace_id
 
 pytestmark = pytest.mark.e2e
@@ -133,3 +134,26 @@ async def test_one_trace_id_from_request_headers_to_result_headers(
     assert {trace_id(dict(r.headers)["traceparent"].decode()) for r in between} == {
         trace_id(parent)
     }
+
+
+async def test_top_shows_every_stage_and_tenant(
+    services: Services, pipeline: Pipeline, client: Client
+) -> None:
+    pipeline.fleet.start_all()
+    pipeline.fleet.wait_ready()
+    await _endpoints(services, pipeline)
+    workers = await discover(services.redis_url, pipeline.keys)
+    urls = [w["metrics_url"] for w in workers]
+    first = [scrape(u) for u in urls]
+    requests = [tiny_request("acme") for _ in range(50)]
+    await client.submit_many(requests)
+    for request in requests:
+        await client.result(request.task_id, timeout_s=60)
+    view = frame(workers, first, [scrape(u) for u in urls], elapsed_s=1.0)
+
+    assert view.workers == {"preprocess": 1, "inference": 1, "postprocess": 1}
+    assert view.stages["postprocess"]["in/s"] == 50
+    assert view.tenants == {"acme": 50}
+    text = render(view)
+    assert "postprocess" in text
+    assert "acme" in text
