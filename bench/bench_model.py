@@ -89,9 +89,9 @@ def _gpu_name() -> str:
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "unknown"
 
 
-def build_repository(root: Path) -> ModelVersion:
-    """Build MiniLM into ``root`` and return its version 1."""
-    build_minilm(find_minilm_package_dir(), root)
+def build_repository(root: Path, source: Path | None = None) -> ModelVersion:
+    """Build MiniLM into ``root`` (from the weights package, or `source`) and return v1."""
+    build_minilm(source or find_minilm_package_dir(), root)
     return minilm_version(root)
 
 
@@ -100,8 +100,12 @@ def minilm_version(root: Path) -> ModelVersion:
     return ModelVersion(repository.models[MODEL_NAME], 1)
 
 
-def load_model(version: ModelVersion, providers: Sequence[str], intra_op_threads: int) -> OnnxModel:
-    options = RuntimeOptions(providers=tuple(providers), intra_op_threads=intra_op_threads)
+def load_model(
+    version: ModelVersion, providers: Sequence[str], intra_op_threads: int, io_binding: bool = False
+) -> OnnxModel:
+    options = RuntimeOptions(
+        providers=tuple(providers), intra_op_threads=intra_op_threads, io_binding=io_binding
+    )
     return OnnxModel(version, options)
 
 
@@ -201,12 +205,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration-s", type=float, default=3.0, help="per configuration")
     parser.add_argument("--quick", action="store_true", help="0.5 s per configuration")
     parser.add_argument("--out", type=Path, help="write the marked table here, not BENCHMARKS.md")
+    parser.add_argument("--source", type=Path, help="MiniLM source folder (bench.gpu_source)")
+    parser.add_argument("--io-binding", action="store_true", help="I/O binding on devices")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, version: ModelVersion) -> list[RawResult]:
     providers = args.providers.split(",")
-    model = load_model(version, providers, args.threads)
+    model = load_model(version, providers, args.threads, args.io_binding)
     tokenizer = tokenizer_of(version)
     duration_s = 0.5 if args.quick else args.duration_s
     results = []
@@ -222,7 +228,7 @@ def run(args: argparse.Namespace, version: ModelVersion) -> list[RawResult]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-model-") as root:
-        results = run(args, build_repository(Path(root)))
+        results = run(args, build_repository(Path(root), args.source))
     markdown = table(results, args.providers.split(","), args.threads)
     print(markdown)
     if args.out is not None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import enum
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from schemas._checks import check_int, check_str, kind_name
 from schemas.errors import ContractError, ErrorCode
-from schemas.fields import TensorKey
+from schemas.fields import Field, Kind, TensorKey, Validator
 from schemas.limits import DecodeLimits
 from schemas.messages import (
     SCHEMA_VERSION,
@@ -31,6 +31,7 @@ Headers = Sequence[tuple[str, bytes]]
 TensorEncoder = Callable[[Mapping[str, TensorValue], str], list[dict[str, Any]]]
 TensorDecoder = Callable[[Any, str, bool], dict[str, TensorValue]]
 """(raw entries, field name, ignore unknown keys) -> tensors."""
+Converter = Callable[[Any], Any]
 
 
 def header(headers: Headers | None, name: str) -> bytes | None:
@@ -45,15 +46,34 @@ def header(headers: Headers | None, name: str) -> bytes | None:
 def to_wire(message: Message, encode_tensors: TensorEncoder) -> dict[str, Any]:
     """The wire dict of a message: schema version first, then fields in definition order."""
     body: dict[str, Any] = {SCHEMA_KEY: VERSION_TEXT}
-    for spec in message.FIELDS:
-        value = getattr(message, spec.attr)
-        if spec.attr == message.TENSORS:
-            body[spec.name] = encode_tensors(value, spec.name)
-        elif value is None or (not spec.required and value == {}):
+    get_values, layout = _WIRE_LAYOUT[type(message)]
+    for (name, form), value in zip(layout, get_values(message), strict=True):
+        if value is None:
             continue
-        else:
-            body[spec.name] = value.value if isinstance(value, enum.Enum) else value
+        if form == _PLAIN:
+            body[name] = value
+        elif form == _TENSORS:
+            body[name] = encode_tensors(value, name)
+        elif form == _ENUM:
+            body[name] = value.value
+        elif value:  # _OPTIONAL_DICT
+            body[name] = value
     return body
+
+
+# How to_wire writes a field: as is, through the tensor encoder, an enum member's plain-str
+# ``.value``, or a dict left out when empty.
+_PLAIN, _TENSORS, _ENUM, _OPTIONAL_DICT = range(4)
+
+
+def _form(cls: type[Message], spec: Field) -> int:
+    if spec.attr == cls.TENSORS:
+        return _TENSORS
+    if spec.enum is not None:
+        return _ENUM
+    if not spec.required and spec.kind in (Kind.PARAMS, Kind.TIMINGS):
+        return _OPTIONAL_DICT
+    return _PLAIN
 
 
 def parse_version(raw: Any, field: str) -> int:
@@ -62,6 +82,8 @@ def parse_version(raw: Any, field: str) -> int:
         raise ContractError.at(
             ErrorCode.WRONG_TYPE, field, f"expected 'major.minor', got {kind_name(raw)}"
         )
+    if raw == VERSION_TEXT:
+        return SCHEMA_VERSION[1]
     match = _VERSION_RE.fullmatch(raw)
     if match is None:
         raise ContractError.at(
@@ -93,6 +115,8 @@ def message_minor(body: dict[str, Any], headers: Headers | None, version_require
 
 def check_known(keys: Any, known: frozenset[str], path: str) -> None:
     """Unknown-field policy: reject keys this minor lacks (callers skip it for newer minors)."""
+    if known.issuperset(keys):
+        return
     unknown = [key for key in keys if key not in known]
     if unknown:
         where = f"{path}.{unknown[0]}" if path else str(unknown[0])
@@ -106,7 +130,14 @@ def from_wire(
     decode_tensors: TensorDecoder,
     version_required: bool,
 ) -> Message:
-    """Build ``cls`` from a decoded wire dict (messages validate the values themselves)."""
+    """Build ``cls`` from a decoded wire dict, checking every field once.
+
+    Same order as building the message with its constructor: every field is read (missing
+    fields, tensors, enum names), then each is checked in ``FIELDS`` order. The tensor
+    decoders return tensors in the form the message's own check produces (valid names,
+    datatypes and ranks, object arrays of UTF-8 ``str`` or of ``bytes``), so tensors are not
+    checked twice, and the message is built without running its constructor's checks.
+    """
     if not isinstance(body, dict):
         raise ContractError.at(
             ErrorCode.WRONG_TYPE, "body", f"expected an object, got {kind_name(body)}"
@@ -114,18 +145,21 @@ def from_wire(
     newer = message_minor(body, headers, version_required) > SCHEMA_VERSION[1]
     if not newer:
         check_known(body, _known(cls), "")
-    kwargs: dict[str, Any] = {}
-    for spec in cls.FIELDS:
-        raw = body.get(spec.name)
+    values: dict[str, Any] = {}
+    for attr, name, required, is_tensors, convert in _READ_FIELDS[cls]:
+        raw = body.get(name)
         if raw is None:
-            if spec.required:
-                raise ContractError.at(ErrorCode.MISSING_FIELD, spec.name, "missing")
+            if required:
+                raise ContractError.at(ErrorCode.MISSING_FIELD, name, "missing")
             continue
-        if spec.attr == cls.TENSORS:
-            kwargs[spec.attr] = decode_tensors(raw, spec.name, newer)
+        if is_tensors:
+            values[attr] = decode_tensors(raw, name, newer)
         else:
-            kwargs[spec.attr] = spec.from_wire(raw)
-    return cls(**kwargs)
+            values[attr] = raw if convert is None else convert(raw)
+    for attr, check in _VALUE_CHECKS[cls]:
+        if attr in values:
+            values[attr] = check(values[attr])
+    return cls._trusted(values)
 
 
 def result_class(body: Any) -> type[InferenceResult] | type[ErrorResult]:
@@ -138,19 +172,53 @@ def _known(cls: type[Message]) -> frozenset[str]:
     return _KNOWN[cls]
 
 
+_MESSAGE_CLASSES = (InferenceRequest, StageMessage, InferenceResult, ErrorResult)
 _KNOWN: dict[type[Message], frozenset[str]] = {
-    cls: frozenset({SCHEMA_KEY, *(spec.name for spec in cls.FIELDS)})
-    for cls in (InferenceRequest, StageMessage, InferenceResult, ErrorResult)
+    cls: frozenset({SCHEMA_KEY, *(spec.name for spec in cls.FIELDS)}) for cls in _MESSAGE_CLASSES
 }
+_WIRE_LAYOUT: dict[
+    type[Message], tuple[Callable[[Any], tuple[Any, ...]], tuple[tuple[str, int], ...]]
+] = {
+    cls: (
+        operator.attrgetter(*(spec.attr for spec in cls.FIELDS)),
+        tuple((spec.name, _form(cls, spec)) for spec in cls.FIELDS),
+    )
+    for cls in _MESSAGE_CLASSES
+}
+"""Per class: a getter of every attribute in ``FIELDS`` order, and (wire name, form) of each."""
+_READ_FIELDS: dict[type[Message], tuple[tuple[str, str, bool, bool, Converter | None], ...]] = {
+    cls: tuple(
+        (
+            spec.attr,
+            spec.name,
+            spec.required,
+            spec.attr == cls.TENSORS,
+            None if spec.enum is None else spec.from_wire,
+        )
+        for spec in cls.FIELDS
+    )
+    for cls in _MESSAGE_CLASSES
+}
+"""Per class: (attribute, wire name, required, holds the tensors, enum name -> member)."""
+_VALUE_CHECKS: dict[type[Message], tuple[tuple[str, Validator], ...]] = {
+    cls: tuple((attr, check) for attr, check in cls.CHECKS.items() if attr != cls.TENSORS)
+    for cls in _MESSAGE_CLASSES
+}
+"""Per class: the checks decoding runs after reading, in ``FIELDS`` order (tensors excluded:
+the tensor decoders check them as they read)."""
 
 
 def read_tensors(
     raw: Any,
     field: str,
     limits: DecodeLimits,
-    read_one: Callable[[Any, str], tuple[str, TensorValue]],
+    read_one: Callable[[Any, str, bool], tuple[str, TensorValue]],
+    newer: bool,
 ) -> dict[str, TensorValue]:
-    """Decode a list of tensor entries with ``read_one``; enforces the count and unique names."""
+    """Decode a list of tensor entries with ``read_one(entry, path, newer)``.
+
+    Enforces the tensor count and unique names.
+    """
     if not isinstance(raw, list):
         raise ContractError.at(
             ErrorCode.WRONG_TYPE, field, f"expected a list, got {kind_name(raw)}"
@@ -166,7 +234,7 @@ def read_tensors(
             raise ContractError.at(
                 ErrorCode.WRONG_TYPE, path, f"expected an object, got {kind_name(entry)}"
             )
-        name, value = read_one(entry, path)
+        name, value = read_one(entry, path, newer)
         if name in tensors:
             raise ContractError.at(
                 ErrorCode.INVALID_VALUE, f"{path}.name", f"duplicate tensor {name!r}"

@@ -142,9 +142,7 @@ class TensorReader:
         self._limits = limits
 
     def __call__(self, raw: Any, field: str, newer: bool) -> dict[str, TensorValue]:
-        return _envelope.read_tensors(
-            raw, field, self._limits, lambda entry, path: self._tensor(entry, path, newer)
-        )
+        return _envelope.read_tensors(raw, field, self._limits, self._tensor, newer)
 
     def _tensor(self, entry: dict[str, Any], path: str, newer: bool) -> tuple[str, TensorValue]:
         name = check_str(entry.get(TensorKey.NAME), f"{path}.name", max_len=256)

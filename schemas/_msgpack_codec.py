@@ -16,6 +16,7 @@ NaN/Inf in float tensors pass through untouched (raw IEEE bytes; no O(n) scan).
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,11 +26,12 @@ import numpy as np
 from schemas import _envelope
 from schemas._checks import check_int, check_str, check_utf8, kind_name
 from schemas.errors import ContractError, ErrorCode
-from schemas.fields import MSGPACK_STRING_KINDS, TensorKey
+from schemas.fields import INT63_MAX, MAX_TENSOR_NAME_CHARS, MSGPACK_STRING_KINDS, TensorKey
 from schemas.limits import DecodeLimits
 from schemas.messages import Message
 from schemas.tensors import (
     BYTES,
+    NUMERIC_DATATYPES,
     Array,
     TensorRef,
     TensorValue,
@@ -42,16 +44,26 @@ from schemas.tensors import (
 MAGIC = b"CNVY"
 ALIGN = 64
 _PREFIX = struct.Struct("<4sI")
-_NUMERIC_KEYS = frozenset(
-    {TensorKey.NAME, TensorKey.DATATYPE, TensorKey.SHAPE, TensorKey.OFFSET, TensorKey.NBYTES}
+# Plain-str copies of the TensorKey members: dict lookups with exact str keys take
+# CPython's fast path (a StrEnum key costs a slow comparison on every lookup).
+_NAME, _DATATYPE, _SHAPE, _DATA, _PARAMETERS, _OFFSET, _NBYTES, _REF = (
+    key.value
+    for key in (
+        TensorKey.NAME,
+        TensorKey.DATATYPE,
+        TensorKey.SHAPE,
+        TensorKey.DATA,
+        TensorKey.PARAMETERS,
+        TensorKey.OFFSET,
+        TensorKey.NBYTES,
+        TensorKey.REF,
+    )
 )
-_BYTES_KEYS = frozenset(
-    {TensorKey.NAME, TensorKey.DATATYPE, TensorKey.SHAPE, TensorKey.DATA, TensorKey.PARAMETERS}
-)
-_REF_KEYS = frozenset(
-    {TensorKey.NAME, TensorKey.DATATYPE, TensorKey.SHAPE, TensorKey.REF, TensorKey.NBYTES}
-)
+_NUMERIC_KEYS = frozenset({_NAME, _DATATYPE, _SHAPE, _OFFSET, _NBYTES})
+_BYTES_KEYS = frozenset({_NAME, _DATATYPE, _SHAPE, _DATA, _PARAMETERS})
+_REF_KEYS = frozenset({_NAME, _DATATYPE, _SHAPE, _REF, _NBYTES})
 _TEXT, _BINARY = MSGPACK_STRING_KINDS
+_BIG_ENDIAN_HOST = sys.byteorder == "big"
 
 
 def _aligned(size: int) -> int:
@@ -91,23 +103,38 @@ def _entry(
 ) -> tuple[dict[str, Any], Array | None]:
     if isinstance(value, TensorRef):
         return {
-            TensorKey.NAME: name,
-            TensorKey.DATATYPE: value.datatype,
-            TensorKey.SHAPE: list(value.shape),
-            TensorKey.REF: value.key,
-            TensorKey.NBYTES: value.nbytes,
+            _NAME: name,
+            _DATATYPE: value.datatype,
+            _SHAPE: list(value.shape),
+            _REF: value.key,
+            _NBYTES: value.nbytes,
         }, None
     datatype = datatype_of(value, path)
-    head = {TensorKey.NAME: name, TensorKey.DATATYPE: datatype, TensorKey.SHAPE: list(value.shape)}
     if datatype == BYTES:
         kind = _TEXT if is_text(value) else _BINARY
-        return head | {
-            TensorKey.DATA: value.reshape(-1).tolist(),
-            TensorKey.PARAMETERS: {"content_type": kind},
+        return {
+            _NAME: name,
+            _DATATYPE: datatype,
+            _SHAPE: list(value.shape),
+            _DATA: value.reshape(-1).tolist(),
+            _PARAMETERS: {"content_type": kind},
         }, None
-    little = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
-    raw = little.reshape(-1).view(np.uint8)
-    return head | {TensorKey.OFFSET: offset, TensorKey.NBYTES: raw.nbytes}, raw
+    raw = _little_endian(value).reshape(-1).view(np.uint8)
+    return {
+        _NAME: name,
+        _DATATYPE: datatype,
+        _SHAPE: list(value.shape),
+        _OFFSET: offset,
+        _NBYTES: raw.nbytes,
+    }, raw
+
+
+def _little_endian(value: Array) -> Array:
+    """The array as contiguous little-endian data (itself when it already is)."""
+    order = value.dtype.byteorder
+    if order == ">" or (order == "=" and _BIG_ENDIAN_HOST):
+        return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(value)
 
 
 def split(value: bytes) -> tuple[Any, int]:
@@ -148,19 +175,19 @@ class TensorReader:
         self._limits = limits
 
     def __call__(self, raw: Any, field: str, newer: bool) -> dict[str, TensorValue]:
-        return _envelope.read_tensors(
-            raw, field, self._limits, lambda entry, path: self._tensor(entry, path, newer)
-        )
+        return _envelope.read_tensors(raw, field, self._limits, self._tensor, newer)
 
     def _tensor(self, entry: Any, path: str, newer: bool) -> tuple[str, TensorValue]:
         if not isinstance(entry, dict):
             raise ContractError.at(
                 ErrorCode.WRONG_TYPE, path, f"expected an object, got {kind_name(entry)}"
             )
-        name = check_str(entry.get(TensorKey.NAME), f"{path}.name", max_len=256)
-        datatype = entry.get(TensorKey.DATATYPE)
+        name = entry.get(_NAME)
+        if not (type(name) is str and 0 < len(name) <= MAX_TENSOR_NAME_CHARS and name.isascii()):
+            name = check_str(name, f"{path}.name", max_len=MAX_TENSOR_NAME_CHARS)
+        datatype = entry.get(_DATATYPE)
         value: TensorValue
-        if TensorKey.REF in entry:
+        if _REF in entry:
             known, value = _REF_KEYS, _envelope.tensor_ref(entry, datatype, path)
         elif datatype == BYTES:
             known, value = _BYTES_KEYS, self._strings(entry, path)
@@ -171,11 +198,18 @@ class TensorReader:
         return name, value
 
     def _numeric(self, entry: dict[str, Any], datatype: Any, path: str) -> Array:
-        dtype = wire_dtype(datatype, f"{path}.datatype")
-        shape: Any = entry.get(TensorKey.SHAPE)
+        # Fast paths for valid values; the full checks build the error (paths made lazily).
+        dtype = NUMERIC_DATATYPES.get(datatype) if type(datatype) is str else None
+        if dtype is None:
+            dtype = wire_dtype(datatype, f"{path}.datatype")
+        shape: Any = entry.get(_SHAPE)
         count = element_count(shape, f"{path}.shape", self._limits.max_tensor_elements)
-        offset = check_int(entry.get(TensorKey.OFFSET), f"{path}.offset", minimum=0)
-        nbytes = check_int(entry.get(TensorKey.NBYTES), f"{path}.nbytes", minimum=0)
+        offset: Any = entry.get(_OFFSET)
+        nbytes: Any = entry.get(_NBYTES)
+        if type(offset) is not int or not 0 <= offset <= INT63_MAX:
+            check_int(offset, f"{path}.offset", minimum=0)
+        if type(nbytes) is not int or not 0 <= nbytes <= INT63_MAX:
+            check_int(nbytes, f"{path}.nbytes", minimum=0)
         if count * dtype.itemsize != nbytes:
             raise ContractError.at(
                 ErrorCode.SHAPE_MISMATCH,
@@ -202,11 +236,9 @@ class TensorReader:
         return array.reshape(shape)
 
     def _strings(self, entry: dict[str, Any], path: str) -> Array:
-        count = element_count(
-            entry.get(TensorKey.SHAPE), f"{path}.shape", self._limits.max_tensor_elements
-        )
-        kind = _envelope.content_kind(entry.get(TensorKey.PARAMETERS), path, MSGPACK_STRING_KINDS)
-        data = entry.get(TensorKey.DATA)
+        count = element_count(entry.get(_SHAPE), f"{path}.shape", self._limits.max_tensor_elements)
+        kind = _envelope.content_kind(entry.get(_PARAMETERS), path, MSGPACK_STRING_KINDS)
+        data = entry.get(_DATA)
         if not isinstance(data, list):
             raise ContractError.at(
                 ErrorCode.WRONG_TYPE, f"{path}.data", f"expected a list, got {kind_name(data)}"
@@ -236,6 +268,6 @@ class TensorReader:
                 check_utf8(item, f"{path}.data[{index}]")
         array = np.empty(count, dtype=object)
         array[:] = data
-        array = array.reshape(entry[TensorKey.SHAPE])
+        array = array.reshape(entry[_SHAPE])
         array.flags.writeable = False
         return array

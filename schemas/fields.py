@@ -8,8 +8,12 @@ cannot drift apart.
 from __future__ import annotations
 
 import enum
+import functools
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from schemas._checks import (
@@ -48,6 +52,13 @@ MSGPACK_STRING_KINDS = ("str", "bytes")
 """``parameters.content_type`` of a msgpack BYTES tensor: msgpack str or bin elements."""
 MAX_TIMINGS = 64
 MAX_TENSOR_NAME_CHARS = 256
+MAX_TOPIC_CHARS = 249
+TRACEPARENT_CHARS = 55
+MAX_TIMING_NAME_CHARS = 64
+INT63_MAX = 2**63 - 1
+
+Validator = Callable[[Any], Any]
+"""Checks one attribute value; returns it (normalised where needed) or raises ContractError."""
 
 
 class TensorKey(enum.StrEnum):
@@ -101,17 +112,20 @@ class Field:
     max_len: int = 128
     enum: type[enum.StrEnum] | None = None
     choices: tuple[str, ...] = ()
+    check: Validator = dataclass_field(init=False, repr=False, compare=False)
+    """Validate a Python attribute value; returns it, normalised where needed.
+
+    Compiled once per field: valid values take a fast path (exact types, ASCII strings),
+    anything else goes through the full check, which raises the detailed ``ContractError``.
+    """
+
+    def __post_init__(self) -> None:
+        check = _COMPILERS[self.kind](self)
+        object.__setattr__(self, "check", _nullable(check) if self.nullable else check)
 
     @property
     def name(self) -> str:
         return self.wire or self.attr
-
-    def check(self, value: Any) -> Any:
-        """Validate a Python attribute value; returns it, normalised where needed."""
-        if value is None and self.nullable:
-            return None
-        checker = _CHECKS[self.kind]
-        return checker(self, value)
 
     def from_wire(self, raw: Any) -> Any:
         """Convert a decoded wire value (a plain str for enums) to the attribute value."""
@@ -132,32 +146,114 @@ class Field:
         return {"anyOf": [schema, {"type": "null"}]} if self.nullable else schema
 
 
-def _check_id(field: Field, value: Any) -> Any:
-    return check_str(value, field.name, max_len=field.max_len, pattern=ID_RE)
+def _nullable(check: Validator) -> Validator:
+    def check_nullable(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return check_nullable
 
 
-def _check_name(field: Field, value: Any) -> Any:
-    return check_str(value, field.name, max_len=field.max_len, pattern=NAME_RE)
+SEEN_NAMES_LIMIT = 1024
+"""Most remembered names per field (see ``_remember``)."""
 
 
-def _check_text(field: Field, value: Any) -> Any:
-    return check_str(value, field.name, max_len=field.max_len)
+def _remember(seen: set[str], value: str) -> None:
+    """Note a low-cardinality string (tenant, pipeline, timing key) that passed its check.
+
+    A repeated value then skips its regex. Bounded: once full the set stops learning, so
+    odd input can only cost speed, never memory.
+    """
+    if len(seen) < SEEN_NAMES_LIMIT:
+        seen.add(value)
 
 
-def _check_topic(field: Field, value: Any) -> Any:
-    return check_str(value, field.name, max_len=249, pattern=TOPIC_RE)
+def _string(
+    field: Field,
+    pattern: re.Pattern[str] | None,
+    *,
+    min_len: int = 1,
+    max_len: int | None = None,
+    remember: bool = False,
+) -> Validator:
+    path, top = field.name, field.max_len if max_len is None else max_len
+    fullmatch = pattern.fullmatch if pattern is not None else None
+    seen: set[str] = set()
+
+    def check_string(value: Any) -> Any:
+        if type(value) is str:
+            if value in seen:
+                return value
+            if (
+                min_len <= len(value) <= top
+                and value.isascii()  # ASCII is valid UTF-8: no encode attempt needed
+                and (fullmatch is None or fullmatch(value) is not None)
+            ):
+                if remember:
+                    _remember(seen, value)
+                return value
+        return check_str(value, path, max_len=top, min_len=min_len, pattern=pattern)
+
+    return check_string
 
 
-def _check_traceparent(field: Field, value: Any) -> Any:
-    return check_str(value, field.name, min_len=55, max_len=55, pattern=TRACEPARENT_RE)
+def _integer(field: Field, minimum: int) -> Validator:
+    path = field.name
+
+    def check_integer(value: Any) -> Any:
+        if type(value) is int and minimum <= value <= INT63_MAX:
+            return value
+        return check_int(value, path, minimum=minimum)
+
+    return check_integer
 
 
-def _check_count(field: Field, value: Any) -> Any:
-    return check_int(value, field.name, minimum=0)
+def _timings(field: Field) -> Validator:
+    fullmatch = NAME_RE.fullmatch
+    full_check = functools.partial(_check_timings, field)
+    seen: set[str] = set()
+
+    def check_timings(value: Any) -> Any:
+        if type(value) is not dict or len(value) > MAX_TIMINGS:
+            return full_check(value)
+        for key, number in value.items():
+            if type(number) is not float or not math.isfinite(number):
+                return full_check(value)  # ints to convert to float, or an error to report
+            if type(key) is not str:
+                return full_check(value)
+            if key in seen:
+                continue
+            if not (
+                1 <= len(key) <= MAX_TIMING_NAME_CHARS
+                and key.isascii()
+                and fullmatch(key) is not None
+            ):
+                return full_check(value)
+            _remember(seen, key)
+        return dict(value)  # a copy, as the full check makes
+
+    return check_timings
 
 
-def _check_version(field: Field, value: Any) -> Any:
-    return check_int(value, field.name, minimum=1)
+def _params(field: Field) -> Validator:
+    full_check = functools.partial(_check_params, field)
+
+    def check_params(value: Any) -> Any:
+        if type(value) is dict and not value:
+            return value
+        return full_check(value)
+
+    return check_params
+
+
+def _content_type(field: Field) -> Validator:
+    full_check = functools.partial(_check_content_type, field)
+
+    def check_content_type(value: Any) -> Any:
+        if type(value) is str and value in CONTENT_TYPES:
+            return value
+        return full_check(value)
+
+    return check_content_type
 
 
 def _check_content_type(field: Field, value: Any) -> Any:
@@ -200,7 +296,7 @@ def _check_timings(field: Field, value: Any) -> Any:
     out: dict[str, float] = {}
     for key, number in value.items():
         path = f"{field.name}.{key}"
-        check_str(key, path, max_len=64, pattern=NAME_RE)
+        check_str(key, path, max_len=MAX_TIMING_NAME_CHARS, pattern=NAME_RE)
         out[key] = check_number(number, path)
     return out
 
@@ -209,19 +305,21 @@ def _check_tensors(field: Field, value: Any) -> Any:
     return normalize_tensors(value, field.name)
 
 
-_CHECKS = {
-    Kind.ID: _check_id,
-    Kind.NAME: _check_name,
-    Kind.TEXT: _check_text,
-    Kind.TOPIC: _check_topic,
-    Kind.TRACEPARENT: _check_traceparent,
-    Kind.COUNT: _check_count,
-    Kind.VERSION: _check_version,
-    Kind.CONTENT_TYPE: _check_content_type,
-    Kind.ENUM: _check_enum,
-    Kind.PARAMS: _check_params,
-    Kind.TIMINGS: _check_timings,
-    Kind.TENSORS: _check_tensors,
+_COMPILERS: dict[Kind, Callable[[Field], Validator]] = {
+    Kind.ID: lambda f: _string(f, ID_RE),
+    Kind.NAME: lambda f: _string(f, NAME_RE, remember=True),
+    Kind.TEXT: lambda f: _string(f, None),
+    Kind.TOPIC: lambda f: _string(f, TOPIC_RE, max_len=MAX_TOPIC_CHARS),
+    Kind.TRACEPARENT: lambda f: _string(
+        f, TRACEPARENT_RE, min_len=TRACEPARENT_CHARS, max_len=TRACEPARENT_CHARS
+    ),
+    Kind.COUNT: lambda f: _integer(f, 0),
+    Kind.VERSION: lambda f: _integer(f, 1),
+    Kind.CONTENT_TYPE: _content_type,
+    Kind.ENUM: lambda f: functools.partial(_check_enum, f),
+    Kind.PARAMS: _params,
+    Kind.TIMINGS: _timings,
+    Kind.TENSORS: lambda f: functools.partial(_check_tensors, f),
 }
 
 
@@ -244,17 +342,21 @@ _SCHEMAS: dict[Kind, Any] = {
     Kind.ID: lambda f: _string_schema(f, ID_RE),
     Kind.NAME: lambda f: _string_schema(f, NAME_RE),
     Kind.TEXT: lambda f: _string_schema(f, None),
-    Kind.TOPIC: lambda f: {"type": "string", "maxLength": 249, "pattern": _pattern(TOPIC_RE)},
+    Kind.TOPIC: lambda f: {
+        "type": "string",
+        "maxLength": MAX_TOPIC_CHARS,
+        "pattern": _pattern(TOPIC_RE),
+    },
     Kind.TRACEPARENT: lambda f: {"type": "string", "pattern": _pattern(TRACEPARENT_RE)},
-    Kind.COUNT: lambda f: {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-    Kind.VERSION: lambda f: {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    Kind.COUNT: lambda f: {"type": "integer", "minimum": 0, "maximum": INT63_MAX},
+    Kind.VERSION: lambda f: {"type": "integer", "minimum": 1, "maximum": INT63_MAX},
     Kind.CONTENT_TYPE: lambda f: {"enum": list(CONTENT_TYPES)},
     Kind.ENUM: lambda f: {"enum": list(f.choices)},
     Kind.PARAMS: lambda f: {"type": "object"},
     Kind.TIMINGS: lambda f: {
         "type": "object",
         "maxProperties": MAX_TIMINGS,
-        "propertyNames": {"maxLength": 64, "pattern": _pattern(NAME_RE)},
+        "propertyNames": {"maxLength": MAX_TIMING_NAME_CHARS, "pattern": _pattern(NAME_RE)},
         "additionalProperties": {"type": "number"},
     },
     Kind.TENSORS: lambda f: _tensor_ref(),

@@ -4,22 +4,36 @@ Construction validates every field (``ContractError`` names the wire field), so 
 object is always encodable. ``U``/``S`` string arrays are normalised to object arrays (see
 ``schemas.tensors``). Equality compares tensors by datatype, shape and values (NaN equal to
 NaN), so a decoded message equals the one that was encoded.
+
+Every field is validated exactly once per message:
+
+* the constructor (and ``dataclasses.replace``, which calls it) checks every field;
+* decoding checks every field while reading the wire, then builds the message without
+  a second pass;
+* ``evolve`` and the ``from_request``/``from_stage`` constructors check only the fields they
+  are given, and carry the others over from a message that was already checked. Carried
+  values are shared, not copied: a message's dicts and arrays are read-only once built.
+  The exception is ``parameters``, which stages hand to plug-in code: it is re-checked
+  whenever it is carried into a new message (cheap for the usual small dict).
+
+Stages derive the next message with ``evolve``, not ``dataclasses.replace``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import operator
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 
 from schemas.errors import ErrorCode
-from schemas.fields import Field, Kind
+from schemas.fields import Field, Kind, Validator
 from schemas.tensors import TensorValue, datatype_of
 
 __all__ = [
@@ -62,27 +76,97 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+_Getter = Callable[[Any], Any]
+_Setter = Callable[[Any, Any], None]
+
+
 class _Message:
-    """Validation and tensor-aware equality shared by the message dataclasses."""
+    """Validation, trusted construction and tensor-aware equality shared by the messages.
+
+    The class tables below are filled in by ``_compiled`` once the dataclass exists.
+    """
 
     __slots__ = ()
     FIELDS: ClassVar[tuple[Field, ...]]
     TENSORS: ClassVar[str]
     """Attribute that holds the message's tensors."""
+    CHECKS: ClassVar[Mapping[str, Validator]]
+    """Attribute name -> its compiled check, in ``FIELDS`` order."""
+    _SLOTS: ClassVar[tuple[tuple[str, _Getter, _Setter], ...]]
+    _SETTERS: ClassVar[tuple[_Setter, ...]]
+    _GET_ALL: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    """Every attribute's value at once, in ``_SETTERS`` order."""
+    _DEFAULTS: ClassVar[tuple[tuple[str, _Setter, Any, Callable[[], Any] | None], ...]]
+    _RECHECK: ClassVar[tuple[str, ...]]
+    """Carried-over attributes that are checked again on derivation (``parameters``)."""
 
     def __post_init__(self) -> None:
-        for spec in self.FIELDS:
-            value = getattr(self, spec.attr)
-            checked = spec.check(value)
+        for attr, check in self.CHECKS.items():
+            value = getattr(self, attr)
+            checked = check(value)
             if checked is not value:
-                object.__setattr__(self, spec.attr, checked)
+                object.__setattr__(self, attr, checked)
+
+    def evolve(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied; checks only the changed fields (and parameters).
+
+        The cheap equivalent of ``dataclasses.replace`` (which re-checks every field):
+        unchanged values were checked when this message was built and are shared with it.
+        Raises ``ContractError`` for an invalid value, ``TypeError`` for an unknown field.
+        """
+        cls = type(self)
+        new = object.__new__(cls)
+        for set_, value in zip(cls._SETTERS, cls._GET_ALL(self), strict=True):
+            set_(new, value)
+        cls._apply(new, changes)
+        return new
+
+    @classmethod
+    def _derive(cls, carried: Mapping[str, Any], changes: Mapping[str, Any]) -> Self:
+        """Build from ``carried`` values (already checked by another message) plus ``changes``.
+
+        Fields in neither take their dataclass default.
+        """
+        new = object.__new__(cls)
+        for attr, set_, default, factory in cls._DEFAULTS:
+            if attr in carried:
+                set_(new, carried[attr])
+            elif attr not in changes:
+                if factory is None and default is dataclasses.MISSING:
+                    raise TypeError(f"{cls.__name__}: missing field {attr!r}")
+                set_(new, default if factory is None else factory())
+        cls._apply(new, changes)
+        return new
+
+    @classmethod
+    def _trusted(cls, values: Mapping[str, Any]) -> Self:
+        """Build from ``values`` that were all checked already (the decoder's path)."""
+        new = object.__new__(cls)
+        for attr, set_, default, factory in cls._DEFAULTS:
+            if attr in values:
+                set_(new, values[attr])
+            else:
+                set_(new, default if factory is None else factory())
+        return new
+
+    @classmethod
+    def _apply(cls, new: Self, changes: Mapping[str, Any]) -> None:
+        checks = cls.CHECKS
+        for attr in cls._RECHECK:
+            if attr not in changes:
+                object.__setattr__(new, attr, checks[attr](getattr(new, attr)))
+        for attr, value in changes.items():
+            check = checks.get(attr)
+            if check is None:
+                raise TypeError(f"{cls.__name__} has no field {attr!r}")
+            object.__setattr__(new, attr, check(value))
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        for f in dataclass_fields(self):  # type: ignore[arg-type]
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if f.name == self.TENSORS:
+        for attr, get, _set in self._SLOTS:
+            mine, theirs = get(self), get(other)
+            if attr == self.TENSORS:
                 if not _tensors_equal(mine, theirs):
                     return False
             elif mine != theirs:
@@ -90,6 +174,37 @@ class _Message:
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_M = TypeVar("_M", bound=_Message)
+
+
+def _compiled(cls: type[_M]) -> type[_M]:
+    """Fill in a message dataclass's tables: checks, slot accessors and defaults."""
+    attrs = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    by_attr = {spec.attr: spec for spec in cls.FIELDS}
+    if set(attrs) != set(by_attr):
+        raise TypeError(f"{cls.__name__}.FIELDS must cover exactly its fields {attrs}")
+    cls.CHECKS = {spec.attr: spec.check for spec in cls.FIELDS}
+    slots = {attr: cls.__dict__[attr] for attr in attrs}  # member descriptors (slots=True)
+    cls._SLOTS = tuple((attr, slots[attr].__get__, slots[attr].__set__) for attr in attrs)
+    cls._SETTERS = tuple(slots[attr].__set__ for attr in attrs)
+    cls._GET_ALL = operator.attrgetter(*attrs)
+    cls._DEFAULTS = tuple(
+        (
+            f.name,
+            slots[f.name].__set__,
+            f.default,
+            None if f.default_factory is dataclasses.MISSING else f.default_factory,
+        )
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    )
+    cls._RECHECK = tuple(spec.attr for spec in cls.FIELDS if spec.kind is Kind.PARAMS)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        no_default = f.default is f.default_factory is dataclasses.MISSING
+        if no_default and not by_attr[f.name].required:
+            raise TypeError(f"{cls.__name__}.{f.name} has no default, so it must be required")
+    return cls
 
 
 def _tensors_equal(left: Mapping[str, TensorValue], right: Mapping[str, TensorValue]) -> bool:
@@ -128,6 +243,7 @@ _SUBMITTED = Field("submitted_at_ms", Kind.COUNT)
 _TIMINGS = Field("timings_ms", Kind.TIMINGS)
 
 
+@_compiled
 @dataclass(frozen=True, slots=True, eq=False)
 class InferenceRequest(_Message):
     """A client's request: run ``pipeline`` for ``tenant`` on ``inputs``."""
@@ -176,6 +292,7 @@ class InferenceRequest(_Message):
         return cls(tenant=tenant, pipeline=pipeline, inputs=inputs, **options)
 
 
+@_compiled
 @dataclass(frozen=True, slots=True, eq=False)
 class StageMessage(_Message):
     """A task between stages (preprocess -> inference -> postprocess)."""
@@ -227,24 +344,32 @@ class StageMessage(_Message):
         tensors: Mapping[str, TensorValue],
         **options: Any,
     ) -> Self:
-        """Carry a request's routing fields forward; the result keeps the client's encoding."""
-        return cls(
-            task_id=request.task_id,
-            tenant=request.tenant,
-            pipeline=request.pipeline,
-            content_type=request.response_content_type or request_content_type,
-            tensors=tensors,
-            model_version=request.model_version,
-            priority=request.priority,
-            deadline_ms=request.deadline_ms,
-            reply_to=request.reply_to,
-            traceparent=request.traceparent,
-            submitted_at_ms=request.submitted_at_ms,
-            parameters=request.parameters,
+        """Carry a request's routing fields forward; the result keeps the client's encoding.
+
+        Checks only ``request_content_type``, ``tensors``, ``options`` (which may override
+        carried fields, e.g. ``model_version``) and the carried ``parameters``.
+        """
+        carried = {
+            "task_id": request.task_id,
+            "tenant": request.tenant,
+            "pipeline": request.pipeline,
+            "model_version": request.model_version,
+            "priority": request.priority,
+            "deadline_ms": request.deadline_ms,
+            "reply_to": request.reply_to,
+            "traceparent": request.traceparent,
+            "submitted_at_ms": request.submitted_at_ms,
+            "parameters": request.parameters,
+        }
+        changes = {
+            "content_type": request.response_content_type or request_content_type,
+            "tensors": tensors,
             **options,
-        )
+        }
+        return cls._derive(carried, changes)
 
 
+@_compiled
 @dataclass(frozen=True, slots=True, eq=False)
 class InferenceResult(_Message):
     """A successful answer to a request."""
@@ -275,7 +400,32 @@ class InferenceResult(_Message):
     )
     TENSORS: ClassVar[str] = "outputs"
 
+    @classmethod
+    def from_stage(
+        cls, message: StageMessage, outputs: Mapping[str, TensorValue], **options: Any
+    ) -> Self:
+        """The result of an inferred stage message: carries its identity and model forward.
 
+        Checks only ``outputs``, ``options`` (e.g. ``timings_ms``, ``completed_at_ms``) and
+        the model fields, which a stage message may lack (``ContractError`` then).
+        """
+        carried = {
+            "task_id": message.task_id,
+            "tenant": message.tenant,
+            "pipeline": message.pipeline,
+            "submitted_at_ms": message.submitted_at_ms,
+            "traceparent": message.traceparent,
+        }
+        changes = {
+            "model_name": message.model_name,
+            "model_version": message.model_version,
+            "outputs": outputs,
+            **options,
+        }
+        return cls._derive(carried, changes)
+
+
+@_compiled
 @dataclass(frozen=True, slots=True, eq=False)
 class ErrorResult(_Message):
     """A failed, expired or rejected task. ``message`` travels as V2's ``"error"`` string."""

@@ -93,8 +93,10 @@ class RuntimeSettings(_Group):
     """Threads across operators."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimization level."""
-    io_binding: bool = True
-    """Bind inputs and outputs directly on device providers (CUDA, TensorRT)."""
+    io_binding: bool = False
+    """Bind inputs and outputs through I/O binding on device providers (CUDA, TensorRT).
+    Off by default: with pooling inside the graph the output is small, and on an H200 plain
+    `run()` measured 1-8% faster (BENCHMARKS.md, GPU section)."""
     concurrent_runs: int = Field(default=1, ge=1)
     """Model runs at once. ONNX Runtime already spreads one run over `intra_op_threads`, so
     on CPU a second concurrent run only contends for the same cores; batches still overlap

@@ -45,8 +45,8 @@ class RuntimeOptions:
     """Threads inside one operator; 0 lets ONNX Runtime use every core."""
     inter_op_threads: int = 1
     graph_optimization: GraphOptimization = "all"
-    io_binding: bool = True
-    """Use I/O binding on device providers."""
+    io_binding: bool = False
+    """Use I/O binding on device providers (see RuntimeSettings.io_binding)."""
     device_id: int = 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import Hashable
@@ -145,8 +144,7 @@ class InferenceStage:
                 **task_outputs,
                 **{name: inputs[name] for name in forwarded if name in inputs},
             }
-            inferred = dataclasses.replace(
-                message,
+            inferred = message.evolve(
                 tensors=tensors,
                 batch_id=batch_id,
                 traceparent=child_of(message.traceparent),

@@ -85,14 +85,9 @@ class PostprocessStage:
             arrays_of(message.tensors), message.parameters, pipeline
         )
         now_ms = int(time.time() * 1000)
-        result = InferenceResult(
-            task_id=message.task_id,
-            tenant=message.tenant,
-            pipeline=message.pipeline,
-            outputs=outputs,
-            model_name=message.model_name,
-            model_version=message.model_version,
-            submitted_at_ms=message.submitted_at_ms,
+        result = InferenceResult.from_stage(
+            message,
+            outputs,
             completed_at_ms=now_ms,
             timings_ms={
                 **message.timings_ms,

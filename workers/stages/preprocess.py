@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from collections.abc import Hashable
@@ -96,8 +95,10 @@ class PreprocessStage:
             arrays_of(request.inputs), request.parameters, pipeline, model
         )
         content_type = content_type_of(work.record.headers, work.record.value or b"")
-        message = dataclasses.replace(
-            StageMessage.from_request(request, content_type, tensors),
+        message = StageMessage.from_request(
+            request,
+            content_type,
+            tensors,
             model_name=model.name,
             model_version=model.version,
             traceparent=child_of(request.traceparent),

@@ -8,6 +8,7 @@ from collections.abc import Hashable
 from aiokafka import AIOKafkaConsumer
 
 from workers.batching import Batch
+from workers.observability.gpu import GpuSampler
 from workers.observability.http import Health
 from workers.observability.metrics import WorkerMetrics
 from workers.stages.work import DEFAULT_LANE, StageOutput, Work
@@ -24,6 +25,7 @@ class StageTelemetry:
         self.unavailable: set[str] = set()
         """Dependencies whose last call failed ("kafka", "ledger"); cleared on success."""
         self.serving = False
+        self.gpu = GpuSampler(metrics) if stage == "inference" else None
 
     def taken(self, work: Work) -> None:
         message = work.message
@@ -57,6 +59,8 @@ class StageTelemetry:
         m = self.metrics
         m.in_flight.labels(self.stage).set(in_flight)
         m.queue_depth.labels(self.stage, "all").set(queued)
+        if self.gpu is not None:
+            self.gpu.sample()
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is None:
