@@ -24,6 +24,7 @@ from workers.ledger import Ledger
 from workers.models.repository import ModelRepository
 from workers.models.runtime import ModelRuntime, RuntimeOptions
 from workers.names import RedisKeys, Topics
+from workers.observability import tracing
 from workers.observability.http import ObservabilityServer
 from workers.observability.metrics import WorkerMetrics
 from workers.observability.registry import WorkerAnnouncement
@@ -78,6 +79,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
     keys = RedisKeys(settings.redis.key_prefix)
     metrics = WorkerMetrics(stage_name, o.tenant_label_cap)
     telemetry = StageTelemetry(metrics, stage_name, o.stuck_after_s)
+    tracing.configure(o.otel_enabled, o.otel_exporter, o.otel_endpoint)
     await ensure_pipeline_topics(settings)
     async with AsyncExitStack() as stack:
         server = await stack.enter_async_context(

@@ -112,6 +112,12 @@ class ObservabilitySettings(_Group):
     """Tenants named in metric labels; the rest are counted as `other`."""
     stuck_after_s: float = Field(default=30.0, gt=0)
     """/livez fails when the worker's loop has not turned for this long."""
+    otel_enabled: bool = False
+    """OpenTelemetry spans per task and stage and per batch (needs the `otel` extra)."""
+    otel_exporter: Literal["otlp", "console"] = "otlp"
+    """Where spans go: OTLP over HTTP, or the worker's stdout."""
+    otel_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """The OTLP/HTTP traces endpoint (a collector, Jaeger, Tempo ...)."""
 
 
 class StackSettings(_Group):

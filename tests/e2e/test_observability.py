@@ -157,3 +157,26 @@ async def test_top_shows_every_stage_and_tenant(
     text = render(view)
     assert "postprocess" in text
     assert "acme" in text
+
+
+async def test_otel_spans_of_every_stage_join_the_request_trace(
+    pipeline: Pipeline, client: Client
+) -> None:
+    otel = {
+        "CONVEYOR_OBSERVABILITY__OTEL_ENABLED": "true",
+        "CONVEYOR_OBSERVABILITY__OTEL_EXPORTER": "console",
+    }
+    for stage in ("preprocess", "inference", "postprocess"):
+        pipeline.fleet.start(stage, extra_env=otel)
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    request = tiny_request("acme", traceparent=parent)
+    await client.submit(request)
+    assert isinstance(await client.result(request.task_id, timeout_s=60), InferenceResult)
+    workers = list(pipeline.fleet.workers)
+    pipeline.fleet.stop_all()  # the span processor flushes at exit
+
+    for worker in workers:
+        log = worker.log()
+        assert f'"name": "conveyor.{worker.stage}"' in log, worker.stage
+        assert f'"name": "conveyor.{worker.stage}.batch"' in log, worker.stage
+        assert '"trace_id": "0x4bf92f3577b34da6a3ce929d0e0e4736"' in log, worker.stage

@@ -1,14 +1,22 @@
 """W3C trace context across stages: one trace id from request to result, a span per stage.
 
-Each stage forwards `traceparent` with the same trace id and a fresh span id of its own, so
-a tracing backend sees the stages as consecutive spans of the client's trace. A request
+Each stage forwards `traceparent` with the same trace id and a span id of its own, so a
+tracing backend sees the stages as consecutive spans of the client's trace; a request
 without trace context starts a new trace at preprocess.
+
+With OpenTelemetry enabled (`observability.otel_enabled`, the `otel` extra installed) those
+span ids belong to real spans: one per task and stage, child of the incoming context, and
+one per batch linked to every task it carried. Off (the default), forwarding a context is
+a string operation and nothing else runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -28,3 +36,89 @@ def child_of(traceparent: str | None) -> str:
 def trace_id(traceparent: str | None) -> str | None:
     match = _TRACEPARENT.match(traceparent or "")
     return match.group(1) if match else None
+
+
+class Tracer:
+    """No spans: forwarding a context only draws a new span id."""
+
+    def forward(self, stage: str, traceparent: str | None, task_id: str) -> str:
+        return child_of(traceparent)
+
+    @contextlib.contextmanager
+    def batch(
+        self, stage: str, batch_id: str, traceparents: Sequence[str | None]
+    ) -> Iterator[None]:
+        yield
+
+
+class OtelTracer(Tracer):
+    """Real OpenTelemetry spans through the given tracer provider."""
+
+    def __init__(self, provider: Any) -> None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self._tracer = provider.get_tracer("conveyor")
+        self._propagator = TraceContextTextMapPropagator()
+
+    def forward(self, stage: str, traceparent: str | None, task_id: str) -> str:
+        parent = self._propagator.extract({"traceparent": traceparent} if traceparent else {})
+        span = self._tracer.start_span(
+            f"conveyor.{stage}", context=parent, attributes={"conveyor.task_id": task_id}
+        )
+        span.end()
+        from opentelemetry import trace
+
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, context=trace.set_span_in_context(span))
+        return carrier.get("traceparent") or child_of(traceparent)
+
+    @contextlib.contextmanager
+    def batch(
+        self, stage: str, batch_id: str, traceparents: Sequence[str | None]
+    ) -> Iterator[None]:
+        from opentelemetry import trace
+
+        links = []
+        for traceparent in traceparents:
+            context = self._propagator.extract({"traceparent": traceparent} if traceparent else {})
+            span_context = trace.get_current_span(context).get_span_context()
+            if span_context.is_valid:
+                links.append(trace.Link(span_context))
+        attributes = {"conveyor.batch_id": batch_id, "conveyor.batch_tasks": len(traceparents)}
+        with self._tracer.start_as_current_span(
+            f"conveyor.{stage}.batch", links=links, attributes=attributes
+        ):
+            yield
+
+
+_active: Tracer = Tracer()
+
+
+def active() -> Tracer:
+    return _active
+
+
+def configure(enabled: bool, exporter: str = "otlp", endpoint: str | None = None) -> Tracer:
+    """Install the process's tracer once at start; OpenTelemetry only when enabled and present."""
+    global _active
+    if not enabled:
+        _active = Tracer()
+        return _active
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError as exc:
+        raise RuntimeError(
+            "observability.otel_enabled needs the otel extra: pip install 'conveyor[otel]'"
+        ) from exc
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "conveyor"}))
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    else:
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    _active = OtelTracer(provider)
+    return _active

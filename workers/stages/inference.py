@@ -21,8 +21,8 @@ from workers.ledger import Transition
 from workers.models.repository import ModelRepository, ModelVersion
 from workers.models.runtime import ModelRuntime
 from workers.names import Topics
+from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
-from workers.observability.tracing import child_of
 from workers.pipelines.base import Array
 from workers.pipelines.collate import collate, rows_of, split
 from workers.stages.stage_messages import identify_stage_message
@@ -147,7 +147,9 @@ class InferenceStage:
             inferred = message.evolve(
                 tensors=tensors,
                 batch_id=batch_id,
-                traceparent=child_of(message.traceparent),
+                traceparent=tracing.active().forward(
+                    self.name, message.traceparent, message.task_id
+                ),
                 timings_ms={
                     **message.timings_ms,
                     "inference_queue": queue_ms,

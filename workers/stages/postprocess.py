@@ -20,7 +20,7 @@ from schemas import (
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
-from workers.observability.tracing import child_of
+from workers.observability import tracing
 from workers.pipelines import postprocessor
 from workers.stages.stage_messages import identify_stage_message
 from workers.stages.work import DEFAULT_LANE, Finished, StageOutput, Work, fail, internal_error
@@ -93,7 +93,7 @@ class PostprocessStage:
                 **message.timings_ms,
                 "postprocess": (time.perf_counter() - started) * 1000,
             },
-            traceparent=child_of(message.traceparent),
+            traceparent=tracing.active().forward(self.name, message.traceparent, message.task_id),
         )
         output.forward(
             message.reply_to or self.topics.results, result, message.content_type, "result"

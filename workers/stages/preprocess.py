@@ -23,7 +23,7 @@ from schemas.fields import ID_RE, MSGPACK, NAME_RE, TRACEPARENT_RE
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
-from workers.observability.tracing import child_of
+from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
 from workers.stages.work import (
     DEFAULT_LANE,
@@ -101,7 +101,7 @@ class PreprocessStage:
             tensors,
             model_name=model.name,
             model_version=model.version,
-            traceparent=child_of(request.traceparent),
+            traceparent=tracing.active().forward(self.name, request.traceparent, request.task_id),
             timings_ms={"preprocess": (time.perf_counter() - started) * 1000},
         )
         output.forward(self.topics.preprocessed, message)

@@ -23,6 +23,7 @@ from schemas import Status
 from workers.batching import Batch, Batcher
 from workers.kafka.offsets import OffsetTracker
 from workers.ledger import Ledger, reached
+from workers.observability import tracing
 from workers.settings import WorkerSettings
 from workers.stages.telemetry import StageTelemetry
 from workers.stages.work import Outgoing, StageOutput, Work
@@ -198,7 +199,10 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _run_batch(self, batch: Batch[Work]) -> None:
         try:
             fresh = await self._skip_finished(batch.items)
-            output = await self.stage.process(fresh) if fresh else StageOutput()
+            with tracing.active().batch(
+                self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
+            ):
+                output = await self.stage.process(fresh) if fresh else StageOutput()
             await self._deliver(output.outgoing)
             await self._retry(lambda: self.ledger.record(output.transitions), "ledger")
             for work in batch.items:
@@ -287,6 +291,11 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         except KafkaError as exc:
             # Not fatal: the offsets stay pending and the next commit carries them.
             log.warning("%s: commit failed (%s); will retry", self.stage.name, exc)
+
+
+def _traceparent(work: Work) -> str | None:
+    traceparent = getattr(work.message, "traceparent", None)
+    return traceparent if isinstance(traceparent, str) else work.header("traceparent")
 
 
 def _key_of(work: Work) -> Hashable:
