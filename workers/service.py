@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schemas import DecodeLimits
+from schemas import ClaimCheck, DecodeLimits
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import client_id, make_consumer, make_producer
 from workers.ledger import Ledger
@@ -120,8 +120,14 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         consumer = make_consumer(settings.kafka, stage_name, topics.group_of(stage_name))
         await consumer.start()
         stack.push_async_callback(consumer.stop)
+        claims = ClaimCheck(
+            redis,
+            settings.redis.key_prefix,
+            w.claim_check_threshold_bytes,
+            settings.redis.claim_ttl_s,
+        )
         runner = await stack.enter_async_context(
-            StageRunner(stage, w, consumer, producer, ledger, telemetry)
+            StageRunner(stage, w, consumer, producer, ledger, telemetry, claims)
         )
         _install_signals(runner)
         log.info(

@@ -57,6 +57,8 @@ class RedisSettings(_Group):
     """Every Redis key starts with this prefix."""
     task_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     """How long the ledger keeps a task after its last transition."""
+    claim_ttl_s: int = Field(default=24 * 3600, ge=1)
+    """How long a claim-checked tensor waits in Redis for the next stage to read it."""
 
 
 class WorkerSettings(_Group):

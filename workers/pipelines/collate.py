@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from schemas import ContractError, ErrorCode
+from schemas import ContractError, ErrorCode, TensorRef
 from workers.pipelines.base import Array
 
 
-def rows_of(tensors: dict[str, Array]) -> int:
-    return int(next(iter(tensors.values())).shape[0]) if tensors else 0
+def rows_of(tensors: Mapping[str, Array | TensorRef]) -> int:
+    """Rows of a task: the batch dimension of its first tensor (claim-checked ones too)."""
+    first = next(iter(tensors.values()), None)
+    return int(first.shape[0]) if first is not None and len(first.shape) else 0
 
 
 def collate(items: Sequence[dict[str, Array]]) -> dict[str, Array]:

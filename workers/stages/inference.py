@@ -67,7 +67,7 @@ class InferenceStage:
         try:
             message = decode_stage(record.value or b"", record.headers, limits=self.limits)
             work.message = message
-            work.rows = max(1, rows_of(arrays_of(message.tensors)))
+            work.rows = max(1, rows_of(message.tensors))
             work.batch_key = (message.model_name, message.model_version)
         except ContractError as error:
             work.error = error

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
 from typing import Protocol, TypeVar
 
 import redis.exceptions
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from schemas import Status
+from schemas import ClaimCheck, ContractError, Status
 from workers.batching import Batch, Batcher
 from workers.kafka.offsets import OffsetTracker
 from workers.ledger import Ledger, reached
@@ -64,6 +65,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         producer: AIOKafkaProducer,
         ledger: Ledger,
         telemetry: StageTelemetry,
+        claims: ClaimCheck | None = None,
     ) -> None:
         self.stage = stage
         self.settings = settings
@@ -71,6 +73,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.producer = producer
         self.ledger = ledger
         self.telemetry = telemetry
+        self.claims = claims
         self.offsets = OffsetTracker()
         self._batcher: Batcher[Work] = Batcher(
             1, 0, key=_key_of, size_of=_rows_of, window_of=stage.batching
@@ -199,11 +202,12 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _run_batch(self, batch: Batch[Work]) -> None:
         try:
             fresh = await self._skip_finished(batch.items)
+            await self._resolve_claims(fresh)
             with tracing.active().batch(
                 self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
             ):
                 output = await self.stage.process(fresh) if fresh else StageOutput()
-            await self._deliver(output.outgoing)
+            await self._deliver(await output.records(self.claims))
             await self._retry(lambda: self.ledger.record(output.transitions), "ledger")
             for work in batch.items:
                 self.offsets.finished(work.partition, work.record.offset)
@@ -227,6 +231,20 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             for w in items
             if w.error is not None or not reached(states.get(w.message.task_id), self.stage.reaches)
         ]
+
+    async def _resolve_claims(self, items: list[Work]) -> None:
+        """Fetch claim-checked tensors; a task whose claim is gone fails with the reason."""
+        claims = self.claims
+        if claims is None:
+            return
+        for work in items:
+            message = work.message
+            if work.error is not None or message is None:
+                continue
+            try:
+                work.message = await self._retry(partial(claims.resolve, message), "ledger")
+            except ContractError as error:
+                work.error = error
 
     async def _deliver(self, outgoing: list[Outgoing]) -> None:
         async def send_all() -> None:

@@ -9,7 +9,17 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from schemas import ContractError, ErrorCode, ErrorResult, Status, encode, headers_for, key_for
+from schemas import (
+    ClaimCheck,
+    ContractError,
+    ErrorCode,
+    ErrorResult,
+    Message,
+    Status,
+    encode,
+    headers_for,
+    key_for,
+)
 from schemas.fields import MSGPACK
 from workers.ledger import Transition
 
@@ -65,24 +75,48 @@ class Finished:
     """From the request's submitted_at to now, for answered tasks."""
 
 
+@dataclass(frozen=True)
+class _Pending:
+    topic: str
+    message: Message
+    content_type: str
+    kind: str
+
+
 @dataclass
 class StageOutput:
     outgoing: list[Outgoing] = field(default_factory=list)
+    """Records ready to produce (dead letters carry the original bytes)."""
     transitions: list[Transition] = field(default_factory=list)
     finished: list[Finished] = field(default_factory=list)
+    pending: list[_Pending] = field(default_factory=list)
+    """Messages to encode; `records()` turns them into `outgoing`."""
 
     def forward(
-        self, topic: str, message: Any, content_type: str = MSGPACK, kind: str = "forward"
+        self, topic: str, message: Message, content_type: str = MSGPACK, kind: str = "forward"
     ) -> None:
-        self.outgoing.append(
-            Outgoing(
-                topic,
-                key_for(message),
-                encode(message, content_type),
-                headers_for(message, content_type),
-                kind,
+        self.pending.append(_Pending(topic, message, content_type, kind))
+
+    async def records(self, claims: ClaimCheck | None) -> list[Outgoing]:
+        """Every record to produce. Tensors between stages above the claim-check threshold
+        go to Redis first; results and errors stay whole for clients without Redis."""
+        encoded = []
+        for item in self.pending:
+            message = item.message
+            if claims is not None and item.kind == "forward":
+                message = await claims.offload(message)
+            encoded.append(
+                Outgoing(
+                    item.topic,
+                    key_for(message),
+                    encode(message, item.content_type),
+                    headers_for(message, item.content_type),
+                    item.kind,
+                )
             )
-        )
+        self.pending.clear()
+        self.outgoing.extend(encoded)
+        return self.outgoing
 
 
 @dataclass(frozen=True)
