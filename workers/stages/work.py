@@ -186,3 +186,14 @@ def fail(
 
 def internal_error(exc: BaseException) -> ContractError:
     return ContractError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class BatchFailed(Exception):
+    """A stage could not process a batch as a whole (the model raised, a GPU ran out of
+    memory). The runner splits the batch to find the records that fail and retries the rest;
+    `transient` failures (out of memory, timeouts) are retried before any record is blamed."""
+
+    def __init__(self, cause: BaseException, *, transient: bool = False) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.transient = transient
