@@ -56,6 +56,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _models(args: argparse.Namespace, settings: Settings) -> int:
     from workers.commands import build_model
 
+    if args.action != "build":
+        from workers.model_commands import run_model_command
+
+        return asyncio.run(run_model_command(args, settings))
     repository = args.repository or settings.model_repository
     started = time.monotonic()
     path = build_model(args.pipeline, repository, args.version)
@@ -89,6 +93,15 @@ def _top(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run_top(settings.redis.url, keys, args.interval_s, args.once))
 
 
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.observability.http import check
+
+    url = args.url or f"http://127.0.0.1:{settings.observability.metrics_port}"
+    code, body = check(url)
+    print(body.strip())
+    return code
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from workers.demo import run_demo
 
@@ -108,11 +121,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     worker.add_argument("stage", choices=["preprocess", "inference", "postprocess"])
     handlers["worker"] = _worker
 
-    models = commands.add_parser("models", help="build models into the model repository")
-    models.add_argument("action", choices=["build"])
-    models.add_argument("pipeline", choices=["text-embedding", "tiny-classify"])
-    models.add_argument("--repository", type=Path, default=None)
-    models.add_argument("--version", type=int, default=1)
+    models = commands.add_parser("models", help="build models; load, unload, roll back versions")
+    actions = models.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="build a model into the model repository")
+    build.add_argument("pipeline", choices=["text-embedding", "tiny-classify"])
+    build.add_argument("--repository", type=Path, default=None)
+    build.add_argument("--version", type=int, default=1)
+    load = actions.add_parser("load", help="every inference worker loads and serves a version")
+    load.add_argument("model")
+    load.add_argument("version", type=int)
+    role = load.add_mutually_exclusive_group()
+    role.add_argument("--canary", type=float, metavar="FRACTION", help="serve this share of tasks")
+    role.add_argument(
+        "--shadow", type=float, metavar="FRACTION", help="shadow this share of batches"
+    )
+    unload = actions.add_parser("unload", help="every inference worker retires a version")
+    unload.add_argument("model")
+    unload.add_argument("version", type=int)
+    rollback = actions.add_parser("rollback", help="back to the previously current version")
+    rollback.add_argument("model")
+    actions.add_parser("list", help="versions on disk and the latest model events")
     handlers["models"] = _models
 
     submit = commands.add_parser("submit", help="submit texts to a pipeline")
@@ -135,6 +163,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     top.add_argument("--interval-s", type=float, default=2.0)
     top.add_argument("--once", action="store_true", help="print one frame and exit")
     handlers["top"] = _top
+
+    check = commands.add_parser(
+        "check", help="a worker's health: exit 0 ready, 1 live but not ready, 2 not live"
+    )
+    check.add_argument("--url", default=None, help="the worker's endpoint (default: local port)")
+    handlers["check"] = _check
 
     demo = commands.add_parser("demo", help="stack + workers + traffic from three tenants")
     demo.add_argument("--requests", type=int, default=300)

@@ -75,8 +75,11 @@ class Client:
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
         )
         await self._producer.start()
+        # read_committed: in exactly-once mode a result of an aborted transaction never counts.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
         )
         await self._consumer.start()
         partitions = await partitions_of(self.bootstrap, self.results_topic)

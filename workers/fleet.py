@@ -24,6 +24,8 @@ class WorkerProcess:
     stage: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    instance_id: str
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -41,6 +43,7 @@ class WorkerFleet:
     """CONVEYOR_* / KAFKA_BOOTSTRAP / REDIS_URL for every worker."""
     log_dir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
+    _started: dict[str, int] = field(default_factory=dict)
 
     def start(
         self, stage: str, count: int = 1, extra_env: dict[str, str] | None = None
@@ -50,20 +53,38 @@ class WorkerFleet:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started = []
         for _ in range(count):
-            index = sum(1 for w in self.workers if w.stage == stage)
-            log_path = self.log_dir / f"{stage}-{index}.log"
-            with log_path.open("ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "workers", "worker", stage],
-                    env={**os.environ, **_LOCAL, **self.env, **(extra_env or {})},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            worker = WorkerProcess(stage, process, log_path)
+            self._started[stage] = self._started.get(stage, 0) + 1
+            worker = self._spawn(stage, f"{stage}-{self._started[stage] - 1}", extra_env or {})
             self.workers.append(worker)
             started.append(worker)
         return started
+
+    def restart(self, worker: WorkerProcess) -> WorkerProcess:
+        """A new process in the place of a dead or stopped one, with the same instance id (so
+        an exactly-once worker fences what its predecessor left open)."""
+        if worker.alive:
+            raise RuntimeError(f"{worker.instance_id} is still running")
+        replacement = self._spawn(worker.stage, worker.instance_id, worker.extra_env)
+        self.workers[self.workers.index(worker)] = replacement
+        return replacement
+
+    def _spawn(self, stage: str, instance_id: str, extra_env: dict[str, str]) -> WorkerProcess:
+        log_path = self.log_dir / f"{instance_id}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "workers", "worker", stage],
+                env={
+                    **os.environ,
+                    **_LOCAL,
+                    "CONVEYOR_WORKER__INSTANCE_ID": instance_id,
+                    **self.env,
+                    **extra_env,
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return WorkerProcess(stage, process, log_path, instance_id, extra_env)
 
     def start_all(self, per_stage: int = 1) -> None:
         for stage in STAGES:

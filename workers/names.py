@@ -33,8 +33,21 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
+    @property
+    def control(self) -> str:
+        """Model lifecycle commands (`conveyor models load ...`); every inference worker reads
+        all of it, without a consumer group."""
+        return f"{self.prefix}.control"
+
     def all(self) -> tuple[str, ...]:
-        return (self.requests, self.preprocessed, self.inferred, self.results, self.dlq)
+        return (
+            self.requests,
+            self.preprocessed,
+            self.inferred,
+            self.results,
+            self.dlq,
+            self.control,
+        )
 
     def input_of(self, stage: str) -> str:
         return {
@@ -64,3 +77,7 @@ class RedisKeys:
 
     def workers_pattern(self) -> str:
         return f"{self.prefix}worker:*"
+
+    def model_events(self) -> str:
+        """Stream of model lifecycle events (loaded, switched, refused, retired ...)."""
+        return f"{self.prefix}model-events"

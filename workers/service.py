@@ -18,11 +18,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas import ClaimCheck, DecodeLimits
+from workers.control import ControlListener
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import client_id, make_consumer, make_producer
 from workers.ledger import Ledger
+from workers.models.events import ModelEvents
+from workers.models.lifecycle import ModelLifecycle
 from workers.models.repository import ModelRepository
 from workers.models.runtime import ModelRuntime, RuntimeOptions
+from workers.models.shadow import ShadowRunner
+from workers.models.watcher import RepositoryWatcher
 from workers.names import RedisKeys, Topics
 from workers.observability import tracing
 from workers.observability.http import ObservabilityServer
@@ -106,18 +111,22 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         if stage_name == "preprocess":
             stage = PreprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
         elif stage_name == "inference":
-            runtime = await stack.enter_async_context(
-                ModelRuntime(runtime_options(settings), settings.runtime.concurrent_runs)
-            )
-            stage = InferenceStage(
-                topics, repository, runtime, limits, w.max_batch_size, w.max_wait_ms, metrics
+            stage = await _inference_stage(
+                stack, settings, topics, repository, metrics, redis, keys, instance
             )
         else:
             stage = PostprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
-        producer = make_producer(settings.kafka, stage_name)
+        transactional_id = None
+        if w.delivery == "exactly_once":
+            transactional_id = f"{topics.group_of(stage_name)}.{w.instance_id or instance}"
+        producer = make_producer(
+            settings.kafka, stage_name, transactional_id, w.transaction_timeout_ms
+        )
         await producer.start()
         stack.push_async_callback(producer.stop)
-        consumer = make_consumer(settings.kafka, stage_name, topics.group_of(stage_name))
+        consumer = make_consumer(
+            settings.kafka, stage_name, topics.group_of(stage_name), w.instance_id
+        )
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         claims = ClaimCheck(
@@ -127,7 +136,16 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             settings.redis.claim_ttl_s,
         )
         runner = await stack.enter_async_context(
-            StageRunner(stage, w, consumer, producer, ledger, telemetry, claims)
+            StageRunner(
+                stage,
+                w,
+                consumer,
+                producer,
+                ledger,
+                telemetry,
+                claims,
+                topics.group_of(stage_name),
+            )
         )
         _install_signals(runner)
         log.info(
@@ -143,6 +161,45 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             runner.processed,
             runner.skipped,
         )
+
+
+async def _inference_stage(
+    stack: AsyncExitStack,
+    settings: Settings,
+    topics: Topics,
+    repository: ModelRepository,
+    metrics: WorkerMetrics,
+    redis: aioredis.Redis,
+    keys: RedisKeys,
+    instance: str,
+) -> InferenceStage:
+    """The inference stage with its model lifecycle: versions loaded and checked before the
+    runner takes a record, the folder watched, control commands applied, shadows compared."""
+    m = settings.models
+    runtime = await stack.enter_async_context(
+        ModelRuntime(runtime_options(settings), settings.runtime.concurrent_runs)
+    )
+    events = ModelEvents(metrics, instance, redis, keys.model_events())
+    lifecycle = await stack.enter_async_context(ModelLifecycle(repository, runtime, m, events))
+    shadow = await stack.enter_async_context(ShadowRunner(lifecycle, runtime, metrics))
+    await stack.enter_async_context(
+        RepositoryWatcher(lifecycle, m.poll_interval_s, m.canary_fraction)
+    )
+    await stack.enter_async_context(
+        ControlListener(lifecycle, settings.kafka.bootstrap, topics.control)
+    )
+    w = settings.worker
+    return InferenceStage(
+        topics,
+        repository,
+        runtime,
+        DecodeLimits(),
+        w.max_batch_size,
+        w.max_wait_ms,
+        metrics,
+        lifecycle=lifecycle,
+        shadow=shadow,
+    )
 
 
 def _advertised_host(bind_host: str) -> str:

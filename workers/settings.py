@@ -62,6 +62,16 @@ class RedisSettings(_Group):
 
 
 class WorkerSettings(_Group):
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """at_least_once: outputs acknowledged, then offsets committed, the ledger absorbs
+    replays. exactly_once: outputs and offsets in one Kafka transaction per batch."""
+    instance_id: str | None = None
+    """Stable name of this worker instance (e.g. the pod name); the transactional id is
+    built from it, so a restarted instance fences its predecessor. Default: host and pid."""
+    transaction_timeout_ms: int = Field(default=15_000, ge=1000)
+    """An open transaction of a dead worker blocks read_committed readers at most this long."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries of a record whose batch failed transiently (out of memory, timeout)."""
     max_in_flight: int = Field(default=4096, ge=1)
     """Records taken from Kafka and not yet finished; intake pauses at this bound."""
     batches_in_flight: int = Field(default=2, ge=1)
@@ -103,6 +113,29 @@ class RuntimeSettings(_Group):
     """Model runs at once. ONNX Runtime already spreads one run over `intra_op_threads`, so
     on CPU a second concurrent run only contends for the same cores; batches still overlap
     their host work (decode, delivery, ledger) with the run in progress."""
+
+
+class ModelSettings(_Group):
+    poll_interval_s: float = Field(default=2.0, ge=0)
+    """How often inference workers look for new version folders; 0 turns polling off (then
+    only `conveyor models load|unload|rollback` changes what serves)."""
+    canary_fraction: float = Field(default=0.0, ge=0, le=1)
+    """Share of unpinned tasks a newly found version takes as a canary (by task-id hash);
+    0 promotes a new version to all traffic at once."""
+    shadow_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Share of batches a shadow version also runs on when the command names no share."""
+    memory_budget_bytes: int = Field(default=0, ge=0)
+    """Most model memory (estimated) loaded at once; a swap that would exceed it unloads the
+    old version first, pausing intake briefly. 0: no budget."""
+    memory_overhead_ratio: float = Field(default=1.5, gt=0)
+    """Estimated session memory per byte of model file (weights plus runtime buffers)."""
+    swap_pause_max_s: float = Field(default=10.0, gt=0)
+    """Longest a budget swap waits for the old version's running batches before giving up."""
+    warmup: bool = True
+    """Run a real batch (the last one served, else one made from the signature) through a new
+    version before it takes traffic; a version that fails it never serves."""
+    warmup_rows: int = Field(default=8, ge=1)
+    """Rows in the warm-up batch."""
 
 
 class ObservabilitySettings(_Group):
@@ -158,6 +191,8 @@ class Settings(BaseSettings):
     """Intake, batching, commits and shutdown of a stage worker."""
     runtime: RuntimeSettings = RuntimeSettings()
     """ONNX Runtime."""
+    models: ModelSettings = ModelSettings()
+    """Model lifecycle: hot swaps, canary and shadow versions, memory budget."""
     observability: ObservabilitySettings = ObservabilitySettings()
     """Metrics and health endpoint."""
     model_repository: Path = Path("model_repository")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import Namespace
 from tests.services import Services
@@ -80,7 +83,11 @@ async def client(pipeline: Pipeline) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def ledger(services: Services, pipeline: Pipeline) -> AsyncIterator[Ledger]:
-    redis = aioredis.Redis.from_url(services.redis_url)
+    redis = aioredis.Redis.from_url(
+        services.redis_url,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10),
+        retry_on_error=[RedisConnectionError],
+    )
     async with Ledger(redis, pipeline.keys, ttl_s=3600) as led:
         yield led
     await redis.aclose()

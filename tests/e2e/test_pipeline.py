@@ -69,7 +69,7 @@ async def test_sigterm_of_a_stage_mid_stream_loses_nothing(
 
     (victim,) = [w for w in pipeline.fleet.workers if w.stage == stage]
     assert pipeline.fleet.stop(victim, signal.SIGTERM) == 0, victim.log()[-2000:]
-    pipeline.fleet.start(stage)
+    pipeline.fleet.restart(victim)
     results = await asyncio.gather(*(client.result(i, timeout_s=120) for i in ids))
 
     assert all(isinstance(r, InferenceResult) for r in results)

@@ -84,6 +84,23 @@ class Batcher(Generic[T]):
         self._sizes[key] = self._sizes.get(key, 0) + size
         self._changed.set()
 
+    def remove_if(self, predicate: Callable[[T], bool]) -> int:
+        """Drop queued items (e.g. of partitions this worker lost); returns how many."""
+        removed = 0
+        for key in list(self._queues):
+            queue = self._queues[key]
+            kept = deque(q for q in queue if not predicate(q.item))
+            dropped = len(queue) - len(kept)
+            if dropped:
+                removed += dropped
+                self._sizes[key] = sum(q.size for q in kept)
+                if kept:
+                    self._queues[key] = kept
+                else:
+                    del self._queues[key]
+                    del self._sizes[key]
+        return removed
+
     def tick(self) -> None:
         """Wake a waiting `next_batch` to re-read the clock (tests with a fake clock call it)."""
         self._changed.set()

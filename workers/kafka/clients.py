@@ -14,9 +14,17 @@ def client_id(settings: KafkaSettings, role: str) -> str:
     return f"{settings.client_id}-{role}-{socket.gethostname()}-{os.getpid()}"
 
 
-def make_producer(settings: KafkaSettings, role: str) -> AIOKafkaProducer:
-    """Idempotent, acks from all replicas: a retried send never duplicates a record."""
+def make_producer(
+    settings: KafkaSettings,
+    role: str,
+    transactional_id: str | None = None,
+    transaction_timeout_ms: int = 60_000,
+) -> AIOKafkaProducer:
+    """Idempotent, acks from all replicas: a retried send never duplicates a record.
+    With a `transactional_id` every send must happen inside a transaction."""
     return AIOKafkaProducer(
+        transactional_id=transactional_id,
+        transaction_timeout_ms=transaction_timeout_ms,
         bootstrap_servers=settings.bootstrap,
         client_id=client_id(settings, role),
         acks="all",
@@ -27,14 +35,23 @@ def make_producer(settings: KafkaSettings, role: str) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(settings: KafkaSettings, role: str, group_id: str) -> AIOKafkaConsumer:
-    """Never auto-commits: offsets move only after the outputs they produced are acknowledged."""
+def make_consumer(
+    settings: KafkaSettings, role: str, group_id: str, instance_id: str | None = None
+) -> AIOKafkaConsumer:
+    """Never auto-commits: offsets move only after the outputs they produced are acknowledged.
+
+    With a stable `instance_id` the consumer is a static group member: a restarted instance
+    takes its partitions back without a rebalance of the whole group.
+    """
     return AIOKafkaConsumer(
+        group_instance_id=f"{group_id}.{instance_id}" if instance_id else None,
         bootstrap_servers=settings.bootstrap,
         client_id=client_id(settings, role),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # Records of aborted transactions never reach a stage (a no-op without transactions).
+        isolation_level="read_committed",
         max_poll_records=settings.max_poll_records,
         max_poll_interval_ms=settings.max_poll_interval_ms,
         session_timeout_ms=settings.session_timeout_ms,

@@ -2,7 +2,9 @@
 
 Batches complete in any order (several in flight, keys batched apart), so a partition is
 committed only up to its lowest offset still unfinished: everything below it has delivered
-its output.
+its output. The records finished *above* that point travel in the commit's metadata (as
+Confluent's Parallel Consumer does), so whoever resumes the partition, after a crash or a
+rebalance, skips them instead of processing them twice.
 """
 
 from __future__ import annotations
@@ -11,16 +13,55 @@ import heapq
 from collections.abc import Iterable
 
 from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+_FORMAT = "cv1:"
+# Kafka's default offset.metadata.max.bytes is 4096; leave room for the format prefix.
+_MAX_METADATA_CHARS = 3800
+
+
+def encode_done(commit_point: int, done: Iterable[int]) -> str:
+    """Finished offsets above the commit point, as ranges of deltas: "cv1:1-3,7"."""
+    ranges: list[str] = []
+    start = previous = None
+    for offset in sorted(done):
+        delta = offset - commit_point
+        if previous is not None and delta == previous + 1:
+            previous = delta
+            continue
+        if start is not None:
+            ranges.append(f"{start}" if start == previous else f"{start}-{previous}")
+        start = previous = delta
+    if start is not None:
+        ranges.append(f"{start}" if start == previous else f"{start}-{previous}")
+    text = _FORMAT + ",".join(ranges)
+    if len(text) > _MAX_METADATA_CHARS:
+        # Too fragmented to carry whole: the ranges cut off are simply processed again.
+        text = text[: text.rfind(",", 0, _MAX_METADATA_CHARS)]
+    return text if ranges else ""
+
+
+def decode_done(commit_point: int, metadata: str | None) -> set[int]:
+    if not metadata or not metadata.startswith(_FORMAT):
+        return set()
+    done: set[int] = set()
+    for part in metadata[len(_FORMAT) :].split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        done.update(range(commit_point + int(low), commit_point + int(high or low) + 1))
+    return done
 
 
 class _PartitionOffsets:
-    __slots__ = ("committed", "done", "highest", "pending")
+    __slots__ = ("committed", "done", "highest", "pending", "resumed_done")
 
     def __init__(self) -> None:
         self.pending: list[int] = []
         self.done: set[int] = set()
         self.highest = -1
-        self.committed: int | None = None
+        self.committed: OffsetAndMetadata | None = None
+        self.resumed_done: set[int] = set()
 
     def commit_point(self) -> int:
         while self.pending and self.pending[0] in self.done:
@@ -33,6 +74,17 @@ class OffsetTracker:
 
     def __init__(self) -> None:
         self._partitions: dict[TopicPartition, _PartitionOffsets] = {}
+
+    def resume(self, tp: TopicPartition, committed: OffsetAndMetadata | None) -> None:
+        """Take a partition over: remember what its last owner finished above its commit."""
+        state = self._partitions.setdefault(tp, _PartitionOffsets())
+        if committed is not None and committed.offset >= 0:
+            state.resumed_done = decode_done(committed.offset, committed.metadata)
+
+    def already_done(self, tp: TopicPartition, offset: int) -> bool:
+        """True for a record the partition's last owner finished (its outputs are out)."""
+        state = self._partitions.get(tp)
+        return state is not None and offset in state.resumed_done
 
     def taken(self, tp: TopicPartition, offset: int) -> None:
         state = self._partitions.setdefault(tp, _PartitionOffsets())
@@ -47,19 +99,24 @@ class OffsetTracker:
     def unfinished(self) -> int:
         return sum(len(s.pending) - len(s.done) for s in self._partitions.values())
 
-    def to_commit(self) -> dict[TopicPartition, int]:
-        """Offsets that moved since the last `committed()`; Kafka's convention: next to read."""
-        moves: dict[TopicPartition, int] = {}
+    def to_commit(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """What moved since the last `committed()`: Kafka's next offset to read, and the
+        finished offsets above it in the metadata."""
+        moves: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, state in self._partitions.items():
             point = state.commit_point()
-            if point > 0 and point != state.committed:
-                moves[tp] = point
+            if point <= 0:
+                continue
+            above = state.done | {o for o in state.resumed_done if o >= point}
+            commit = OffsetAndMetadata(point, encode_done(point, above))
+            if commit != state.committed:
+                moves[tp] = commit
         return moves
 
-    def committed(self, offsets: dict[TopicPartition, int]) -> None:
-        for tp, offset in offsets.items():
+    def committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        for tp, commit in offsets.items():
             if tp in self._partitions:
-                self._partitions[tp].committed = offset
+                self._partitions[tp].committed = commit
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import ContractError, ErrorCode
+from workers.models.signature import Signature, TensorContract, parse_signature
 
 CONFIG_FILENAME = "config.json"
 MODEL_FILENAME = "model.onnx"
@@ -48,6 +49,8 @@ class PipelineConfig:
     preprocess: str
     postprocess: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    signature: Signature | None = None
+    """What the model must take and give, and the runtime it needs (see `signature`)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class ModelConfig:
     served_versions: tuple[int, ...]
     """Versions the policy serves, ascending."""
     directory: Path
+    retain: int | None = None
+    """`latest: N` keeps N versions loaded after a swap; None (specific, all) keeps all."""
 
     @property
     def latest_version(self) -> int:
@@ -67,6 +72,14 @@ class ModelConfig:
 
     def version_dir(self, version: int) -> Path:
         return self.directory / str(version)
+
+    def available_versions(self) -> list[int]:
+        """Version folders holding a model file now (the folder may have changed since)."""
+        return _available(self.directory)
+
+    def signatures(self) -> list[tuple[str, Signature]]:
+        """Every pipeline's contract the model must meet, by pipeline name."""
+        return [(p.name, p.signature) for p in self.pipelines if p.signature is not None]
 
 
 @dataclass(frozen=True)
@@ -150,18 +163,17 @@ def _read_model(config_path: Path) -> ModelConfig:
         raw = json.loads(config_path.read_text("utf-8"))
         name = str(raw["name"])
         directory = config_path.parent
-        available = sorted(
-            int(p.name)
-            for p in directory.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / MODEL_FILENAME).exists()
-        )
+        available = _available(directory)
         if not available:
             raise RepositoryError(f"{directory}: no version folder holds {MODEL_FILENAME}")
         batching = raw.get("batching", {})
+        inputs = tuple(_spec(s) for s in raw["inputs"])
+        outputs = tuple(_spec(s) for s in raw["outputs"])
+        policy = raw.get("version_policy", {"latest": 1})
         return ModelConfig(
             name=name,
-            inputs=tuple(_spec(s) for s in raw["inputs"]),
-            outputs=tuple(_spec(s) for s in raw["outputs"]),
+            inputs=inputs,
+            outputs=outputs,
             batching=BatchingConfig(
                 max_batch_size=int(batching.get("max_batch_size", 32)),
                 max_wait_ms=float(batching.get("max_wait_ms", 5.0)),
@@ -173,18 +185,35 @@ def _read_model(config_path: Path) -> ModelConfig:
                     preprocess=str(p["preprocess"]),
                     postprocess=str(p["postprocess"]),
                     parameters=dict(p.get("parameters", {})),
+                    signature=parse_signature(
+                        p.get("signature"),
+                        p.get("runtime"),
+                        [_contract(t) for t in inputs],
+                        [_contract(t) for t in outputs],
+                    ),
                 )
                 for p in raw.get("pipelines", [])
             ),
-            served_versions=_apply_policy(
-                raw.get("version_policy", {"latest": 1}), available, config_path
-            ),
+            served_versions=_apply_policy(policy, available, config_path),
             directory=directory,
+            retain=int(policy["latest"]) if "latest" in policy else None,
         )
     except RepositoryError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RepositoryError(f"{config_path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _available(directory: Path) -> list[int]:
+    return sorted(
+        int(p.name)
+        for p in directory.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILENAME).exists()
+    )
+
+
+def _contract(spec: TensorSpec) -> TensorContract:
+    return TensorContract(spec.name, spec.datatype, spec.shape)
 
 
 def _spec(raw: dict[str, Any]) -> TensorSpec:

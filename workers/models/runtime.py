@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,7 @@ from workers.models.repository import ModelVersion
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
+T = TypeVar("T")
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -111,6 +113,7 @@ class ModelRuntime:
         self._models: dict[tuple[str, int], OnnxModel] = {}
         self._loading: dict[tuple[str, int], asyncio.Future[OnnxModel]] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._loader: ThreadPoolExecutor | None = None
         self._concurrent_runs = concurrent_runs
 
     async def start(self) -> None:
@@ -119,11 +122,16 @@ class ModelRuntime:
         self._executor = ThreadPoolExecutor(
             max_workers=self._concurrent_runs, thread_name_prefix="onnx"
         )
+        # Loads (hot swaps) get a thread of their own: a slow load never queues a batch.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-load")
 
     async def stop(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._loader is not None:
+            self._loader.shutdown(wait=True)
+            self._loader = None
 
     async def __aenter__(self) -> ModelRuntime:
         await self.start()
@@ -152,6 +160,22 @@ class ModelRuntime:
                 self._loading.pop(key, None)
         self._models[key] = model
         return model
+
+    async def load(self, version: ModelVersion) -> OnnxModel:
+        """A fresh session for `version`, made on the loader thread; not cached here (the
+        model lifecycle owns it and drops it when the version retires)."""
+        return await self.off_loop(OnnxModel, version, self.options)
+
+    async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking load-side work (reading a graph, a session) on the loader thread."""
+        if self._loader is None:
+            raise RuntimeError("ModelRuntime is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._loader, function, *args)
+
+    async def run(self, model: OnnxModel, feeds: dict[str, Array]) -> dict[str, Array]:
+        """Run one batch on a given session, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._require_executor(), model.run, feeds)
 
     async def infer(self, version: ModelVersion, feeds: dict[str, Array]) -> dict[str, Array]:
         model = await self.model(version)

@@ -91,3 +91,25 @@ class ObservabilityServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def check(base_url: str, timeout_s: float = 3.0) -> tuple[int, str]:
+    """`conveyor check`: 0 live and ready, 1 live but not ready, 2 not live or unreachable."""
+    import urllib.error
+    import urllib.request
+
+    def probe(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base_url.rstrip("/") + path, timeout=timeout_s) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read().decode()
+
+    try:
+        live, body = probe("/livez")
+        if live != 200:
+            return 2, body
+        ready, body = probe("/readyz")
+        return (0 if ready == 200 else 1), body
+    except OSError as exc:
+        return 2, f"unreachable: {exc}"

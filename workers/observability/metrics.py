@@ -133,6 +133,45 @@ class WorkerMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.model_swaps = Counter(
+            "conveyor_model_swaps",
+            "Model versions switched into service, by what asked for it.",
+            ["model", "source"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "conveyor_model_load_failures",
+            "Model versions refused or failed while loading; the serving version kept serving.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_serving_version = Gauge(
+            "conveyor_model_serving_version",
+            "The version serving each role (current, canary, shadow); 0 when none.",
+            ["model", "role"],
+            registry=r,
+        )
+        self.model_swap_pause = Histogram(
+            "conveyor_model_swap_pause_seconds",
+            "Intake paused by a swap that had to unload before loading (memory budget).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.shadow_max_abs_diff = Histogram(
+            "conveyor_shadow_max_abs_diff",
+            "Per shadowed batch: largest absolute difference from the serving version's outputs.",
+            ["model", "version"],
+            buckets=(1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
+        self.shadow_cosine = Histogram(
+            "conveyor_shadow_cosine_similarity",
+            "Per shadowed batch: cosine similarity to the serving version's outputs.",
+            ["model", "version"],
+            buckets=(-1, 0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999, 1),
+            registry=r,
+        )
         self.gpu_memory_used = Gauge(
             "conveyor_gpu_memory_used_bytes",
             "GPU memory in use (NVML).",
@@ -163,5 +202,11 @@ METRIC_NAMES = (
     "conveyor_model_info",
     "conveyor_gpu_memory_used_bytes",
     "conveyor_gpu_utilization_ratio",
+    "conveyor_model_swaps_total",
+    "conveyor_model_load_failures_total",
+    "conveyor_model_serving_version",
+    "conveyor_model_swap_pause_seconds",
+    "conveyor_shadow_max_abs_diff",
+    "conveyor_shadow_cosine_similarity",
 )
 """The exported series families, as dashboards and alerts name them."""

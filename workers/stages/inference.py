@@ -1,4 +1,10 @@
-"""Inference: dynamic batches per (model, version) run on ONNX Runtime."""
+"""Inference: dynamic batches per model run on ONNX Runtime, on the version each task routes to.
+
+Each task routes through the model lifecycle (its pin, else the canary split or the current
+version), and each routed group runs on a lease of that version, so a swap in the middle of
+a batch lets the batch finish on the session it started on. The version that ran is the one
+forwarded and recorded.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +24,17 @@ from schemas import (
     decode_stage,
 )
 from workers.ledger import Transition
+from workers.models.lifecycle import LoadedVersion, ModelLifecycle
 from workers.models.repository import ModelRepository, ModelVersion
 from workers.models.runtime import ModelRuntime
+from workers.models.shadow import ShadowRunner
 from workers.names import Topics
 from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
 from workers.pipelines.base import Array
 from workers.pipelines.collate import collate, rows_of, split
 from workers.stages.stage_messages import identify_stage_message
-from workers.stages.work import StageOutput, Work, fail, internal_error
+from workers.stages.work import BatchFailed, StageOutput, Work, fail, internal_error
 
 
 class InferenceStage:
@@ -42,6 +50,9 @@ class InferenceStage:
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         metrics: WorkerMetrics | None = None,
+        *,
+        lifecycle: ModelLifecycle,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.metrics = metrics or WorkerMetrics("inference")
         self._announced: set[tuple[str, int]] = set()
@@ -52,6 +63,8 @@ class InferenceStage:
         self.limits = limits
         self._max_batch_size = max_batch_size
         self._max_wait_ms = max_wait_ms
+        self.lifecycle = lifecycle
+        self.shadow = shadow
 
     def batching(self, batch_key: Hashable) -> tuple[int, float]:
         """The model's own window from its config, unless the worker settings override it."""
@@ -91,37 +104,60 @@ class InferenceStage:
             else:
                 live.append(work)
         if live:
-            await self._infer(output, live)
+            await self.lifecycle.wait_open()  # a budget swap pauses intake here, briefly
+            for lease, group in self._route(output, live):
+                try:
+                    await self._infer(output, group, lease)
+                finally:
+                    self.lifecycle.release(lease)
         return output
 
-    async def _infer(self, output: StageOutput, batch: list[Work]) -> None:
-        first: StageMessage = batch[0].message
-        try:
-            if first.model_name is None or first.model_version is None:
-                raise ContractError(
-                    ErrorCode.UNKNOWN_MODEL_VERSION, "stage message names no model", "model_name"
+    def _route(
+        self, output: StageOutput, batch: list[Work]
+    ) -> list[tuple[LoadedVersion, list[Work]]]:
+        """Group tasks by the version each routes to and lease those versions, in one step
+        without awaiting, so no swap can fall between a task's routing and its lease."""
+        groups: dict[tuple[str, int], list[Work]] = {}
+        for work in batch:
+            message: StageMessage = work.message
+            try:
+                if message.model_name is None:
+                    raise ContractError(
+                        ErrorCode.UNKNOWN_MODEL_VERSION,
+                        "stage message names no model",
+                        "model_name",
+                    )
+                version = self.lifecycle.route(
+                    message.model_name, message.task_id, message.model_version
                 )
-            model = self._model(first.model_name, first.model_version)
+            except ContractError as error:
+                self._fail(output, work, error)
+                continue
+            groups.setdefault((message.model_name, version), []).append(work)
+        return [(self.lifecycle.acquire(*key), group) for key, group in groups.items()]
+
+    async def _infer(self, output: StageOutput, batch: list[Work], lease: LoadedVersion) -> None:
+        model = lease.version
+        try:
             names = [spec.name for spec in model.config.inputs]
             per_task = [arrays_of(w.message.tensors) for w in batch]
             feeds = collate([{n: t[n] for n in names} for t in per_task])
-            started = time.perf_counter()
-            outputs = await self.runtime.infer(model, feeds)
-            inference_ms = (time.perf_counter() - started) * 1000
-            self._observe(model, inference_ms / 1000)
-            rows = split(outputs, [w.rows for w in batch])
         except ContractError as error:
             for work in batch:
                 self._fail(output, work, error)
             return
-        except Exception as exc:  # the model failed the batch: every task in it fails
-            for work in batch:
-                self._fail(
-                    output,
-                    work,
-                    ContractError(ErrorCode.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}"),
-                )
-            return
+        assert lease.model is not None, "a leased version keeps its session"
+        started = time.perf_counter()
+        try:
+            outputs = await self.runtime.run(lease.model, feeds)
+            rows = split(outputs, [w.rows for w in batch])
+        except Exception as exc:  # the runner splits the batch to find the culprit
+            raise BatchFailed(exc, transient=_out_of_memory(exc)) from exc
+        inference_ms = (time.perf_counter() - started) * 1000
+        self._observe(model, inference_ms / 1000)
+        self.lifecycle.remember(model.name, feeds)
+        if self.shadow is not None:
+            self.shadow.offer(model.name, model.version, feeds, outputs)
         self._forward(output, batch, rows, per_task, model, inference_ms)
 
     def _forward(
@@ -146,6 +182,8 @@ class InferenceStage:
             }
             inferred = message.evolve(
                 tensors=tensors,
+                model_name=model.name,
+                model_version=model.version,  # the version that ran, not the one requested
                 batch_id=batch_id,
                 traceparent=tracing.active().forward(
                     self.name, message.traceparent, message.task_id
@@ -180,16 +218,6 @@ class InferenceStage:
             providers = ",".join(loaded.providers) if loaded else "unknown"
             self.metrics.model.labels(model.name, str(model.version)).info({"providers": providers})
 
-    def _model(self, name: str, version: int) -> ModelVersion:
-        config = self.repository.models.get(name)
-        if config is None or version not in config.served_versions:
-            raise ContractError(
-                ErrorCode.UNKNOWN_MODEL_VERSION,
-                f"model {name!r} version {version} is not served here",
-                "model_version",
-            )
-        return ModelVersion(config, version)
-
     def _fail(
         self, output: StageOutput, work: Work, error: ContractError, status: Status = Status.FAILED
     ) -> None:
@@ -203,3 +231,10 @@ class InferenceStage:
             dlq_topic=self.topics.dlq,
             status=status,
         )
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """ONNX Runtime reports allocation failures as RuntimeException text, not a type."""
+    text = str(exc).lower()
+    marks = ("out of memory", "failed to allocate", "bad_alloc")
+    return isinstance(exc, MemoryError) or any(mark in text for mark in marks)

@@ -100,7 +100,9 @@ class PreprocessStage:
             content_type,
             tensors,
             model_name=model.name,
-            model_version=model.version,
+            # Only a pin travels on: an unpinned task is routed by the inference worker's
+            # policy (latest, canary) when it runs, not by what preprocess saw as latest.
+            model_version=request.model_version,
             traceparent=tracing.active().forward(self.name, request.traceparent, request.task_id),
             timings_ms={"preprocess": (time.perf_counter() - started) * 1000},
         )
@@ -114,7 +116,7 @@ class PreprocessStage:
                 pipeline=request.pipeline,
                 stage=self.name,
                 model_name=model.name,
-                model_version=model.version,
+                model_version=request.model_version,
             )
         )
 

@@ -1,10 +1,9 @@
 """The loop every stage shares: intake with backpressure, batching, delivery, commits.
 
-Order of a batch (Quix Streams' checkpoint order): process -> produce every output and wait
-for the broker's acks -> record the ledger transitions -> mark the offsets finished. A
-committer task commits, per partition, up to the lowest unfinished offset. So an offset is
-committed only after everything it produced is durable, and a crash at any point replays
-work instead of losing it; the ledger absorbs the replay (a task is DONE once).
+Order of a batch (Quix Streams' checkpoint order): process (bisecting a batch that fails,
+`isolation`) -> make the outputs durable and then the input position (`delivery`: at least
+once, or exactly once in a Kafka transaction). An offset is committed only after everything
+it produced is durable, and a crash at any point replays work instead of losing it.
 """
 
 from __future__ import annotations
@@ -24,10 +23,13 @@ from schemas import ClaimCheck, ContractError, Status
 from workers.batching import Batch, Batcher
 from workers.kafka.offsets import OffsetTracker
 from workers.ledger import Ledger, reached
+from workers.names import Topics
 from workers.observability import tracing
 from workers.settings import WorkerSettings
+from workers.stages.delivery import AtLeastOnce, Delivery, ExactlyOnce
+from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.stages.telemetry import StageTelemetry
-from workers.stages.work import Outgoing, StageOutput, Work
+from workers.stages.work import StageOutput, Work
 from workers.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Stage(Protocol):
 
     name: str
     input_topic: str
+    topics: Topics
     reaches: Status
     """The state a task is in after this stage; work already there is skipped (redelivery)."""
 
@@ -66,6 +69,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         ledger: Ledger,
         telemetry: StageTelemetry,
         claims: ClaimCheck | None = None,
+        group_id: str = "",
     ) -> None:
         self.stage = stage
         self.settings = settings
@@ -75,6 +79,15 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.telemetry = telemetry
         self.claims = claims
         self.offsets = OffsetTracker()
+        self.delivery: Delivery
+        if settings.delivery == "exactly_once":
+            self.delivery = ExactlyOnce(producer, ledger, self.offsets, self._retry, group_id)
+        else:
+            self.delivery = AtLeastOnce(
+                producer, consumer, ledger, self.offsets, self._retry, stage.name
+            )
+        self._policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_ms / 1000)
+        self._blame_to = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
         self._batcher: Batcher[Work] = Batcher(
             1, 0, key=_key_of, size_of=_rows_of, window_of=stage.batching
         )
@@ -87,6 +100,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._started = False
         self.processed = 0
         self.skipped = 0
+        self._generation = 0
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -143,14 +157,38 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- rebalance --------------------------------------------------------------------
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Commit what finished while the partitions are still ours; the rest is redelivered
-        # to the next owner, and the ledger absorbs the repeat.
+        # The group waits for this callback before handing the partitions on. Queued work of
+        # theirs is dropped (the next owner reads it again); batches in flight finish and
+        # commit their offsets now, so the next owner starts after them instead of doing
+        # them twice (in exactly-once mode: a duplicate the transactions could not stop).
+        lost = set(revoked)
+        # Batches formed but not started yet belong to the old generation: they are dropped
+        # when they start.
+        self._generation += 1
+        dropped = self._batcher.remove_if(lambda work: work.partition in lost)
+        finished = await self._batches.wait(self.settings.shutdown_grace_s)
         await self._commit()
         self.offsets.forget(revoked)
+        log.info(
+            "%s: revoked %d partitions (%d queued dropped, in-flight %s)",
+            self.stage.name,
+            len(lost),
+            dropped,
+            "finished" if finished else "still running",
+        )
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # What the last owner finished above its commit point rides in the commit's metadata;
+        # those records are skipped, not done twice.
+        if assigned:
+            # aiokafka's public committed() drops the metadata; the coordinator keeps it.
+            commits = await self.consumer._coordinator.fetch_committed_offsets(assigned)
+            for tp in assigned:
+                self.offsets.resume(tp, commits.get(tp))
         log.info(
-            "%s: assigned %s", self.stage.name, sorted((tp.topic, tp.partition) for tp in assigned)
+            "%s: assigned %s",
+            self.stage.name,
+            sorted((tp.topic, tp.partition) for tp in assigned),
         )
 
     # ---- intake -----------------------------------------------------------------------
@@ -183,8 +221,14 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     def _take(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if self._stopping.is_set():
             return  # not tracked, so never committed: the next owner reads it again
-        self.offsets.taken(TopicPartition(record.topic, record.partition), record.offset)
+        tp = TopicPartition(record.topic, record.partition)
+        self.offsets.taken(tp, record.offset)
+        if self.offsets.already_done(tp, record.offset):
+            self.offsets.finished(tp, record.offset)
+            self.skipped += 1
+            return
         work = self.stage.decode(record)
+        work.generation = self._generation
         self.telemetry.taken(work)
         self._batcher.put(work)
 
@@ -201,18 +245,22 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _run_batch(self, batch: Batch[Work]) -> None:
         try:
-            fresh = await self._skip_finished(batch.items)
+            # Records of partitions revoked since they were taken are the next owner's now.
+            items = [w for w in batch.items if w.generation == self._generation]
+            fresh = await self._skip_finished(items)
             await self._resolve_claims(fresh)
             with tracing.active().batch(
                 self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
             ):
-                output = await self.stage.process(fresh) if fresh else StageOutput()
-            await self._deliver(await output.records(self.claims))
-            await self._retry(lambda: self.ledger.record(output.transitions), "ledger")
-            for work in batch.items:
-                self.offsets.finished(work.partition, work.record.offset)
+                output = (
+                    await process_isolating(self.stage.process, fresh, self._policy, self._blame_to)
+                    if fresh
+                    else StageOutput()
+                )
+            outgoing = await output.records(self.claims)
+            await self.delivery.deliver(items, outgoing, output.transitions)
             self.processed += len(fresh)
-            self.skipped += len(batch.items) - len(fresh)
+            self.skipped += len(items) - len(fresh)
             self.telemetry.batch_done(batch, len(fresh), output)
         finally:
             self._batch_slots.release()
@@ -221,7 +269,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _skip_finished(self, items: list[Work]) -> list[Work]:
         """Drop redelivered work whose task already got past this stage."""
         ids = [w.message.task_id for w in items if w.error is None]
-        if not ids:
+        if not ids or not self.delivery.skips_redeliveries:
             return items
         states: dict[str, Status | None] = await self._retry(
             lambda: self.ledger.states(ids), "ledger"
@@ -245,19 +293,6 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 work.message = await self._retry(partial(claims.resolve, message), "ledger")
             except ContractError as error:
                 work.error = error
-
-    async def _deliver(self, outgoing: list[Outgoing]) -> None:
-        async def send_all() -> None:
-            acks = [
-                await self.producer.send(o.topic, o.value, key=o.key, headers=o.headers)
-                for o in outgoing
-            ]
-            await asyncio.gather(*acks)
-
-        if outgoing:
-            # The idempotent producer makes a resend after a timeout safe from duplicates
-            # within its session; across sessions the ledger absorbs them.
-            await self._retry(send_all, "kafka")
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry a delivery step on broker or Redis errors, with capped exponential backoff."""
@@ -299,16 +334,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             )
 
     async def _commit(self) -> None:
-        offsets = self.offsets.to_commit()
-        if not offsets:
-            return
-        try:
-            # Explicit offsets: a bare commit() after a rebalance can fail (aiokafka #929).
-            await self.consumer.commit(offsets)
-            self.offsets.committed(offsets)
-        except KafkaError as exc:
-            # Not fatal: the offsets stay pending and the next commit carries them.
-            log.warning("%s: commit failed (%s); will retry", self.stage.name, exc)
+        await self.delivery.commit()
 
 
 def _traceparent(work: Work) -> str | None:

@@ -37,6 +37,8 @@ class Work:
     rows: int = 1
     batch_key: Hashable = None
     received_at: float = field(default_factory=time.monotonic)
+    generation: int = 0
+    """The runner's assignment generation when the record was taken."""
 
     @property
     def partition(self) -> TopicPartition:
@@ -92,6 +94,13 @@ class StageOutput:
     pending: list[_Pending] = field(default_factory=list)
     """Messages to encode; `records()` turns them into `outgoing`."""
 
+    def merge(self, other: StageOutput) -> StageOutput:
+        self.outgoing.extend(other.outgoing)
+        self.transitions.extend(other.transitions)
+        self.finished.extend(other.finished)
+        self.pending.extend(other.pending)
+        return self
+
     def forward(
         self, topic: str, message: Message, content_type: str = MSGPACK, kind: str = "forward"
     ) -> None:
@@ -142,6 +151,7 @@ def fail(
     results_topic: str,
     dlq_topic: str,
     status: Status = Status.FAILED,
+    attempts: int = 1,
 ) -> None:
     """Answer a task that cannot be served: an error result, a dead letter, a ledger entry."""
     result = ErrorResult.new(
@@ -161,6 +171,7 @@ def fail(
         ("conveyor-error-code", error.code.value.encode()),
         ("conveyor-error-message", error.message[:1024].encode("utf-8", "replace")),
         ("conveyor-error-stage", stage.encode()),
+        ("conveyor-attempts", str(attempts).encode()),
         ("conveyor-task-id", identity.task_id.encode("utf-8")),
         ("conveyor-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     ]

@@ -96,3 +96,16 @@ def test_rejects_bad_settings() -> None:
         Batcher(0, 1)
     with pytest.raises(ValueError, match="max_wait_ms must be >= 0, got -1"):
         Batcher(1, -1)
+
+
+async def test_remove_if_drops_queued_items_of_lost_partitions() -> None:
+    batcher: Batcher[tuple[str, int]] = Batcher(10, max_wait_ms=0, key=lambda x: x[0])
+    for item in [("a", 1), ("a", 2), ("b", 1), ("b", 3)]:
+        batcher.put(item)
+    assert batcher.remove_if(lambda x: x[1] == 1) == 2
+    assert len(batcher) == 2
+    first = await batcher.next_batch()
+    second = await batcher.next_batch()
+    assert first is not None
+    assert second is not None
+    assert [first.items, second.items] == [[("a", 2)], [("b", 3)]]

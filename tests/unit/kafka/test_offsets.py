@@ -1,11 +1,20 @@
 from __future__ import annotations
 
-from aiokafka import TopicPartition
+import random
 
-from workers.kafka.offsets import OffsetTracker
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workers.kafka.offsets import OffsetTracker, decode_done, encode_done
 
 TP = TopicPartition("t", 0)
 TP1 = TopicPartition("t", 1)
+
+
+def _offsets(commits: dict[TopicPartition, OffsetAndMetadata]) -> dict[TopicPartition, int]:
+    return {tp: c.offset for tp, c in commits.items()}
 
 
 def test_commits_only_up_to_the_lowest_unfinished_offset() -> None:
@@ -14,14 +23,16 @@ def test_commits_only_up_to_the_lowest_unfinished_offset() -> None:
         tracker.taken(TP, offset)
     tracker.finished(TP, 12)
     tracker.finished(TP, 13)
-    assert tracker.to_commit() == {TP: 10}  # nothing below 10 is ours: commit point stays 10
-    tracker.committed({TP: 10})
+    commit = tracker.to_commit()
+    assert _offsets(commit) == {TP: 10}  # nothing below 10 is ours: commit point stays 10
+    assert decode_done(10, commit[TP].metadata) == {12, 13}
+    tracker.committed(commit)
     assert tracker.to_commit() == {}
     tracker.finished(TP, 10)
-    assert tracker.to_commit() == {TP: 11}
+    assert _offsets(tracker.to_commit()) == {TP: 11}
     tracker.finished(TP, 11)
     tracker.finished(TP, 14)
-    assert tracker.to_commit() == {TP: 15}
+    assert tracker.to_commit() == {TP: OffsetAndMetadata(15, "")}
     assert tracker.unfinished() == 0
 
 
@@ -30,8 +41,57 @@ def test_partitions_are_independent_and_revoked_ones_are_forgotten() -> None:
     tracker.taken(TP, 0)
     tracker.taken(TP1, 7)
     tracker.finished(TP1, 7)
-    assert tracker.to_commit() == {TP: 0, TP1: 8} or tracker.to_commit() == {TP1: 8}
+    assert _offsets(tracker.to_commit()) == {TP1: 8}
     tracker.forget([TP1])
     tracker.finished(TP1, 8)
     assert TP1 not in tracker.to_commit()
     assert tracker.unfinished() == 1
+
+
+def test_a_new_owner_skips_what_the_last_one_finished_above_its_commit() -> None:
+    first = OffsetTracker()
+    for offset in range(100, 110):
+        first.taken(TP, offset)
+    for offset in (100, 101, 104, 105, 106, 109):
+        first.finished(TP, offset)
+    commit = first.to_commit()[TP]
+    assert commit.offset == 102
+
+    second = OffsetTracker()
+    second.resume(TP, commit)
+    redelivered = [o for o in range(102, 110) if not second.already_done(TP, o)]
+    assert redelivered == [102, 103, 107, 108]
+    for offset in range(102, 110):
+        second.taken(TP, offset)
+        if second.already_done(TP, offset):
+            second.finished(TP, offset)
+    second.finished(TP, 102)
+    assert second.to_commit()[TP].offset == 103
+    assert decode_done(103, second.to_commit()[TP].metadata) == {104, 105, 106, 109}
+
+
+@given(st.sets(st.integers(min_value=1, max_value=5000), max_size=400))
+def test_done_offsets_round_trip_through_the_metadata(done: set[int]) -> None:
+    assert decode_done(1000, encode_done(1000, {1000 + d for d in done})) == {
+        1000 + d for d in done
+    }
+
+
+def test_random_completion_orders_never_commit_past_unfinished_work() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        tracker = OffsetTracker()
+        offsets = list(range(50))
+        for offset in offsets:
+            tracker.taken(TP, offset)
+        rng.shuffle(offsets)
+        finished: set[int] = set()
+        for offset in offsets[: rng.randrange(50)]:
+            tracker.finished(TP, offset)
+            finished.add(offset)
+            commit = tracker.to_commit().get(TP)
+            if commit is not None:
+                assert all(o in finished for o in range(commit.offset))
+                assert decode_done(commit.offset, commit.metadata) == {
+                    o for o in finished if o >= commit.offset
+                }

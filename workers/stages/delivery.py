@@ -1,0 +1,148 @@
+"""How a processed batch becomes durable: at-least-once or exactly-once.
+
+at_least_once: produce every output and wait for the broker's acks, record the ledger
+transitions, then mark the batch's offsets finished; a committer commits each partition up
+to its lowest unfinished offset. A crash replays work; the ledger absorbs the replay.
+
+exactly_once: one Kafka transaction per batch holds the outputs and the consumed offsets
+(`send_offsets_to_transaction`); consumers downstream read committed records only, so a
+batch's outputs and its input position become visible together or not at all. The
+transactional id is stable per worker instance, so a restarted instance fences the zombie
+and aborts its open transaction at once instead of waiting for the transaction timeout.
+The ledger is written inside the transaction, before the commit: a redelivery after an
+abort rewrites the same transitions (the ledger counts them as duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
+
+from workers.kafka.offsets import OffsetTracker
+from workers.ledger import Ledger, Transition
+from workers.stages.work import Outgoing, Work
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Retry = Callable[[Callable[[], Awaitable[T]], str], Awaitable[T]]
+
+
+class FatalDelivery(RuntimeError):
+    """The transaction could not be completed: the worker must restart from its last commit."""
+
+
+class Delivery(Protocol):
+    skips_redeliveries: bool
+    """Whether the ledger may be trusted to skip work already past this stage."""
+
+    async def deliver(
+        self, items: list[Work], outgoing: list[Outgoing], transitions: list[Transition]
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+async def _send_all(producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> None:
+    acks = [await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outgoing]
+    await asyncio.gather(*acks)
+
+
+class AtLeastOnce:
+    skips_redeliveries = True
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        ledger: Ledger,
+        offsets: OffsetTracker,
+        retry: Retry[None],
+        stage: str,
+    ) -> None:
+        self.producer, self.consumer, self.ledger = producer, consumer, ledger
+        self.offsets, self.retry, self.stage = offsets, retry, stage
+
+    async def deliver(
+        self, items: list[Work], outgoing: list[Outgoing], transitions: list[Transition]
+    ) -> None:
+        if outgoing:
+            # The idempotent producer makes a resend after a timeout safe within its session;
+            # across sessions the ledger absorbs the repeat.
+            await self.retry(lambda: _send_all(self.producer, outgoing), "kafka")
+        if transitions:
+            await self.retry(lambda: self._record(transitions), "ledger")
+        for work in items:
+            self.offsets.finished(work.partition, work.record.offset)
+
+    async def _record(self, transitions: list[Transition]) -> None:
+        await self.ledger.record(transitions)
+
+    async def commit(self) -> None:
+        offsets = self.offsets.to_commit()
+        if not offsets:
+            return
+        try:
+            # Explicit offsets: a bare commit() after a rebalance can fail (aiokafka #929).
+            await self.consumer.commit(offsets)
+            self.offsets.committed(offsets)
+        except KafkaError as exc:
+            # Not fatal: the offsets stay pending and the next commit carries them.
+            log.warning("%s: commit failed (%s); will retry", self.stage, exc)
+
+
+class ExactlyOnce:
+    skips_redeliveries = False
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        ledger: Ledger,
+        offsets: OffsetTracker,
+        retry: Retry[None],
+        group_id: str,
+    ) -> None:
+        self.producer, self.ledger, self.offsets = producer, ledger, offsets
+        self.retry, self.group_id = retry, group_id
+        # One producer runs one transaction at a time; batches queue for it in turn.
+        self._turn = asyncio.Lock()
+
+    async def deliver(
+        self, items: list[Work], outgoing: list[Outgoing], transitions: list[Transition]
+    ) -> None:
+        async with self._turn:
+            for work in items:
+                self.offsets.finished(work.partition, work.record.offset)
+            # An aborted transaction leaves nothing visible, so the whole of it is simply
+            # tried again: a broker restart is ridden through, not a reason to exit.
+            await self.retry(lambda: self._transaction(outgoing, transitions), "kafka")
+
+    async def _transaction(self, outgoing: list[Outgoing], transitions: list[Transition]) -> None:
+        offsets = self.offsets.to_commit()
+        try:
+            await self.producer.begin_transaction()
+            await _send_all(self.producer, outgoing)
+            if transitions:
+                await self.retry(lambda: self._record(transitions), "ledger")
+            if offsets:
+                await self.producer.send_offsets_to_transaction(offsets, self.group_id)
+            await self.producer.commit_transaction()
+        except ProducerFenced as exc:
+            raise FatalDelivery(f"a newer instance took this transactional id: {exc}") from exc
+        except KafkaError:
+            with contextlib.suppress(KafkaError, IllegalOperation):
+                await self.producer.abort_transaction()
+            raise
+        self.offsets.committed(offsets)
+
+    async def _record(self, transitions: list[Transition]) -> None:
+        await self.ledger.record(transitions)
+
+    async def commit(self) -> None:
+        """Offsets are committed inside each batch's transaction."""
