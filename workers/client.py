@@ -136,8 +136,17 @@ class Client:
         self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         """Publish bytes as they are (tests of malformed input; non-Python clients do this)."""
+        await self.submit_raw_many([(value, key, headers or [])])
+
+    async def submit_raw_many(
+        self, records: Iterable[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]
+    ) -> None:
         producer = self._require_producer()
-        await (await producer.send(self.topics.requests, value, key=key, headers=headers or []))
+        acks = [
+            await producer.send(self.topics.requests, value, key=key, headers=headers)
+            for value, key, headers in records
+        ]
+        await asyncio.gather(*acks)
 
     # ---- results ----------------------------------------------------------------------
 

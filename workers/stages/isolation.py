@@ -52,7 +52,10 @@ async def process_isolating(
     """`process(items)`, and when it raises `BatchFailed`, the bisection described above."""
     try:
         return await process(items)
-    except BatchFailed as failure:
+    except Exception as exc:
+        # A bug that escapes a stage for one record must not stop the worker for all: it is
+        # isolated like a model failure.
+        failure = exc if isinstance(exc, BatchFailed) else BatchFailed(exc)
         if failure.transient and len(items) == 1 and attempt < policy.max_attempts:
             await sleep(policy.backoff_s * 2 ** (attempt - 1))
             return await process_isolating(process, items, policy, target, sleep, attempt + 1)

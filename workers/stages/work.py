@@ -154,22 +154,34 @@ def fail(
     attempts: int = 1,
 ) -> None:
     """Answer a task that cannot be served: an error result, a dead letter, a ledger entry."""
-    result = ErrorResult.new(
-        task_id=identity.task_id,
-        tenant=identity.tenant,
-        code=error.code,
-        message=error.message,
-        stage=stage,
-        status=status,
-        pipeline=identity.pipeline,
-        traceparent=identity.traceparent,
-    )
+    # The message may quote undecodable input: keep it encodable whatever it holds.
+    message = error.message.encode("utf-8", "replace").decode("utf-8")
+    try:
+        result = ErrorResult.new(
+            task_id=identity.task_id,
+            tenant=identity.tenant,
+            code=error.code,
+            message=message,
+            stage=stage,
+            status=status,
+            pipeline=identity.pipeline,
+            traceparent=identity.traceparent,
+        )
+    except ContractError:  # an identity the contract refuses: answer with what is certain
+        result = ErrorResult.new(
+            task_id=identity.task_id,
+            tenant=identity.tenant,
+            code=error.code,
+            message=message.encode("ascii", "replace").decode("ascii"),
+            stage=stage,
+            status=status,
+        )
     output.forward(identity.reply_to or results_topic, result, identity.content_type, "error")
     record = work.record
     dead_letter_headers = [
         *(record.headers or ()),
         ("conveyor-error-code", error.code.value.encode()),
-        ("conveyor-error-message", error.message[:1024].encode("utf-8", "replace")),
+        ("conveyor-error-message", message[:1024].encode("utf-8", "replace")),
         ("conveyor-error-stage", stage.encode()),
         ("conveyor-attempts", str(attempts).encode()),
         ("conveyor-task-id", identity.task_id.encode("utf-8")),
@@ -190,7 +202,7 @@ def fail(
             pipeline=identity.pipeline,
             stage=stage,
             error_code=error.code.value,
-            error_message=error.message,
+            error_message=message,
         )
     )
 
