@@ -33,11 +33,11 @@ from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
 from workers.pipelines.base import Array
 from workers.pipelines.collate import collate, rows_of, split
-from workers.stages.stage_messages import identify_stage_message
-from workers.stages.work import BatchFailed, StageOutput, Work, fail, internal_error
+from workers.stages.identity import AnswersFailures
+from workers.stages.work import BatchFailed, StageOutput, Work, internal_error
 
 
-class InferenceStage:
+class InferenceStage(AnswersFailures):
     name = "inference"
     reaches = Status.INFERRED
 
@@ -217,20 +217,6 @@ class InferenceStage:
             loaded = next((m for m in self.runtime.loaded() if m.version == model), None)
             providers = ",".join(loaded.providers) if loaded else "unknown"
             self.metrics.model.labels(model.name, str(model.version)).info({"providers": providers})
-
-    def _fail(
-        self, output: StageOutput, work: Work, error: ContractError, status: Status = Status.FAILED
-    ) -> None:
-        fail(
-            output,
-            work,
-            identify_stage_message(work),
-            error,
-            stage=self.name,
-            results_topic=self.topics.results,
-            dlq_topic=self.topics.dlq,
-            status=status,
-        )
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from schemas import ContractError, ErrorCode
-from workers.stages.stage_messages import identify_stage_message
+from workers.stages.identity import identify_task
 from workers.stages.work import BatchFailed, StageOutput, Work, fail
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _blame(work: Work, failure: BatchFailed, attempts: int, target: FailureTarge
     fail(
         output,
         work,
-        identify_stage_message(work),
+        identify_task(work),
         error,
         stage=target.stage,
         results_topic=target.results_topic,

@@ -22,13 +22,13 @@ from workers.models.repository import ModelRepository
 from workers.names import Topics
 from workers.observability import tracing
 from workers.pipelines import postprocessor
-from workers.stages.stage_messages import identify_stage_message
-from workers.stages.work import DEFAULT_LANE, Finished, StageOutput, Work, fail, internal_error
+from workers.stages.identity import AnswersFailures
+from workers.stages.work import DEFAULT_LANE, Finished, StageOutput, Work, internal_error
 
 BATCH_SIZE = 256
 
 
-class PostprocessStage:
+class PostprocessStage(AnswersFailures):
     name = "postprocess"
     reaches = Status.DONE
 
@@ -116,15 +116,4 @@ class PostprocessStage:
                 pipeline=message.pipeline,
                 stage=self.name,
             )
-        )
-
-    def _fail(self, output: StageOutput, work: Work, error: ContractError) -> None:
-        fail(
-            output,
-            work,
-            identify_stage_message(work),
-            error,
-            stage=self.name,
-            results_topic=self.topics.results,
-            dlq_topic=self.topics.dlq,
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Hashable
 
@@ -19,25 +18,22 @@ from schemas import (
     content_type_of,
     decode_request,
 )
-from schemas.fields import ID_RE, MSGPACK, NAME_RE, TRACEPARENT_RE
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
 from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
+from workers.stages.identity import AnswersFailures
 from workers.stages.work import (
-    DEFAULT_LANE,
     StageOutput,
-    TaskIdentity,
     Work,
-    fail,
     internal_error,
 )
 
 BATCH_SIZE = 256
 
 
-class PreprocessStage:
+class PreprocessStage(AnswersFailures):
     name = "preprocess"
     reaches = Status.PREPROCESSED
 
@@ -125,62 +121,6 @@ class PreprocessStage:
             self._preprocessors[name] = preprocessor(name)
         return self._preprocessors[name]
 
-    def _fail(
-        self, output: StageOutput, work: Work, error: ContractError, status: Status = Status.FAILED
-    ) -> None:
-        fail(
-            output,
-            work,
-            identify(work),
-            error,
-            stage=self.name,
-            results_topic=self.topics.results,
-            dlq_topic=self.topics.dlq,
-            status=status,
-        )
-
 
 def _status_of(error: ContractError) -> Status:
     return Status.EXPIRED if error.code == ErrorCode.DEADLINE_EXCEEDED else Status.FAILED
-
-
-def identify(work: Work) -> TaskIdentity:
-    """The task a record belongs to: from the decoded request, else its headers and key."""
-    request = work.message
-    record = work.record
-    if isinstance(request, InferenceRequest):
-        try:
-            content_type = content_type_of(record.headers, record.value or b"")
-        except ContractError:
-            content_type = MSGPACK
-        return TaskIdentity(
-            request.task_id,
-            request.tenant,
-            request.pipeline,
-            request.reply_to,
-            request.response_content_type or content_type,
-            request.traceparent,
-            request.priority or DEFAULT_LANE,
-        )
-    key = record.key.decode("utf-8", "replace") if record.key else None
-    fallback = f"{record.topic}-{record.partition}-{record.offset}"
-    try:
-        content_type = content_type_of(record.headers, record.value or b"")
-    except ContractError:
-        content_type = MSGPACK
-    traceparent = work.header("traceparent")
-    return TaskIdentity(
-        task_id=_valid(ID_RE, work.header("conveyor-task-id"), _valid(ID_RE, key, fallback)),
-        tenant=_valid(NAME_RE, work.header("conveyor-tenant"), "unknown"),
-        pipeline=None,
-        reply_to=None,
-        content_type=content_type,
-        traceparent=traceparent if traceparent and TRACEPARENT_RE.fullmatch(traceparent) else None,
-    )
-
-
-def _valid(pattern: re.Pattern[str], value: str | None, fallback: str) -> str:
-    """`value` when the contract would accept it, else `fallback`: an error reply must encode."""
-    if value and len(value) <= 128 and pattern.fullmatch(value):
-        return value
-    return fallback
