@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -180,3 +181,20 @@ async def test_otel_spans_of_every_stage_join_the_request_trace(
         assert f'"name": "conveyor.{worker.stage}"' in log, worker.stage
         assert f'"name": "conveyor.{worker.stage}.batch"' in log, worker.stage
         assert '"trace_id": "0x4bf92f3577b34da6a3ce929d0e0e4736"' in log, worker.stage
+
+
+async def test_conveyor_check_exit_codes_follow_the_worker(
+    services: Services, pipeline: Pipeline
+) -> None:
+    pipeline.fleet.start_all()
+    pipeline.fleet.wait_ready()
+    base = (await _endpoints(services, pipeline))["postprocess"].removesuffix("/metrics")
+
+    def check() -> int:
+        command = [sys.executable, "-m", "workers", "check", "--url", base]
+        return subprocess.run(command, capture_output=True, check=False).returncode
+
+    assert await asyncio.to_thread(check) == 0
+    (postprocess,) = [w for w in pipeline.fleet.workers if w.stage == "postprocess"]
+    pipeline.fleet.stop(postprocess)
+    assert await asyncio.to_thread(check) == 2
