@@ -17,7 +17,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,8 @@ from schemas import (
 
 TENSOR_BYTES = 1024 * 1024
 DECODE_TARGET_MS = 0.05
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+from bench.report import BENCHMARKS, write_section  # noqa: E402
+
 START, END = "<!-- bench:codec:start -->", "<!-- bench:codec:end -->"
 MESSAGES_START, MESSAGES_END = "<!-- bench:messages:start -->", "<!-- bench:messages:end -->"
 MESSAGES_REPETITIONS = 20_000
@@ -309,31 +309,13 @@ PER_TASK = {
 """How often each step runs for one task: preprocess, inference and postprocess workers."""
 
 
-def write_section(
-    markdown: str,
-    path: Path = BENCHMARKS,
-    markers: tuple[str, str] = (START, END),
-    title: str = "Codec",
-) -> None:
-    """Replace only the text between the markers (creating the file or section if missing)."""
-    start, end = markers
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"{start}\n{markdown}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n## {title}\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     markdown = table(measure())
     print(markdown)
-    write_section(markdown)
+    write_section(markdown, BENCHMARKS, START, END, "Codec")
     messages = messages_table(measure_messages())
     print(messages)
-    write_section(messages, markers=(MESSAGES_START, MESSAGES_END), title="Per-message hot path")
+    write_section(messages, BENCHMARKS, MESSAGES_START, MESSAGES_END, "Per-message hot path")
 
 
 if __name__ == "__main__":

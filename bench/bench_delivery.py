@@ -37,6 +37,7 @@ from bench.bench_pipeline import (
     private_stack,
     tiny_requests,
 )
+from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
 from workers.fleet import STAGES, WorkerFleet
@@ -344,9 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             results = measure(deployment, options)
     markdown = report(results, options, load_start, os.getloadavg()[0])
     print(markdown)
-    bench_model.write_section(
-        markdown, bench_model.BENCHMARKS, START, END, "Delivery: exactly-once vs at-least-once"
-    )
+    write_section(markdown, BENCHMARKS, START, END, "Delivery: exactly-once vs at-least-once")
 
 
 if __name__ == "__main__":

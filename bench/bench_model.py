@@ -29,12 +29,12 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from bench.report import BENCHMARKS, write_section
 from workers.models.builders import build_minilm, find_minilm_package_dir
 from workers.models.builders.minilm import MODEL_NAME
 from workers.models.repository import ModelRepository, ModelVersion
 from workers.models.runtime import OnnxModel, RuntimeOptions
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 START, END = "<!-- bench:model:start -->", "<!-- bench:model:end -->"
 TOKENIZER_FILENAME = "tokenizer.json"
 # Common English words, each one WordPiece token in the uncased BERT vocabulary.
@@ -153,18 +153,6 @@ def measure_raw(model: OnnxModel, feeds: Feeds, duration_s: float, min_runs: int
         elapsed = time.perf_counter() - started
     batch, seq = feeds["input_ids"].shape
     return RawResult(seq, batch, elapsed / runs * 1000, batch * runs / elapsed)
-
-
-def write_section(block: str, path: Path, start: str, end: str, title: str) -> None:
-    """Replace only the text between ``start`` and ``end`` (appending the section if missing)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"{start}\n{block}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n## {title}\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def table(results: Sequence[RawResult], providers: Sequence[str], threads: int) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import bench_model
+from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
 from workers.fleet import STAGES, WorkerFleet
@@ -591,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             efficiency = measure_efficiency(deployment.fresh(), options)
     markdown = report(overhead, efficiency, options)
     print(markdown)
-    bench_model.write_section(markdown, bench_model.BENCHMARKS, START, END, "Pipeline (end to end)")
+    write_section(markdown, BENCHMARKS, START, END, "Pipeline (end to end)")
 
 
 if __name__ == "__main__":

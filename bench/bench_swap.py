@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.report import BENCHMARKS, write_section
 from workers.models.builders import build_tiny_classifier
 from workers.models.events import ModelEvents
 from workers.models.lifecycle import ModelLifecycle
@@ -27,7 +27,6 @@ from workers.observability.metrics import WorkerMetrics
 from workers.settings import ModelSettings
 
 MODEL = "tiny-classifier"
-BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
 async def serve(
@@ -126,14 +125,13 @@ def main() -> None:
     )
     print(table)
     if not args.no_write:
-        text = BENCHMARKS.read_text()
-        block = f"<!-- bench:swap:start -->\n{table}\n<!-- bench:swap:end -->"
-        pattern = re.compile(r"<!-- bench:swap:start -->.*<!-- bench:swap:end -->", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: block, text)
-        else:
-            text = text.rstrip("\n") + f"\n\n## Model swaps\n\n{block}\n"
-        BENCHMARKS.write_text(text)
+        write_section(
+            table,
+            BENCHMARKS,
+            "<!-- bench:swap:start -->",
+            "<!-- bench:swap:end -->",
+            "Model swaps",
+        )
 
 
 if __name__ == "__main__":
