@@ -13,8 +13,8 @@ a string operation and nothing else runs.
 from __future__ import annotations
 
 import contextlib
-import re
 import random
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
