@@ -7,13 +7,20 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from tests.services import Services, session_services
+from tests.services import SecureServices, Services, secure_session_services, session_services
 from workers.kafka.admin import delete_topics_with_prefix
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     with session_services(tmp_path_factory.mktemp("stack")) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def secure_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServices]:
+    """A second, secured native stack, started only for the tests that ask for it."""
+    with secure_session_services(tmp_path_factory.mktemp("secure-stack")) as found:
         yield found
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.stack import NativeStack, StackConfig
+from workers.stack.secure import ADMIN_USER, KAFKA_MECHANISM, REDIS_USER, SecureAccess
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,57 @@ def session_services(state_dir: Path) -> Iterator[Services]:
     else:
         with _native(state_dir) as services:
             yield services
+
+
+@dataclass(frozen=True)
+class SecureServices:
+    """A second native stack: Kafka with SASL/SCRAM and ACLs, Redis with TLS and an ACL user."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    access: SecureAccess
+
+    def kafka(self, user: str = ADMIN_USER, **extra: object) -> dict[str, object]:
+        """`kafka` settings of a client connecting as `user` (password from its file)."""
+        return {
+            "bootstrap": self.kafka_bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": KAFKA_MECHANISM,
+            "sasl_username": user,
+            "sasl_password_file": self.access.password_file(user),
+            **extra,
+        }
+
+    def redis(self, **extra: object) -> dict[str, object]:
+        return {
+            "url": self.redis_url,
+            "username": REDIS_USER,
+            "password_file": self.access.password_file(REDIS_USER),
+            "ssl_ca_certs": self.access.ca_file,
+            **extra,
+        }
+
+    def env(self) -> dict[str, str]:
+        """The same, as a worker process reads it: `CONVEYOR_` variables."""
+        found = {f"CONVEYOR_KAFKA__{k.upper()}": str(v) for k, v in self.kafka().items()}
+        found |= {f"CONVEYOR_REDIS__{k.upper()}": str(v) for k, v in self.redis().items()}
+        return found
+
+
+@contextmanager
+def secure_session_services(state_dir: Path) -> Iterator[SecureServices]:
+    config = StackConfig(
+        state_dir=state_dir,
+        kafka_port=_free_port(),
+        kafka_controller_port=_free_port(),
+        redis_port=_free_port(),
+        secure=True,
+    )
+    stack = NativeStack(config)
+    try:
+        stack.up()
+        access = stack.access()
+        assert access is not None
+        yield SecureServices(config.kafka_bootstrap, config.redis_url, access)
+    finally:
+        stack.down()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from workers.settings import Settings, SettingsError, load_settings
 from workers.stack import NativeStack, StackConfig, StackError
+from workers.stack.secure import ADMIN_USER, KAFKA_MECHANISM, REDIS_USER, SecureAccess
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -25,15 +27,37 @@ def stack_config(settings: Settings) -> StackConfig:
         kafka_controller_port=s.kafka_controller_port,
         redis_port=s.redis_port,
         install_missing=s.install_missing,
+        secure=s.secure,
     )
 
 
+def _print_secure_settings(config: StackConfig, access: SecureAccess) -> None:
+    """How a worker or client reaches the secured stack (paths to secrets, never secrets)."""
+    print("secured: export these for workers and clients (as the admin user):")
+    for name, value in (
+        ("KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ("KAFKA__SASL_MECHANISM", KAFKA_MECHANISM),
+        ("KAFKA__SASL_USERNAME", ADMIN_USER),
+        ("KAFKA__SASL_PASSWORD_FILE", access.password_file(ADMIN_USER)),
+        ("REDIS__URL", config.redis_url),
+        ("REDIS__USERNAME", REDIS_USER),
+        ("REDIS__PASSWORD_FILE", access.password_file(REDIS_USER)),
+        ("REDIS__SSL_CA_CERTS", access.ca_file),
+    ):
+        print(f"  export CONVEYOR_{name}={value}")
+
+
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
-    stack = NativeStack(stack_config(settings))
+    config = stack_config(settings)
+    if args.secure:
+        config = dataclasses.replace(config, secure=True)
+    stack = NativeStack(config)
     started = time.monotonic()
     if args.action == "up":
         statuses = stack.up()
         print(f"stack up in {time.monotonic() - started:.1f}s")
+        if (access := stack.access()) is not None:
+            _print_secure_settings(config, access)
     elif args.action == "down":
         stack.down()
         statuses = stack.status()
@@ -90,7 +114,7 @@ def _top(args: argparse.Namespace, settings: Settings) -> int:
     from workers.observability.top import run_top
 
     keys = RedisKeys(settings.redis.key_prefix)
-    return asyncio.run(run_top(settings.redis.url, keys, args.interval_s, args.once))
+    return asyncio.run(run_top(settings.redis, keys, args.interval_s, args.once))
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,6 +139,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 
     stack = commands.add_parser("stack", help="run a real Kafka and Redis locally, without Docker")
     stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument(
+        "--secure",
+        action="store_true",
+        help="SASL/SCRAM + ACLs on Kafka, TLS + an ACL user on Redis (or stack.secure)",
+    )
     handlers["stack"] = _stack
 
     worker = commands.add_parser("worker", help="run one pipeline stage until SIGTERM")

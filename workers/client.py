@@ -1,6 +1,6 @@
 """The Python client: submit requests, await results, follow the results stream, read state.
 
-    async with Client(bootstrap="127.0.0.1:9092") as client:
+    async with Client("127.0.0.1:9092") as client:  # or Client(settings.kafka) when secured
         task_id = await client.submit(InferenceRequest.new(tenant="acme", pipeline=..., inputs=...))
         result = await client.result(task_id, timeout_s=30)
 
@@ -32,6 +32,7 @@ from schemas import (
     key_for,
 )
 from workers.kafka.admin import partitions_of
+from workers.kafka.clients import Connection, bootstrap_of, connection_options, start_client
 from workers.names import Topics
 from workers.tasks import TaskSet
 
@@ -45,7 +46,7 @@ class Client:
 
     def __init__(
         self,
-        bootstrap: str,
+        connection: Connection,
         topics: Topics | None = None,
         *,
         reply_to: str | None = None,
@@ -53,7 +54,9 @@ class Client:
         received_limit: int = 100_000,
     ) -> None:
         self.topics = topics or Topics()
-        self.bootstrap = bootstrap
+        self.connection = connection
+        """The broker: `KafkaSettings` (with its security settings) or a bootstrap string."""
+        self.bootstrap = bootstrap_of(connection)
         self.reply_to = reply_to
         self.results_topic = reply_to or self.topics.results
         self.content_type = content_type
@@ -72,17 +75,20 @@ class Client:
         if self._producer is not None:
             raise RuntimeError("client already started")
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **connection_options(self.connection),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
         )
-        await self._producer.start()
+        await start_client(self._producer, self.connection)
         # read_committed: in exactly-once mode a result of an aborted transaction never counts.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **connection_options(self.connection),
             enable_auto_commit=False,
             isolation_level="read_committed",
         )
-        await self._consumer.start()
-        partitions = await partitions_of(self.bootstrap, self.results_topic)
+        await start_client(self._consumer, self.connection)
+        partitions = await partitions_of(self.connection, self.results_topic)
         assigned = [TopicPartition(self.results_topic, p) for p in partitions]
         self._consumer.assign(assigned)
         await self._consumer.seek_to_end(*assigned)

@@ -59,7 +59,7 @@ async def submit(
     request = InferenceRequest.new(
         tenant=tenant, pipeline=pipeline, inputs={"text": np.array(texts, dtype=object)}
     )
-    async with Client(settings.kafka.bootstrap, Topics(settings.kafka.topic_prefix)) as client:
+    async with Client(settings.kafka, Topics(settings.kafka.topic_prefix)) as client:
         task_id = await client.submit(request)
         print(task_id)
         if wait_s is None:
@@ -70,14 +70,14 @@ async def submit(
 
 
 async def follow_results(settings: Settings, tenant: str | None) -> int:
-    async with Client(settings.kafka.bootstrap, Topics(settings.kafka.topic_prefix)) as client:
+    async with Client(settings.kafka, Topics(settings.kafka.topic_prefix)) as client:
         async for result in client.results(tenant):
             print(json.dumps(result_to_json(result)), flush=True)
     return 0
 
 
 def status(settings: Settings, task_id: str) -> int:
-    record = asyncio.run(read_task(settings.redis.url, settings.redis.key_prefix, task_id))
+    record = asyncio.run(read_task(settings.redis, settings.redis.key_prefix, task_id))
     if record is None:
         print(f"no task {task_id!r} in the ledger", file=sys.stderr)
         return 1

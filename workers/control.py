@@ -19,6 +19,7 @@ from typing import Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from workers.kafka.admin import partitions_of
+from workers.kafka.clients import Connection, connection_options
 from workers.models.lifecycle import ROLES, ModelLifecycle
 from workers.tasks import TaskSet
 
@@ -75,9 +76,9 @@ class ControlCommand:
             raise ControlError(f"control message does not decode: {exc!r}: {raw[:200]!r}") from exc
 
 
-async def send_command(bootstrap: str, topic: str, command: ControlCommand) -> None:
+async def send_command(connection: Connection, topic: str, command: ControlCommand) -> None:
     """Publish one command (the CLI's side) and wait for the broker's ack."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**connection_options(connection), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, command.encode(), key=command.model.encode())
@@ -102,9 +103,9 @@ async def apply(lifecycle: ModelLifecycle, command: ControlCommand) -> bool:
 class ControlListener:
     """Reads the control topic from its end and applies each command in order."""
 
-    def __init__(self, lifecycle: ModelLifecycle, bootstrap: str, topic: str) -> None:
+    def __init__(self, lifecycle: ModelLifecycle, connection: Connection, topic: str) -> None:
         self.lifecycle = lifecycle
-        self.bootstrap = bootstrap
+        self.connection = connection
         self.topic = topic
         self.applied = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -115,10 +116,10 @@ class ControlListener:
         if self._consumer is not None:
             raise RuntimeError("ControlListener already started")
         partitions = [
-            TopicPartition(self.topic, p) for p in await partitions_of(self.bootstrap, self.topic)
+            TopicPartition(self.topic, p) for p in await partitions_of(self.connection, self.topic)
         ]
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False
+            **connection_options(self.connection), group_id=None, enable_auto_commit=False
         )
         await self._consumer.start()
         self._consumer.assign(partitions)

@@ -107,12 +107,12 @@ async def _traffic(settings: Settings, count: int) -> int:
         fleet.start_all()
         print(f"workers: preprocess, inference, postprocess starting (logs in {log_dir})")
         await asyncio.to_thread(fleet.wait_ready, 120)
-        async with Client(settings.kafka.bootstrap, Topics(settings.kafka.topic_prefix)) as client:
+        async with Client(settings.kafka, Topics(settings.kafka.topic_prefix)) as client:
             results, elapsed_s = await _publish_and_collect(client, count)
         print("workers: stopping (SIGTERM)")
     _report(results, elapsed_s)
     sample = results[0].task_id
-    record = await read_task(settings.redis.url, settings.redis.key_prefix, sample)
+    record = await read_task(settings.redis, settings.redis.key_prefix, sample)
     if record is not None:
         print(
             f"\nledger for {sample}: state {record.state.value}, "

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import redis.asyncio as aioredis
-
 from workers.control import ControlCommand, send_command
+from workers.ledger.connection import redis_client
 from workers.models.repository import ModelRepository
 from workers.names import RedisKeys, Topics
 from workers.settings import Settings
@@ -33,7 +32,7 @@ async def run_model_command(args: argparse.Namespace, settings: Settings) -> int
         return await list_models(settings)
     command = command_of(args)
     topics = Topics(settings.kafka.topic_prefix)
-    await send_command(settings.kafka.bootstrap, topics.control, command)
+    await send_command(settings.kafka, topics.control, command)
     print(f"sent {command.action} {command.model} {command.version or ''} ({command.command_id})")
     print("every inference worker applies it; `conveyor models list` shows the outcome")
     return 0
@@ -44,7 +43,7 @@ async def list_models(settings: Settings) -> int:
     for name, config in sorted(repository.models.items()):
         on_disk = config.available_versions()
         print(f"{name}: on disk {on_disk}, policy serves {list(config.served_versions)}")
-    redis = aioredis.Redis.from_url(settings.redis.url, decode_responses=True)
+    redis = redis_client(settings.redis, decode_responses=True)
     try:
         stream = RedisKeys(settings.redis.key_prefix).model_events()
         events = await redis.xrevrange(stream, count=EVENTS_SHOWN)

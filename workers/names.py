@@ -78,6 +78,10 @@ class RedisKeys:
     def workers_pattern(self) -> str:
         return f"{self.prefix}worker:*"
 
+    def pending(self, tenant: str) -> str:
+        """Sorted set of one tenant's admitted, unfinished task ids (score: admission ms)."""
+        return f"{self.prefix}pending:{tenant}"
+
     def model_events(self) -> str:
         """Stream of model lifecycle events (loaded, switched, refused, retired ...)."""
         return f"{self.prefix}model-events"

@@ -12,16 +12,14 @@ from contextlib import AsyncExitStack
 from typing import Literal
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schemas import ClaimCheck, DecodeLimits
+from schemas import ClaimCheck
 from workers.control import ControlListener
 from workers.kafka.admin import TopicSpec, ensure_topics
-from workers.kafka.clients import client_id, make_consumer, make_producer
+from workers.kafka.clients import client_id, make_consumer, make_producer, start_client
 from workers.ledger import Ledger
+from workers.ledger.connection import redis_client as connect_redis
+from workers.ledger.quota import TenantQuota
 from workers.models.events import ModelEvents
 from workers.models.lifecycle import ModelLifecycle
 from workers.models.repository import ModelRepository
@@ -47,12 +45,7 @@ StageName = Literal["preprocess", "inference", "postprocess"]
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A client that rides through a Redis restart: stale pooled connections are retried."""
-    return aioredis.Redis.from_url(
-        settings.redis.url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=10,
-    )
+    return connect_redis(settings.redis, resilient=True)
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -70,7 +63,7 @@ async def ensure_pipeline_topics(settings: Settings) -> None:
     topics = Topics(settings.kafka.topic_prefix)
     k = settings.kafka
     await ensure_topics(
-        k.bootstrap, [TopicSpec(name, k.partitions, k.replication_factor) for name in topics.all()]
+        k, [TopicSpec(name, k.partitions, k.replication_factor) for name in topics.all()]
     )
 
 
@@ -78,7 +71,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
     """Run one stage until SIGTERM/SIGINT; a second SIGINT exits at once."""
     topics = Topics(settings.kafka.topic_prefix)
     repository = ModelRepository(settings.model_repository)
-    limits = DecodeLimits()
+    limits = settings.limits.decode_limits()
     w = settings.worker
     o = settings.observability
     keys = RedisKeys(settings.redis.key_prefix)
@@ -93,6 +86,9 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
         ledger = await stack.enter_async_context(Ledger(redis, keys, settings.redis.task_ttl_s))
+        quota = TenantQuota(
+            redis, keys, settings.limits.max_pending_tasks_per_tenant, settings.limits.pending_ttl_s
+        )
         instance = client_id(settings.kafka, stage_name)
         await stack.enter_async_context(
             WorkerAnnouncement(
@@ -109,7 +105,9 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         )
         stage: Stage
         if stage_name == "preprocess":
-            stage = PreprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
+            stage = PreprocessStage(
+                topics, repository, settings.limits, w.max_batch_size, w.max_wait_ms
+            )
         elif stage_name == "inference":
             stage = await _inference_stage(
                 stack, settings, topics, repository, metrics, redis, keys, instance
@@ -122,12 +120,12 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         producer = make_producer(
             settings.kafka, stage_name, transactional_id, w.transaction_timeout_ms
         )
-        await producer.start()
+        await start_client(producer, settings.kafka)
         stack.push_async_callback(producer.stop)
         consumer = make_consumer(
             settings.kafka, stage_name, topics.group_of(stage_name), w.instance_id
         )
-        await consumer.start()
+        await start_client(consumer, settings.kafka)
         stack.push_async_callback(consumer.stop)
         claims = ClaimCheck(
             redis,
@@ -145,6 +143,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 telemetry,
                 claims,
                 topics.group_of(stage_name),
+                quota,
             )
         )
         _install_signals(runner)
@@ -185,15 +184,13 @@ async def _inference_stage(
     await stack.enter_async_context(
         RepositoryWatcher(lifecycle, m.poll_interval_s, m.canary_fraction)
     )
-    await stack.enter_async_context(
-        ControlListener(lifecycle, settings.kafka.bootstrap, topics.control)
-    )
+    await stack.enter_async_context(ControlListener(lifecycle, settings.kafka, topics.control))
     w = settings.worker
     return InferenceStage(
         topics,
         repository,
         runtime,
-        DecodeLimits(),
+        settings.limits.decode_limits(),
         w.max_batch_size,
         w.max_wait_ms,
         metrics,

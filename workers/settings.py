@@ -12,13 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from schemas import DecodeLimits
 
 
 class _Group(BaseModel):
@@ -48,6 +50,43 @@ class KafkaSettings(_Group):
     """Producer compression; None sends uncompressed."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest record the producer will send; larger tensors go by claim-check."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every Kafka client (workers, client, admin) talks to the broker."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    """SASL mechanism under SASL_PLAINTEXT / SASL_SSL."""
+    sasl_username: str | None = None
+    """SASL user (required under SASL_*)."""
+    sasl_password: SecretStr | None = None
+    """SASL password; never logged or shown (prefer `sasl_password_file`)."""
+    sasl_password_file: Path | None = None
+    """File holding the SASL password (a mounted secret); trailing newlines are dropped."""
+    ssl_cafile: Path | None = None
+    """CA bundle that signed the broker's certificate (SSL / SASL_SSL); default: system CAs."""
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM) for mutual TLS."""
+    ssl_keyfile: Path | None = None
+    """Private key (PEM) of `ssl_certfile`."""
+    ssl_check_hostname: bool = True
+    """Check that the broker's certificate names the host connected to."""
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            if not self.sasl_username:
+                raise ValueError(f"sasl_username is required with {self.security_protocol}")
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise ValueError(
+                    f"sasl_password or sasl_password_file is required with {self.security_protocol}"
+                )
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("set sasl_password or sasl_password_file, not both")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        return self
+
+    def password(self) -> str | None:
+        """The SASL password, read from its file when one is named."""
+        return _secret(self.sasl_password, self.sasl_password_file)
 
 
 class RedisSettings(_Group):
@@ -59,6 +98,49 @@ class RedisSettings(_Group):
     """How long the ledger keeps a task after its last transition."""
     claim_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long a claim-checked tensor waits in Redis for the next stage to read it."""
+    username: str | None = None
+    """Redis ACL user (Redis 6+); None: the default user."""
+    password: SecretStr | None = None
+    """Password of the ACL user; never logged or shown (prefer `password_file`). A password
+    inside `url` works too but is not redacted from errors: keep it out of the URL."""
+    password_file: Path | None = None
+    """File holding the Redis password (a mounted secret); trailing newlines are dropped."""
+    ssl_ca_certs: Path | None = None
+    """CA bundle that signed the server's certificate (`rediss://`); default: system CAs."""
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM) when the server asks for one."""
+    ssl_keyfile: Path | None = None
+    """Private key (PEM) of `ssl_certfile`."""
+    ssl_check_hostname: bool = True
+    """Check that the server's certificate names the host connected to."""
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> RedisSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    def secret(self) -> str | None:
+        """The Redis password, read from its file when one is named."""
+        return _secret(self.password, self.password_file)
+
+
+def _secret(value: SecretStr | None, path: Path | None) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if path is not None:
+        try:
+            return path.read_text("utf-8").rstrip("\r\n")
+        except OSError as exc:
+            # The path is configuration, not a secret: naming it helps the operator.
+            raise SettingsError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return None
 
 
 class WorkerSettings(_Group):
@@ -86,10 +168,44 @@ class WorkerSettings(_Group):
     """On SIGTERM, in-flight work gets this long to finish before the worker exits anyway."""
     retry_backoff_ms: int = Field(default=200, ge=1)
     """First delay when Kafka or Redis refuses a write; doubles up to 5 s, forever."""
-    max_texts_per_request: int = Field(default=256, ge=1)
-    """Texts one request may carry."""
     claim_check_threshold_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Tensors larger than this travel between stages through Redis, not Kafka."""
+
+
+class LimitsSettings(_Group):
+    """Bounds on what one request may ask for, checked before any expensive step (decoding
+    checks sizes before it allocates, preprocess checks texts before tokenizing and the
+    tenant's pending tasks before admitting the request)."""
+
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest encoded message a stage decodes; larger ones fail with PAYLOAD_TOO_LARGE
+    before parsing."""
+    max_tensors: int = Field(default=64, ge=1)
+    """Most tensors in one message (PAYLOAD_TOO_LARGE)."""
+    max_tensor_elements: int = Field(default=1 << 24, ge=1)
+    """Most elements in one tensor, the product of its shape, checked before the tensor is
+    built (PAYLOAD_TOO_LARGE)."""
+    max_string_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Longest element of a BYTES tensor at decode time (PAYLOAD_TOO_LARGE)."""
+    max_texts_per_request: int = Field(default=256, ge=1)
+    """Texts one request may carry, checked before tokenizing (PAYLOAD_TOO_LARGE)."""
+    max_text_bytes: int = Field(default=64 * 1024, ge=1)
+    """Longest single text in UTF-8 bytes, checked before tokenizing (INPUT_TOO_LONG): a
+    tokenizer reads the whole text even when it truncates the tokens."""
+    max_pending_tasks_per_tenant: int = Field(default=100_000, ge=0)
+    """Tasks of one tenant admitted by preprocess and not yet final; a request over it is
+    REJECTED with QUOTA_EXCEEDED. 0: no cap."""
+    pending_ttl_s: int = Field(default=3600, ge=1)
+    """A pending task not seen final within this long stops counting (a lost task must not
+    hold its tenant's quota forever)."""
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_message_bytes=self.max_message_bytes,
+            max_tensors=self.max_tensors,
+            max_tensor_elements=self.max_tensor_elements,
+            max_string_bytes=self.max_string_bytes,
+        )
 
 
 class RuntimeSettings(_Group):
@@ -168,6 +284,9 @@ class StackSettings(_Group):
     """Loopback port of Redis."""
     install_missing: bool = True
     """Install redis-server with apt-get when it is missing and we are root."""
+    secure: bool = False
+    """Start Kafka with SASL/SCRAM-SHA-512 and ACLs and Redis with TLS and an ACL user
+    (credentials and a self-signed CA under `<state_dir>/secrets`); also `stack up --secure`."""
 
 
 class Settings(BaseSettings):
@@ -189,6 +308,8 @@ class Settings(BaseSettings):
     """The native local stack (`conveyor stack up`)."""
     worker: WorkerSettings = WorkerSettings()
     """Intake, batching, commits and shutdown of a stage worker."""
+    limits: LimitsSettings = LimitsSettings()
+    """Bounds on message sizes, texts and pending tasks per tenant."""
     runtime: RuntimeSettings = RuntimeSettings()
     """ONNX Runtime."""
     models: ModelSettings = ModelSettings()
@@ -238,12 +359,28 @@ class SettingsError(ValueError):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Parse the settings once; errors name the field and the bad value."""
+    """Parse the settings once; errors name the field and the bad value (secrets redacted)."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} "
+            f"(got {_redacted(err.get('input'), err['loc'])!r})"
             for err in exc.errors()
         )
-        raise SettingsError(f"invalid settings: {problems}") from exc
+        # `from None`: pydantic's own error repeats the raw input, secrets included.
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+_REDACTED = "**********"
+
+
+def _redacted(value: Any, loc: tuple[int | str, ...] = ()) -> Any:
+    """`value` with every password field masked, however deep."""
+    if loc and "password" in str(loc[-1]) and "file" not in str(loc[-1]):
+        return _REDACTED
+    if isinstance(value, dict):
+        return {k: _redacted(v, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, SecretStr):
+        return _REDACTED
+    return value

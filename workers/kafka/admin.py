@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from workers.kafka.clients import Connection, connection_options, start_client
+
 log = logging.getLogger(__name__)
 
 
@@ -21,11 +23,11 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
-async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+async def ensure_topics(connection: Connection, specs: Iterable[TopicSpec]) -> list[str]:
     """Create each missing topic; returns the names created. Existing topics are left alone."""
     wanted = {spec.name: spec for spec in specs}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**connection_options(connection))
+    await start_client(admin, connection)
     try:
         existing = set(await admin.list_topics())
         missing = [
@@ -66,9 +68,9 @@ async def _until_described(
             await asyncio.sleep(0.05)
 
 
-async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def delete_topics_with_prefix(connection: Connection, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(**connection_options(connection))
+    await start_client(admin, connection)
     try:
         doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
         if doomed:
@@ -77,10 +79,10 @@ async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(connection: Connection, topic: str) -> list[int]:
     """The partition ids of an existing topic; raises when the topic is missing."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**connection_options(connection))
+    await start_client(admin, connection)
     try:
         (described,) = await admin.describe_topics([topic])
         if described["error_code"] != 0:

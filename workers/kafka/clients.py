@@ -1,13 +1,76 @@
-"""Producers and consumers configured one way for every stage."""
+"""Producers and consumers configured one way for every stage, and the one place that
+turns the security settings into what every aiokafka client needs to connect."""
 
 from __future__ import annotations
 
 import os
 import socket
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.helpers import create_ssl_context
 
 from workers.settings import KafkaSettings
+
+Connection = KafkaSettings | str
+"""Where and how to reach the broker: settings, or a bare bootstrap string (plaintext)."""
+
+
+def connection_options(connection: Connection) -> dict[str, Any]:
+    """Keyword arguments for any aiokafka client (producer, consumer, admin, client):
+    the bootstrap servers, and the security protocol, SASL credentials and TLS context."""
+    if isinstance(connection, str):
+        return {"bootstrap_servers": connection}
+    s = connection
+    options: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap,
+        "security_protocol": s.security_protocol,
+    }
+    if s.security_protocol in ("SSL", "SASL_SSL"):
+        context = create_ssl_context(
+            cafile=str(s.ssl_cafile) if s.ssl_cafile else None,
+            certfile=str(s.ssl_certfile) if s.ssl_certfile else None,
+            keyfile=str(s.ssl_keyfile) if s.ssl_keyfile else None,
+        )
+        context.check_hostname = s.ssl_check_hostname
+        options["ssl_context"] = context
+    if s.security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = s.sasl_mechanism
+        options["sasl_plain_username"] = s.sasl_username
+        options["sasl_plain_password"] = s.password()
+    return options
+
+
+def bootstrap_of(connection: Connection) -> str:
+    return connection if isinstance(connection, str) else connection.bootstrap
+
+
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_client(client: _Startable, connection: Connection) -> None:
+    """`client.start()`; a broker that cannot be reached or refuses the credentials fails
+    at once with what was tried (address, protocol, mechanism, user; never the password)."""
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        raise KafkaConnectionError(describe_connection(connection, exc)) from exc
+
+
+def describe_connection(connection: Connection, cause: BaseException) -> str:
+    if isinstance(connection, str):
+        return f"cannot connect to Kafka at {connection} (PLAINTEXT): {cause}"
+    s = connection
+    how: str = s.security_protocol
+    if how.startswith("SASL_"):
+        how += f", {s.sasl_mechanism} as user {s.sasl_username!r}"
+    return (
+        f"cannot connect to Kafka at {s.bootstrap} ({how}): {cause}; the broker refused the "
+        "connection or the credentials: check kafka.bootstrap, kafka.security_protocol, "
+        "kafka.sasl_mechanism and the user's password (the broker log says which)"
+    )
 
 
 def client_id(settings: KafkaSettings, role: str) -> str:
@@ -25,7 +88,7 @@ def make_producer(
     return AIOKafkaProducer(
         transactional_id=transactional_id,
         transaction_timeout_ms=transaction_timeout_ms,
-        bootstrap_servers=settings.bootstrap,
+        **connection_options(settings),
         client_id=client_id(settings, role),
         acks="all",
         enable_idempotence=True,
@@ -45,7 +108,7 @@ def make_consumer(
     """
     return AIOKafkaConsumer(
         group_instance_id=f"{group_id}.{instance_id}" if instance_id else None,
-        bootstrap_servers=settings.bootstrap,
+        **connection_options(settings),
         client_id=client_id(settings, role),
         group_id=group_id,
         enable_auto_commit=False,

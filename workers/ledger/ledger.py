@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from schemas.messages import Status
+from workers.ledger.connection import RedisConnection, redis_client
 from workers.ledger.records import Outcome, TaskRecord, Transition, TransitionResult, text
 from workers.names import RedisKeys
 
@@ -124,9 +125,11 @@ async def _read_record(redis: aioredis.Redis, keys: RedisKeys, task_id: str) -> 
     return TaskRecord.from_hash(task_id, raw)
 
 
-async def read_task(redis_url: str, key_prefix: str, task_id: str) -> TaskRecord | None:
+async def read_task(
+    connection: RedisConnection, key_prefix: str, task_id: str
+) -> TaskRecord | None:
     """One task's record, read with a client of its own (for `conveyor status TASK_ID`)."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_client(connection)
     try:
         return await _read_record(client, RedisKeys(key_prefix), task_id)
     finally:

@@ -12,9 +12,9 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from workers.ledger.connection import RedisConnection, redis_client
 from workers.names import RedisKeys
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -30,8 +30,8 @@ class Frame:
     workers: dict[str, int] = field(default_factory=dict)
 
 
-async def discover(redis_url: str, keys: RedisKeys) -> list[dict[str, str]]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def discover(connection: RedisConnection, keys: RedisKeys) -> list[dict[str, str]]:
+    client = redis_client(connection, decode_responses=True)
     try:
         found = []
         async for key in client.scan_iter(match=keys.workers_pattern()):
@@ -114,9 +114,11 @@ def render(view: Frame) -> str:
     return "\n".join(lines)
 
 
-async def run_top(redis_url: str, keys: RedisKeys, interval_s: float, once: bool) -> int:
+async def run_top(
+    connection: RedisConnection, keys: RedisKeys, interval_s: float, once: bool
+) -> int:
     while True:
-        workers = await discover(redis_url, keys)
+        workers = await discover(connection, keys)
         urls = [w.get("metrics_url", "") for w in workers]
         first = await asyncio.gather(*(asyncio.to_thread(scrape, u) for u in urls))
         started = time.monotonic()

@@ -17,8 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from workers.stack import probes
+from workers.stack import probes, secure
 
 OPS_STACK_DIR = Path(__file__).resolve().parents[2] / "ops" / "stack"
 
@@ -50,6 +51,9 @@ class StackConfig:
     """Install redis-server with apt-get when it is missing and we are root."""
     ready_timeout_s: float = 90.0
     ops_dir: Path = field(default=OPS_STACK_DIR)
+    secure: bool = False
+    """Kafka with SASL/SCRAM and ACLs, Redis with TLS and an ACL user (`workers.stack.secure`).
+    Use a state dir of its own: a broker's users are made when its storage is formatted."""
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -57,7 +61,12 @@ class StackConfig:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        scheme = "rediss" if self.secure else "redis"
+        return f"{scheme}://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir.resolve() / "secrets"
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,37 @@ class NativeStack:
         self._redis = _Service("redis", "redis-server", state / "redis")
         self.kafka_version = _pinned_kafka_version(config.ops_dir / "pom.xml")
 
+    def access(self) -> secure.SecureAccess | None:
+        """Credentials and CA of a secured stack (made on first use); None when plain."""
+        return secure.prepare(self.config.secrets_dir) if self.config.secure else None
+
+    def _kafka_client_options(self) -> dict[str, Any]:
+        access = self.access()
+        if access is None:
+            return {}
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": secure.KAFKA_MECHANISM,
+            "sasl_plain_username": secure.ADMIN_USER,
+            "sasl_plain_password": access.password(secure.ADMIN_USER),
+        }
+
+    def _redis_client_options(self) -> dict[str, Any]:
+        access = self.access()
+        if access is None:
+            return {}
+        return {
+            "ssl_ca_certs": str(access.ca_file),
+            "username": secure.REDIS_USER,
+            "password": access.password(secure.REDIS_USER),
+        }
+
+    def _kafka_ready(self) -> bool:
+        return probes.kafka_ready(self.config.kafka_bootstrap, options=self._kafka_client_options())
+
+    def _redis_ready(self) -> bool:
+        return probes.redis_ready(self.config.redis_url, options=self._redis_client_options())
+
     # ---- public API -------------------------------------------------------------------
 
     def up(self) -> list[ServiceStatus]:
@@ -167,10 +207,8 @@ class NativeStack:
     def status(self) -> list[ServiceStatus]:
         c = self.config
         return [
-            ServiceStatus(
-                "kafka", self._kafka.pid(), probes.kafka_ready(c.kafka_bootstrap), c.kafka_bootstrap
-            ),
-            ServiceStatus("redis", self._redis.pid(), probes.redis_ready(c.redis_url), c.redis_url),
+            ServiceStatus("kafka", self._kafka.pid(), self._kafka_ready(), c.kafka_bootstrap),
+            ServiceStatus("redis", self._redis.pid(), self._redis_ready(), c.redis_url),
         ]
 
     def restart_kafka(self) -> None:
@@ -191,13 +229,19 @@ class NativeStack:
             server = self._redis_server_binary()
             data = self._redis.directory
             data.mkdir(parents=True, exist_ok=True)
+            access = self.access()
+            # Secured: a config file with TLS on the port (plain port off) and the ACL user.
+            listen = (
+                [str(secure.redis_config(access, c.redis_port))]
+                if access is not None
+                else ["--port", str(c.redis_port)]
+            )
             self._redis.spawn(
                 [
                     server,
+                    *listen,
                     "--bind",
                     "127.0.0.1",
-                    "--port",
-                    str(c.redis_port),
                     "--dir",
                     str(data),
                     "--daemonize",
@@ -213,7 +257,7 @@ class NativeStack:
                 ],
                 "redis.log",
             )
-        if not probes.wait_until(lambda: probes.redis_ready(c.redis_url), c.ready_timeout_s):
+        if not probes.wait_until(self._redis_ready, c.ready_timeout_s):
             raise StackError(
                 f"redis did not answer PING on {c.redis_url}; see {self._redis.directory}/redis.log"
             )
@@ -255,9 +299,7 @@ class NativeStack:
                 [java, *self._jvm_options(), "-cp", f"{lib}/*", "kafka.Kafka", str(properties)],
                 "kafka.out",
             )
-        if not probes.wait_until(
-            lambda: probes.kafka_ready(c.kafka_bootstrap), c.ready_timeout_s, 0.5
-        ):
+        if not probes.wait_until(self._kafka_ready, c.ready_timeout_s, 0.5):
             raise StackError(
                 f"kafka did not answer metadata on {c.kafka_bootstrap} "
                 f"within {c.ready_timeout_s}s; "
@@ -314,6 +356,9 @@ class NativeStack:
         text = template.format(
             kafka_port=c.kafka_port, controller_port=c.kafka_controller_port, log_dirs=data
         )
+        access = self.access()
+        if access is not None:
+            text += secure.kafka_overrides(access, c.kafka_port, c.kafka_controller_port)
         path = self._kafka.directory / "server.properties"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -335,6 +380,7 @@ class NativeStack:
                 f"--cluster-id={cluster_id}",
                 "-c",
                 str(properties),
+                *(secure.scram_arguments(access) if (access := self.access()) else []),
             ],
             capture_output=True,
             text=True,

@@ -23,7 +23,9 @@ from workers.models.repository import ModelRepository
 from workers.names import Topics
 from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
+from workers.settings import LimitsSettings
 from workers.stages.identity import AnswersFailures
+from workers.stages.limits import check_request_inputs
 from workers.stages.work import (
     StageOutput,
     Work,
@@ -41,14 +43,15 @@ class PreprocessStage(AnswersFailures):
         self,
         topics: Topics,
         repository: ModelRepository,
-        limits: DecodeLimits,
+        limits: LimitsSettings,
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
     ) -> None:
         self.topics = topics
         self.input_topic = topics.requests
         self.repository = repository
-        self.limits = limits
+        self.request_limits = limits
+        self.limits: DecodeLimits = limits.decode_limits()
         self._window = (max_batch_size or BATCH_SIZE, max_wait_ms if max_wait_ms is not None else 0)
         self._preprocessors: dict[str, Preprocessor] = {}
 
@@ -59,6 +62,8 @@ class PreprocessStage(AnswersFailures):
         work = Work(record)
         try:
             work.message = decode_request(record.value or b"", record.headers, limits=self.limits)
+            # Cheap checks at intake: a request over a limit never reaches a batch's work.
+            check_request_inputs(work.message.inputs, self.request_limits)
         except ContractError as error:
             work.error = error
         return work
@@ -67,7 +72,7 @@ class PreprocessStage(AnswersFailures):
         output = StageOutput()
         for work in batch:
             if work.error is not None:
-                self._fail(output, work, work.error)
+                self._fail(output, work, work.error, _status_of(work.error))
                 continue
             try:
                 self._preprocess(output, work, work.message)
@@ -123,4 +128,8 @@ class PreprocessStage(AnswersFailures):
 
 
 def _status_of(error: ContractError) -> Status:
-    return Status.EXPIRED if error.code == ErrorCode.DEADLINE_EXCEEDED else Status.FAILED
+    if error.code == ErrorCode.DEADLINE_EXCEEDED:
+        return Status.EXPIRED
+    if error.code == ErrorCode.QUOTA_EXCEEDED:
+        return Status.REJECTED
+    return Status.FAILED

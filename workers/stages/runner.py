@@ -19,10 +19,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from schemas import ClaimCheck, ContractError, Status
+from schemas import ClaimCheck, ContractError, ErrorCode, InferenceRequest, Status
 from workers.batching import Batch, Batcher
 from workers.kafka.offsets import OffsetTracker
 from workers.ledger import Ledger, reached
+from workers.ledger.quota import TenantQuota
 from workers.names import Topics
 from workers.observability import tracing
 from workers.settings import WorkerSettings
@@ -70,6 +71,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         telemetry: StageTelemetry,
         claims: ClaimCheck | None = None,
         group_id: str = "",
+        quota: TenantQuota | None = None,
     ) -> None:
         self.stage = stage
         self.settings = settings
@@ -78,6 +80,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ledger = ledger
         self.telemetry = telemetry
         self.claims = claims
+        self.quota = quota
+        """Pending tasks per tenant: requests are admitted here, final tasks released."""
         self.offsets = OffsetTracker()
         self.delivery: Delivery
         if settings.delivery == "exactly_once":
@@ -249,6 +253,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             items = [w for w in batch.items if w.generation == self._generation]
             fresh = await self._skip_finished(items)
             await self._resolve_claims(fresh)
+            await self._admit(fresh)
             with tracing.active().batch(
                 self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
             ):
@@ -259,6 +264,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 )
             outgoing = await output.records(self.claims)
             await self.delivery.deliver(items, outgoing, output.transitions)
+            if self.quota is not None:
+                quota = self.quota
+                await self._retry(partial(quota.release, output.transitions), "ledger")
             self.processed += len(fresh)
             self.skipped += len(items) - len(fresh)
             self.telemetry.batch_done(batch, len(fresh), output)
@@ -293,6 +301,25 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 work.message = await self._retry(partial(claims.resolve, message), "ledger")
             except ContractError as error:
                 work.error = error
+
+    async def _admit(self, items: list[Work]) -> None:
+        """Count new requests against their tenant's pending cap, before any work on them;
+        a request over the cap fails QUOTA_EXCEEDED (the stage answers it REJECTED)."""
+        quota = self.quota
+        if quota is None or not quota.enabled:
+            return
+        requests = [w for w in items if w.error is None and isinstance(w.message, InferenceRequest)]
+        if not requests:
+            return
+        pairs = [(w.message.tenant, w.message.task_id) for w in requests]
+        admitted = await self._retry(partial(quota.admit, pairs), "ledger")
+        for work, ok in zip(requests, admitted, strict=True):
+            if not ok:
+                work.error = ContractError(
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"tenant {work.message.tenant!r} has {quota.max_pending} tasks pending, "
+                    "the most allowed; retry when some finish",
+                )
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry a delivery step on broker or Redis errors, with capped exponential backoff."""

@@ -1,0 +1,89 @@
+"""Pending tasks per tenant: admitted at preprocess, released when a task is final.
+
+Each tenant has a sorted set of its admitted task ids scored by admission time. Admission
+is one Lua script (drop members older than the TTL, re-admit a known id, refuse over the
+cap, add), so it is atomic across preprocess replicas and idempotent under redelivery: a
+replayed request is not counted twice. A task whose final transition never comes (a lost
+record, a crashed worker) stops counting after `ttl_s`, so a tenant's quota cannot leak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import redis.asyncio as aioredis
+
+from schemas import Status
+from schemas.messages import ERROR_STATUSES
+from workers.ledger.records import Transition
+from workers.names import RedisKeys
+
+FINAL_STATES = frozenset((Status.DONE, *ERROR_STATUSES))
+
+_ADMIT_LUA = """
+local key, task, now, ttl_ms, cap = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+    tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl_ms)
+if redis.call('ZSCORE', key, task) then
+    return 1
+end
+if redis.call('ZCARD', key) >= cap then
+    return 0
+end
+redis.call('ZADD', key, now, task)
+redis.call('PEXPIRE', key, ttl_ms)
+return 1
+"""
+
+
+class TenantQuota:
+    """Caps each tenant's tasks in flight; `max_pending` 0 turns the cap off."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: RedisKeys, max_pending: int, ttl_s: int
+    ) -> None:
+        if max_pending < 0:
+            raise ValueError(f"max_pending must be >= 0, got {max_pending}")
+        self._redis = redis
+        self._keys = keys
+        self.max_pending = max_pending
+        self._ttl_ms = ttl_s * 1000
+        self._admit = redis.register_script(_ADMIT_LUA)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_pending > 0
+
+    async def admit(self, tasks: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each (tenant, task_id): True when admitted (or already admitted)."""
+        if not self.enabled or not tasks:
+            return [True] * len(tasks)
+        now_ms = int(time.time() * 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant, task_id in tasks:
+                await self._admit(
+                    keys=[self._keys.pending(tenant)],
+                    args=[task_id, now_ms, self._ttl_ms, self.max_pending],
+                    client=pipe,
+                )
+            answers = await pipe.execute()
+        return [bool(int(a)) for a in answers]
+
+    async def release(self, transitions: Iterable[Transition]) -> None:
+        """Stop counting tasks that reached a final state (idempotent)."""
+        if not self.enabled:
+            return
+        finals = [t for t in transitions if t.state in FINAL_STATES and t.tenant]
+        if not finals:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for t in finals:
+                pipe.zrem(self._keys.pending(t.tenant or ""), t.task_id)
+            await pipe.execute()
+
+    async def pending(self, tenant: str) -> int:
+        """Tasks of `tenant` counted now (expired ones excluded)."""
+        key = self._keys.pending(tenant)
+        now_ms = int(time.time() * 1000)
+        return int(await self._redis.zcount(key, now_ms - self._ttl_ms, "+inf"))
