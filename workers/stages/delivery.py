@@ -43,8 +43,15 @@ class Delivery(Protocol):
     """Whether the ledger may be trusted to skip work already past this stage."""
 
     async def deliver(
-        self, items: list[Work], outgoing: list[Outgoing], transitions: list[Transition]
-    ) -> None: ...
+        self,
+        items: list[Work],
+        outgoing: list[Outgoing],
+        transitions: list[Transition],
+        still_ours: Callable[[], bool] = lambda: True,
+    ) -> bool:
+        """Make a batch durable; False (nothing written) when its partitions were revoked
+        meanwhile: their next owner does the work instead."""
+        ...
 
     async def commit(self) -> None: ...
 
@@ -70,8 +77,14 @@ class AtLeastOnce:
         self.offsets, self.retry, self.stage = offsets, retry, stage
 
     async def deliver(
-        self, items: list[Work], outgoing: list[Outgoing], transitions: list[Transition]
-    ) -> None:
+        self,
+        items: list[Work],
+        outgoing: list[Outgoing],
+        transitions: list[Transition],
+        still_ours: Callable[[], bool] = lambda: True,
+    ) -> bool:
+        if not still_ours():
+            return False
         if outgoing:
             # The idempotent producer makes a resend after a timeout safe within its session;
             # across sessions the ledger absorbs the repeat.
@@ -80,6 +93,7 @@ class AtLeastOnce:
             await self.retry(lambda: self._record(transitions), "ledger")
         for work in items:
             self.offsets.finished(work.partition, work.record.offset)
+        return True
 
     async def _record(self, transitions: list[Transition]) -> None:
         await self.ledger.record(transitions)
@@ -114,14 +128,23 @@ class ExactlyOnce:
         self._turn = asyncio.Lock()
 
     async def deliver(
-        self, items: list[Work], outgoing: list[Outgoing], transitions: list[Transition]
-    ) -> None:
+        self,
+        items: list[Work],
+        outgoing: list[Outgoing],
+        transitions: list[Transition],
+        still_ours: Callable[[], bool] = lambda: True,
+    ) -> bool:
         async with self._turn:
+            # Checked with the turn held: a revoke that came while this batch waited for it
+            # must not see these outputs committed after the partitions moved on.
+            if not still_ours():
+                return False
             for work in items:
                 self.offsets.finished(work.partition, work.record.offset)
             # An aborted transaction leaves nothing visible, so the whole of it is simply
             # tried again: a broker restart is ridden through, not a reason to exit.
             await self.retry(lambda: self._transaction(outgoing, transitions), "kafka")
+            return True
 
     async def _transaction(self, outgoing: list[Outgoing], transitions: list[Transition]) -> None:
         offsets = self.offsets.to_commit()

@@ -115,5 +115,9 @@ class PostprocessStage(AnswersFailures):
                 tenant=message.tenant,
                 pipeline=message.pipeline,
                 stage=self.name,
+                # Also here: the INFERRED write may lose the race to this one and be ignored.
+                model_name=message.model_name,
+                model_version=message.model_version,
+                batch_id=message.batch_id,
             )
         )

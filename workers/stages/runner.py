@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MAX_BACKOFF_S = 5.0
+# A revoke waits this long at least for batches in flight to deliver or step aside; the group
+# itself allows max_poll_interval_ms.
+_REVOKE_WAIT_S = 30.0
 _POLL_TIMEOUT_MS = 100
 
 
@@ -170,7 +173,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         # when they start.
         self._generation += 1
         dropped = self._batcher.remove_if(lambda work: work.partition in lost)
-        finished = await self._batches.wait(self.settings.shutdown_grace_s)
+        finished = await self._batches.wait(max(self.settings.shutdown_grace_s, _REVOKE_WAIT_S))
         await self._commit()
         self.offsets.forget(revoked)
         log.info(
@@ -263,7 +266,14 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     else StageOutput()
                 )
             outgoing = await output.records(self.claims)
-            await self.delivery.deliver(items, outgoing, output.transitions)
+            delivered = await self.delivery.deliver(
+                items, outgoing, output.transitions, partial(self._still_ours, items)
+            )
+            if not delivered:
+                log.info(
+                    "%s: batch of revoked partitions left to their next owner", self.stage.name
+                )
+                return
             if self.quota is not None:
                 quota = self.quota
                 await self._retry(partial(quota.release, output.transitions), "ledger")
@@ -273,6 +283,10 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             self._batch_slots.release()
             self._room.set()
+
+    def _still_ours(self, items: list[Work]) -> bool:
+        """No rebalance took these records' partitions since they were taken."""
+        return all(w.generation == self._generation for w in items)
 
     async def _skip_finished(self, items: list[Work]) -> list[Work]:
         """Drop redelivered work whose task already got past this stage."""
