@@ -70,6 +70,20 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(s.ready for s in statuses) else 1
 
 
+def _tenants(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.tenants import add_tenant
+
+    principal = args.principal or f"User:{args.name}"
+    acls = asyncio.run(
+        add_tenant(settings, args.name, principal, args.worker_principal, args.grant)
+    )
+    print(f"tenant {args.name}: topics ready")
+    print("ACLs granted:" if args.grant else "ACLs to grant:")
+    for acl in acls:
+        print(f"  {acl.line()}")
+    return 0
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.service import run_worker
 
@@ -171,6 +185,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     rollback.add_argument("model")
     actions.add_parser("list", help="versions on disk and the latest model events")
     handlers["models"] = _models
+
+    tenants = commands.add_parser("tenants", help="per-tenant topics: add a tenant")
+    tenant_actions = tenants.add_subparsers(dest="action", required=True)
+    add = tenant_actions.add_parser("add", help="create a tenant's topics, print its ACLs")
+    add.add_argument("name")
+    add.add_argument("--principal", default=None, help="the tenant's (default: User:NAME)")
+    add.add_argument(
+        "--worker-principal", default=None, help="also list the workers' ACLs (e.g. User:conveyor)"
+    )
+    add.add_argument("--grant", action="store_true", help="grant the ACLs too (as a super user)")
+    handlers["tenants"] = _tenants
 
     submit = commands.add_parser("submit", help="submit texts to a pipeline")
     submit.add_argument("text", nargs="+")

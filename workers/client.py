@@ -50,6 +50,7 @@ class Client:
         topics: Topics | None = None,
         *,
         reply_to: str | None = None,
+        tenant: str | None = None,
         content_type: str = MSGPACK,
         received_limit: int = 100_000,
     ) -> None:
@@ -57,8 +58,16 @@ class Client:
         self.connection = connection
         """The broker: `KafkaSettings` (with its security settings) or a bootstrap string."""
         self.bootstrap = bootstrap_of(connection)
+        self.tenant = tenant
+        """Per-tenant topics (`kafka.tenant_topics`): submit on `<prefix>.requests.<tenant>`,
+        read `<prefix>.results.<tenant>`; the workers serve every request as this tenant."""
+        if tenant is not None and reply_to is not None:
+            raise ValueError("with per-tenant topics results go to the tenant's topic: no reply_to")
+        self.requests_topic = self.topics.requests_of(tenant) if tenant else self.topics.requests
         self.reply_to = reply_to
-        self.results_topic = reply_to or self.topics.results
+        self.results_topic = reply_to or (
+            self.topics.results_of(tenant) if tenant else self.topics.results
+        )
         self.content_type = content_type
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -128,7 +137,7 @@ class Client:
                 request = _with_reply_to(request, self.reply_to)
             acks.append(
                 await producer.send(
-                    self.topics.requests,
+                    self.requests_topic,
                     encode(request, self.content_type),
                     key=key_for(request),
                     headers=headers_for(request, self.content_type),
@@ -149,7 +158,7 @@ class Client:
     ) -> None:
         producer = self._require_producer()
         acks = [
-            await producer.send(self.topics.requests, value, key=key, headers=headers)
+            await producer.send(self.requests_topic, value, key=key, headers=headers)
             for value, key, headers in records
         ]
         await asyncio.gather(*acks)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 STAGES = ("preprocess", "inference", "postprocess")
+TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""A tenant name that may be part of a topic name (no dots: the topic ends with it)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,32 @@ class Topics:
         all of it, without a consumer group."""
         return f"{self.prefix}.control"
 
+    # ---- per-tenant topics (`kafka.tenant_topics`) ---------------------------------------
+
+    def requests_of(self, tenant: str) -> str:
+        """`<prefix>.requests.<tenant>`: only `tenant` may write here (a broker ACL)."""
+        return f"{self.requests}.{_tenant(tenant)}"
+
+    def results_of(self, tenant: str) -> str:
+        """`<prefix>.results.<tenant>`: only `tenant` may read here (a broker ACL)."""
+        return f"{self.results}.{_tenant(tenant)}"
+
+    @property
+    def tenant_requests_pattern(self) -> str:
+        """Regex every tenant's requests topic matches (preprocess subscribes to it)."""
+        return f"^{re.escape(self.requests)}\\.{TENANT_RE.pattern}$"
+
+    def tenant_of(self, topic: str) -> str | None:
+        """The tenant whose requests topic `topic` is; None for any other topic."""
+        head = f"{self.requests}."
+        if not topic.startswith(head):
+            return None
+        tenant = topic[len(head) :]
+        return tenant if TENANT_RE.fullmatch(tenant) else None
+
+    def tenant_topics(self, tenant: str) -> tuple[str, str]:
+        return self.requests_of(tenant), self.results_of(tenant)
+
     def all(self) -> tuple[str, ...]:
         return (
             self.requests,
@@ -59,6 +88,15 @@ class Topics:
     def group_of(self, stage: str) -> str:
         """The consumer group every replica of a stage joins."""
         return f"{self.prefix}.{stage}"
+
+
+def _tenant(tenant: str) -> str:
+    if not TENANT_RE.fullmatch(tenant):
+        raise ValueError(
+            f"tenant {tenant!r} cannot name a topic: letters, digits, '_' and '-', "
+            "at most 64, starting with a letter or digit"
+        )
+    return tenant
 
 
 @dataclass(frozen=True)

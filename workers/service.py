@@ -106,7 +106,12 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         stage: Stage
         if stage_name == "preprocess":
             stage = PreprocessStage(
-                topics, repository, settings.limits, w.max_batch_size, w.max_wait_ms
+                topics,
+                repository,
+                settings.limits,
+                w.max_batch_size,
+                w.max_wait_ms,
+                tenant_topics=settings.kafka.tenant_topics,
             )
         elif stage_name == "inference":
             stage = await _inference_stage(

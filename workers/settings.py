@@ -32,6 +32,10 @@ class KafkaSettings(_Group):
     """Comma-separated bootstrap servers."""
     topic_prefix: str = "conveyor"
     """Every topic name starts with this prefix and a dot."""
+    tenant_topics: bool = False
+    """Per-tenant topics: requests on `<prefix>.requests.<tenant>`, results on
+    `<prefix>.results.<tenant>`. The tenant is the topic's (never the payload's) and
+    `reply_to` is ignored, so broker ACLs decide who submits as and reads for a tenant."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of each topic the workers create when it is missing."""
     replication_factor: int = Field(default=1, ge=1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.protocol.admin import CreateAclsRequest
 
 from workers.kafka.clients import Connection, connection_options, start_client
 
@@ -88,5 +89,50 @@ async def partitions_of(connection: Connection, topic: str) -> list[int]:
         if described["error_code"] != 0:
             raise for_code(described["error_code"])(f"topic {topic!r} cannot be described")
         return sorted(p["partition"] for p in described["partitions"])
+    finally:
+        await admin.close()
+
+
+_RESOURCE_TYPES = {"topic": 2, "group": 3}
+_OPERATIONS = {"read": 3, "write": 4, "describe": 8}
+_LITERAL, _ALLOW = 3, 3
+
+
+@dataclass(frozen=True)
+class Acl:
+    """One ALLOW rule: `principal` (e.g. `User:acme`) may `operation` the named resource."""
+
+    principal: str
+    operation: str
+    """read, write or describe."""
+    resource: str
+    resource_type: str = "topic"
+
+    def line(self) -> str:
+        return (
+            f"allow {self.principal} {self.operation.upper()} on "
+            f"{self.resource_type} {self.resource} (literal)"
+        )
+
+
+async def create_acls(connection: Connection, acls: Iterable[Acl]) -> None:
+    """Grant each ALLOW rule (the caller needs ALTER on the cluster: a super user)."""
+    admin = AIOKafkaAdminClient(**connection_options(connection))
+    await start_client(admin, connection)
+    try:
+        for acl in acls:
+            request = CreateAclsRequest(
+                _RESOURCE_TYPES[acl.resource_type],
+                acl.resource,
+                _LITERAL,
+                acl.principal,
+                "*",
+                _OPERATIONS[acl.operation],
+                _ALLOW,
+            )
+            response = await admin._send_request(request)  # aiokafka has no create_acls
+            for error_code, message in response.creation_responses:
+                if error_code != 0:
+                    raise for_code(error_code)(f"granting {acl.line()} failed: {message}")
     finally:
         await admin.close()

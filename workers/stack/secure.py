@@ -20,6 +20,8 @@ ADMIN_USER = "admin"
 """Kafka super user: the workers' and tools' identity on the test stack."""
 GUEST_USER = "guest"
 """A Kafka user with no ACLs: everything it tries is refused (the authorizer is on)."""
+TENANT_USERS = ("tenant-a", "tenant-b")
+"""Kafka users with no ACLs of their own: tests grant them a tenant's (per-tenant topics)."""
 REDIS_USER = "conveyor"
 """Redis ACL user; Redis's `default` user is switched off."""
 
@@ -54,7 +56,7 @@ def prepare(directory: Path) -> SecureAccess:
     access = SecureAccess(directory)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    for user in (ADMIN_USER, GUEST_USER, REDIS_USER):
+    for user in (ADMIN_USER, GUEST_USER, *TENANT_USERS, REDIS_USER):
         path = access.password_file(user)
         if not path.exists():
             _write_private(path, secrets.token_urlsafe(24))
@@ -89,7 +91,7 @@ def scram_arguments(access: SecureAccess) -> list[str]:
     """`kafka-storage format` arguments that create the SCRAM users with the metadata."""
     return [
         f"--add-scram={KAFKA_MECHANISM}=[name={user},password={access.password(user)}]"
-        for user in (ADMIN_USER, GUEST_USER)
+        for user in (ADMIN_USER, GUEST_USER, *TENANT_USERS)
     ]
 
 

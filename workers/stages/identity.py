@@ -22,13 +22,16 @@ class AnswersFailures:
         fail(
             output,
             work,
-            identify_task(work),
+            self._identity(work),
             error,
             stage=self.name,
             results_topic=self.topics.results,
             dlq_topic=self.topics.dlq,
             status=status,
         )
+
+    def _identity(self, work: Work) -> TaskIdentity:
+        return identify_task(work)
 
 
 def identify_task(work: Work) -> TaskIdentity:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Hashable
 
@@ -24,10 +25,11 @@ from workers.names import Topics
 from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
 from workers.settings import LimitsSettings
-from workers.stages.identity import AnswersFailures
+from workers.stages.identity import AnswersFailures, identify_task
 from workers.stages.limits import check_request_inputs
 from workers.stages.work import (
     StageOutput,
+    TaskIdentity,
     Work,
     internal_error,
 )
@@ -46,9 +48,12 @@ class PreprocessStage(AnswersFailures):
         limits: LimitsSettings,
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
+        tenant_topics: bool = False,
     ) -> None:
         self.topics = topics
         self.input_topic = topics.requests
+        self.input_pattern: str | None = topics.tenant_requests_pattern if tenant_topics else None
+        """Per-tenant mode: the runner subscribes to every `<prefix>.requests.<tenant>`."""
         self.repository = repository
         self.request_limits = limits
         self.limits: DecodeLimits = limits.decode_limits()
@@ -61,12 +66,33 @@ class PreprocessStage(AnswersFailures):
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
         work = Work(record)
         try:
-            work.message = decode_request(record.value or b"", record.headers, limits=self.limits)
+            request = decode_request(record.value or b"", record.headers, limits=self.limits)
+            work.message = self._as_topic_tenant(record.topic, request)
             # Cheap checks at intake: a request over a limit never reaches a batch's work.
             check_request_inputs(work.message.inputs, self.request_limits)
         except ContractError as error:
             work.error = error
         return work
+
+    def _as_topic_tenant(self, topic: str, request: InferenceRequest) -> InferenceRequest:
+        """Per-tenant mode: the request is the topic's tenant's whatever its payload claims,
+        and its answer goes to that tenant's results topic (a payload `reply_to` is ignored,
+        so no tenant can have a worker write into another tenant's results)."""
+        if self.input_pattern is None:
+            return request
+        tenant = self.topics.tenant_of(topic)
+        if tenant is None:
+            raise ContractError(ErrorCode.INVALID_VALUE, f"{topic!r} is no tenant's topic")
+        fields: dict[str, object] = {"tenant": tenant, "reply_to": self.topics.results_of(tenant)}
+        return dataclasses.replace(request, **fields)  # type: ignore[arg-type]
+
+    def _identity(self, work: Work) -> TaskIdentity:
+        identity = identify_task(work)
+        tenant = self.topics.tenant_of(work.record.topic) if self.input_pattern else None
+        if tenant is None:
+            return identity
+        # Even a request that does not decode is answered on its topic's tenant's results.
+        return dataclasses.replace(identity, tenant=tenant, reply_to=self.topics.results_of(tenant))
 
     async def process(self, batch: list[Work]) -> StageOutput:
         output = StageOutput()

@@ -115,7 +115,11 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._started:
             raise RuntimeError(f"{self.stage.name} runner already started")
         self._started = True
-        self.consumer.subscribe([self.stage.input_topic], listener=self)
+        pattern = getattr(self.stage, "input_pattern", None)
+        if pattern:  # per-tenant topics: every topic matching it, new ones as they appear
+            self.consumer.subscribe(pattern=pattern, listener=self)
+        else:
+            self.consumer.subscribe([self.stage.input_topic], listener=self)
         self._loops.start(self._intake(), f"{self.stage.name}-intake")
         self._loops.start(self._dispatch(), f"{self.stage.name}-dispatch")
         self._loops.start(self._commit_loop(), f"{self.stage.name}-commit")
