@@ -3,12 +3,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.services import SecureServices, Services, secure_session_services, session_services
 from workers.kafka.admin import delete_topics_with_prefix
+from workers.models.builders import find_minilm_package_dir
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +57,12 @@ async def redis_client(services: Services) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(services.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def minilm_source() -> Path:
+    """The MiniLM weights package's folder; tests that need it skip where it is missing."""
+    try:
+        return find_minilm_package_dir()
+    except FileNotFoundError as exc:
+        pytest.skip(f"MiniLM weights unavailable: {exc}")

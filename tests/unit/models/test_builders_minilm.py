@@ -26,14 +26,6 @@ FloatArray = npt.NDArray[np.float32]
 
 
 @pytest.fixture(scope="session")
-def minilm_source() -> Path:
-    try:
-        return find_minilm_package_dir()
-    except FileNotFoundError as exc:
-        pytest.skip(f"MiniLM weights unavailable: {exc}")
-
-
-@pytest.fixture(scope="session")
 def minilm_dir(minilm_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_minilm(minilm_source, tmp_path_factory.mktemp("minilm-repository"))
 

@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from workers.models.builders import build_minilm, build_tiny_classifier, find_minilm_package_dir
+from workers.models.builders import build_minilm, build_tiny_classifier
 from workers.models.repository import ModelRepository, ModelVersion, PipelineConfig
 from workers.models.runtime import OnnxModel, RuntimeOptions
 
 CPU_OPTIONS = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=2)
 
 Served = tuple[PipelineConfig, ModelVersion]
-
-
-@pytest.fixture(scope="session")
-def minilm_source() -> Path:
-    try:
-        return find_minilm_package_dir()
-    except FileNotFoundError as exc:
-        pytest.skip(f"MiniLM weights unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")
