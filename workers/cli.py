@@ -71,6 +71,8 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _tenants(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action != "add":
+        return asyncio.run(_tenant_policies(args, settings))
     from workers.tenants import add_tenant
 
     principal = args.principal or f"User:{args.name}"
@@ -82,6 +84,88 @@ def _tenants(args: argparse.Namespace, settings: Settings) -> int:
     for acl in acls:
         print(f"  {acl.line()}")
     return 0
+
+
+_POLICY_FIELDS = ("lane", "weight", "rate_per_s", "burst", "max_in_flight", "deadline_ms")
+"""Options of `tenants set`, named as the policy's fields (`--class` is stored as `lane`)."""
+
+
+async def _tenant_policies(args: argparse.Namespace, settings: Settings) -> int:
+    """`tenants set|show|list|delete`: the tenant registry in Redis."""
+    import orjson
+    from redis.exceptions import RedisError
+
+    from workers.lanes.registry import PolicyError, TenantPolicy, TenantRegistry
+    from workers.ledger.connection import redis_client
+    from workers.names import RedisKeys
+
+    client = redis_client(settings.redis)
+    registry = TenantRegistry(
+        client, RedisKeys(settings.redis.key_prefix), TenantPolicy.defaults(settings.lanes)
+    )
+    try:
+        if args.action == "set":
+            changes = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
+            policy = await registry.set(args.name, **changes)
+        elif args.action == "list":
+            _print_tenant_table(await registry.raw())
+            return 0
+        elif args.action == "delete":
+            if await registry.delete(args.name):
+                print(f"tenant {args.name}: policy deleted")
+                return 0
+            print(f"conveyor: tenant {args.name!r} has no policy", file=sys.stderr)
+            return 1
+        elif (found := await registry.get(args.name)) is not None:
+            policy = found
+        else:
+            lanes = settings.lanes
+            treated = (
+                f"served as lane {lanes.default_class}, weight {lanes.default_weight}"
+                if lanes.unknown_tenants == "default"
+                else "rejected (lanes.unknown_tenants = reject)"
+            )
+            print(f"conveyor: tenant {args.name!r} has no policy; it is {treated}", file=sys.stderr)
+            return 1
+    except PolicyError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except RedisError as exc:
+        print(f"conveyor: tenant registry unreachable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    print(orjson.dumps(policy.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _print_tenant_table(entries: dict[str, bytes]) -> None:
+    from workers.lanes.registry import PolicyError, TenantPolicy
+
+    rows = [("TENANT", "CLASS", "WEIGHT", "RATE/S", "BURST", "MAX-IN-FLIGHT", "DEADLINE-MS")]
+    invalid: list[str] = []
+    for tenant in sorted(entries):
+        try:
+            p = TenantPolicy.from_json(entries[tenant])
+        except PolicyError as exc:
+            invalid.append(f"tenant {tenant}: invalid policy, workers ignore it: {exc}")
+            continue
+        rows.append(
+            (
+                tenant,
+                p.lane,
+                f"{p.weight:g}",
+                f"{p.rate_per_s:g}" if p.limited else "unlimited",
+                str(p.burst_tokens) if p.limited else "-",
+                str(p.max_in_flight) if p.max_in_flight else "default",
+                str(p.deadline_ms) if p.deadline_ms else "-",
+            )
+        )
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for line in invalid:
+        print(line)
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -146,6 +230,28 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, requests=args.requests, keep_stack=args.keep_stack)
 
 
+def _add_policy_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    policy = actions.add_parser(
+        "set", help="create or change a tenant's policy (options not given keep their value)"
+    )
+    policy.add_argument("name")
+    policy.add_argument(
+        "--class", dest="lane", choices=["realtime", "standard", "bulk"], default=None
+    )
+    policy.add_argument("--weight", type=float, default=None, help="share within its lane (> 0)")
+    policy.add_argument("--rate-per-s", type=float, default=None, help="0: unlimited")
+    policy.add_argument("--burst", type=int, default=None, help="0: one second's worth")
+    policy.add_argument(
+        "--max-in-flight", type=int, default=None, help="0: limits.max_pending_tasks_per_tenant"
+    )
+    policy.add_argument(
+        "--deadline-ms", type=int, default=None, help="for requests that carry none; 0: none"
+    )
+    actions.add_parser("show", help="a tenant's policy as JSON").add_argument("name")
+    actions.add_parser("list", help="every tenant's policy")
+    actions.add_parser("delete", help="remove a tenant's policy").add_argument("name")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -186,7 +292,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     actions.add_parser("list", help="versions on disk and the latest model events")
     handlers["models"] = _models
 
-    tenants = commands.add_parser("tenants", help="per-tenant topics: add a tenant")
+    tenants = commands.add_parser(
+        "tenants", help="tenants: topics (add), policies in the registry (set, show, list, delete)"
+    )
     tenant_actions = tenants.add_subparsers(dest="action", required=True)
     add = tenant_actions.add_parser("add", help="create a tenant's topics, print its ACLs")
     add.add_argument("name")
@@ -195,6 +303,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         "--worker-principal", default=None, help="also list the workers' ACLs (e.g. User:conveyor)"
     )
     add.add_argument("--grant", action="store_true", help="grant the ACLs too (as a super user)")
+    _add_policy_actions(tenant_actions)
     handlers["tenants"] = _tenants
 
     submit = commands.add_parser("submit", help="submit texts to a pipeline")

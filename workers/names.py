@@ -6,13 +6,15 @@ import re
 from dataclasses import dataclass
 
 STAGES = ("preprocess", "inference", "postprocess")
+LANES = ("realtime", "standard", "bulk")
+"""Priority classes, highest first: each has its own topics between stages."""
 TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 """A tenant name that may be part of a topic name (no dots: the topic ends with it)."""
 
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names under one prefix: `<prefix>.requests`, `<prefix>.preprocessed`, ..."""
+    """Topic names under one prefix: `<prefix>.requests`, `<prefix>.preprocessed.<lane>`, ..."""
 
     prefix: str = "conveyor"
 
@@ -20,13 +22,30 @@ class Topics:
     def requests(self) -> str:
         return f"{self.prefix}.requests"
 
-    @property
-    def preprocessed(self) -> str:
-        return f"{self.prefix}.preprocessed"
+    def preprocessed_of(self, lane: str) -> str:
+        """`<prefix>.preprocessed.<lane>`: the inference stage's input, one topic per lane."""
+        return f"{self.prefix}.preprocessed.{_lane(lane)}"
+
+    def inferred_of(self, lane: str) -> str:
+        """`<prefix>.inferred.<lane>`: the postprocess stage's input, one topic per lane."""
+        return f"{self.prefix}.inferred.{_lane(lane)}"
 
     @property
-    def inferred(self) -> str:
-        return f"{self.prefix}.inferred"
+    def preprocessed(self) -> tuple[str, ...]:
+        """Every lane's preprocessed topic, highest lane first."""
+        return tuple(self.preprocessed_of(lane) for lane in LANES)
+
+    @property
+    def inferred(self) -> tuple[str, ...]:
+        """Every lane's inferred topic, highest lane first."""
+        return tuple(self.inferred_of(lane) for lane in LANES)
+
+    def lane_of(self, topic: str) -> str | None:
+        """The lane whose preprocessed or inferred topic `topic` is; None for other topics."""
+        for head in (f"{self.prefix}.preprocessed.", f"{self.prefix}.inferred."):
+            if topic.startswith(head) and topic[len(head) :] in LANES:
+                return topic[len(head) :]
+        return None
 
     @property
     def results(self) -> str:
@@ -71,16 +90,17 @@ class Topics:
     def all(self) -> tuple[str, ...]:
         return (
             self.requests,
-            self.preprocessed,
-            self.inferred,
+            *self.preprocessed,
+            *self.inferred,
             self.results,
             self.dlq,
             self.control,
         )
 
-    def input_of(self, stage: str) -> str:
+    def inputs_of(self, stage: str) -> tuple[str, ...]:
+        """The topics a stage reads (one per lane between stages), highest lane first."""
         return {
-            "preprocess": self.requests,
+            "preprocess": (self.requests,),
             "inference": self.preprocessed,
             "postprocess": self.inferred,
         }[stage]
@@ -88,6 +108,12 @@ class Topics:
     def group_of(self, stage: str) -> str:
         """The consumer group every replica of a stage joins."""
         return f"{self.prefix}.{stage}"
+
+
+def _lane(lane: str) -> str:
+    if lane not in LANES:
+        raise ValueError(f"lane {lane!r} is none of {', '.join(LANES)}")
+    return lane
 
 
 def _tenant(tenant: str) -> str:
@@ -119,6 +145,14 @@ class RedisKeys:
     def pending(self, tenant: str) -> str:
         """Sorted set of one tenant's admitted, unfinished task ids (score: admission ms)."""
         return f"{self.prefix}pending:{tenant}"
+
+    def tenants(self) -> str:
+        """Hash of tenant policies: tenant -> JSON (class, weight, quota, cap, deadline)."""
+        return f"{self.prefix}tenants"
+
+    def rate_bucket(self, tenant: str) -> str:
+        """One tenant's rate-quota token bucket, shared by every preprocess replica."""
+        return f"{self.prefix}rate:{tenant}"
 
     def model_events(self) -> str:
         """Stream of model lifecycle events (loaded, switched, refused, retired ...)."""

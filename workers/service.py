@@ -17,6 +17,8 @@ from schemas import ClaimCheck
 from workers.control import ControlListener
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import client_id, make_consumer, make_producer, start_client
+from workers.lanes.rate import RateQuota
+from workers.lanes.registry import TenantDirectory
 from workers.ledger import Ledger
 from workers.ledger.connection import redis_client as connect_redis
 from workers.ledger.quota import TenantQuota
@@ -32,6 +34,7 @@ from workers.observability.http import ObservabilityServer
 from workers.observability.metrics import WorkerMetrics
 from workers.observability.registry import WorkerAnnouncement
 from workers.settings import Settings
+from workers.stages.admission import Admission
 from workers.stages.inference import InferenceStage
 from workers.stages.postprocess import PostprocessStage
 from workers.stages.preprocess import PreprocessStage
@@ -86,9 +89,8 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
         ledger = await stack.enter_async_context(Ledger(redis, keys, settings.redis.task_ttl_s))
-        quota = TenantQuota(
-            redis, keys, settings.limits.max_pending_tasks_per_tenant, settings.limits.pending_ttl_s
-        )
+        # Every stage shares fairly by the tenants' weights; preprocess also admits by them.
+        directory = await stack.enter_async_context(TenantDirectory(redis, keys, settings.lanes))
         instance = client_id(settings.kafka, stage_name)
         await stack.enter_async_context(
             WorkerAnnouncement(
@@ -104,7 +106,19 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             )
         )
         stage: Stage
+        admission = None
         if stage_name == "preprocess":
+            admission = Admission(
+                directory,
+                RateQuota(redis, keys),
+                TenantQuota(
+                    redis,
+                    keys,
+                    settings.limits.max_pending_tasks_per_tenant,
+                    settings.limits.pending_ttl_s,
+                ),
+                settings.lanes,
+            )
             stage = PreprocessStage(
                 topics,
                 repository,
@@ -112,6 +126,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 w.max_batch_size,
                 w.max_wait_ms,
                 tenant_topics=settings.kafka.tenant_topics,
+                partitions_per_tenant=settings.lanes.partitions_per_tenant,
             )
         elif stage_name == "inference":
             stage = await _inference_stage(
@@ -148,14 +163,16 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 telemetry,
                 claims,
                 topics.group_of(stage_name),
-                quota,
+                admission,
+                settings.lanes,
+                directory.weight,
             )
         )
         _install_signals(runner)
         log.info(
             "%s worker ready: %s -> pipeline topics under %r",
             stage_name,
-            stage.input_topic,
+            ", ".join(stage.input_topics),
             topics.prefix,
         )
         await runner.wait()
@@ -201,6 +218,7 @@ async def _inference_stage(
         metrics,
         lifecycle=lifecycle,
         shadow=shadow,
+        partitions_per_tenant=settings.lanes.partitions_per_tenant,
     )
 
 

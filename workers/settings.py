@@ -212,6 +212,45 @@ class LimitsSettings(_Group):
         )
 
 
+class LaneSettings(_Group):
+    """Tenants, priority lanes and fair sharing (issue 5). Each tenant's policy (class,
+    weight, rate quota, in-flight cap, default deadline) lives in Redis (`conveyor tenants
+    set`); these are the defaults and the knobs of the scheduler."""
+
+    unknown_tenants: Literal["default", "reject"] = "default"
+    """A tenant with no policy in Redis: served with the defaults below, or REJECTED with
+    UNKNOWN_TENANT."""
+    default_class: Literal["realtime", "standard", "bulk"] = "standard"
+    """The lane of a tenant with no policy of its own."""
+    default_weight: float = Field(default=1.0, gt=0)
+    """The weight of a tenant with no policy of its own."""
+    over_quota: Literal["reject", "delay"] = "reject"
+    """A task over its tenant's rate quota: REJECTED with QUOTA_EXCEEDED, or held in
+    preprocess until the tenant's bucket has a token (at most `max_delay_ms`, then
+    REJECTED)."""
+    max_delay_ms: int = Field(default=10_000, ge=0)
+    """Longest a task is held for its tenant's rate quota in `delay` mode."""
+    refresh_interval_s: float = Field(default=1.0, gt=0)
+    """How often workers re-read the tenant registry: a change applies within this long."""
+    min_share_standard: float = Field(default=0.1, ge=0, lt=1)
+    """Share of served cost the standard lane gets while it has work, whatever the
+    realtime lane asks (aging: no lane starves)."""
+    min_share_bulk: float = Field(default=0.05, ge=0, lt=1)
+    """Share of served cost the bulk lane gets while it has work."""
+    low_lane_reserve: int = Field(default=256, ge=1)
+    """Records a lower lane keeps queued in the worker while a higher lane has work; its
+    partitions pause beyond that, so its backlog waits in Kafka, not in front of the
+    higher lane."""
+
+    partitions_per_tenant: int = Field(default=2, ge=1)
+    """Partitions of each lane topic one tenant's tasks spread over (their records are keyed
+    by tenant): more let more replicas serve one tenant, fewer keep tenants apart, which is
+    what lets a worker read a tenant faster when its weight says so."""
+
+    def min_shares(self) -> dict[str, float]:
+        return {"realtime": 0.0, "standard": self.min_share_standard, "bulk": self.min_share_bulk}
+
+
 class RuntimeSettings(_Group):
     providers: tuple[str, ...] = (
         "TensorrtExecutionProvider",
@@ -314,6 +353,8 @@ class Settings(BaseSettings):
     """Intake, batching, commits and shutdown of a stage worker."""
     limits: LimitsSettings = LimitsSettings()
     """Bounds on message sizes, texts and pending tasks per tenant."""
+    lanes: LaneSettings = LaneSettings()
+    """Tenant registry defaults, rate quotas, priority lanes and fair sharing."""
     runtime: RuntimeSettings = RuntimeSettings()
     """ONNX Runtime."""
     models: ModelSettings = ModelSettings()

@@ -38,7 +38,10 @@ async def test_big_tensors_ride_in_redis_and_results_stay_exact(
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(arrays_of(result.outputs)["probabilities"], expected, rtol=1e-5)
 
-    between = await read_topic(pipeline.settings.kafka.bootstrap, pipeline.topics.preprocessed)
+    between = await read_topic(
+        pipeline.settings.kafka.bootstrap, pipeline.topics.preprocessed_of("standard")
+    )
+    assert between
     assert all(len(r.value or b"") < 2048 for r in between), "the tensor must not ride in Kafka"
     redis = aioredis.Redis.from_url(services.redis_url)
     try:

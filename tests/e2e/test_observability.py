@@ -131,7 +131,9 @@ async def test_one_trace_id_from_request_headers_to_result_headers(
     ]
     header = dict(record.headers)["traceparent"].decode()
     assert trace_id(header) == "4bf92f3577b34da6a3ce929d0e0e4736"
-    between = await read_topic(pipeline.settings.kafka.bootstrap, pipeline.topics.inferred)
+    between = await read_topic(
+        pipeline.settings.kafka.bootstrap, pipeline.topics.inferred_of("standard")
+    )
     assert {trace_id(dict(r.headers)["traceparent"].decode()) for r in between} == {
         trace_id(parent)
     }

@@ -99,6 +99,9 @@ class OffsetTracker:
     def unfinished(self) -> int:
         return sum(len(s.pending) - len(s.done) for s in self._partitions.values())
 
+    def unfinished_by_partition(self) -> dict[TopicPartition, int]:
+        return {tp: len(s.pending) - len(s.done) for tp, s in self._partitions.items()}
+
     def to_commit(self) -> dict[TopicPartition, OffsetAndMetadata]:
         """What moved since the last `committed()`: Kafka's next offset to read, and the
         finished offsets above it in the metadata."""

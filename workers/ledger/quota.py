@@ -38,7 +38,8 @@ return 1
 
 
 class TenantQuota:
-    """Caps each tenant's tasks in flight; `max_pending` 0 turns the cap off."""
+    """Caps each tenant's tasks in flight: its own cap (tenant policy) or `max_pending`;
+    0 for both turns the cap off."""
 
     def __init__(
         self, redis: aioredis.Redis, keys: RedisKeys, max_pending: int, ttl_s: int
@@ -51,29 +52,35 @@ class TenantQuota:
         self._ttl_ms = ttl_s * 1000
         self._admit = redis.register_script(_ADMIT_LUA)
 
-    @property
-    def enabled(self) -> bool:
-        return self.max_pending > 0
-
-    async def admit(self, tasks: Sequence[tuple[str, str]]) -> list[bool]:
-        """For each (tenant, task_id): True when admitted (or already admitted)."""
-        if not self.enabled or not tasks:
-            return [True] * len(tasks)
+    async def admit(
+        self, tasks: Sequence[tuple[str, str]], caps: Sequence[int] | None = None
+    ) -> list[bool]:
+        """For each (tenant, task_id): True when admitted (or already admitted). `caps`: a
+        cap per task (its tenant's own), where 0 means `max_pending`; one round trip."""
+        caps = caps or [0] * len(tasks)
+        answers = [True] * len(tasks)
         now_ms = int(time.time() * 1000)
+        capped = [
+            (i, tenant, task_id, cap or self.max_pending)
+            for i, ((tenant, task_id), cap) in enumerate(zip(tasks, caps, strict=True))
+            if (cap or self.max_pending) > 0
+        ]
+        if not capped:
+            return answers
         async with self._redis.pipeline(transaction=False) as pipe:
-            for tenant, task_id in tasks:
+            for _, tenant, task_id, cap in capped:
                 await self._admit(
                     keys=[self._keys.pending(tenant)],
-                    args=[task_id, now_ms, self._ttl_ms, self.max_pending],
+                    args=[task_id, now_ms, self._ttl_ms, cap],
                     client=pipe,
                 )
-            answers = await pipe.execute()
-        return [bool(int(a)) for a in answers]
+            replies = await pipe.execute()
+        for (i, *_), reply in zip(capped, replies, strict=True):
+            answers[i] = bool(int(reply))
+        return answers
 
     async def release(self, transitions: Iterable[Transition]) -> None:
         """Stop counting tasks that reached a final state (idempotent)."""
-        if not self.enabled:
-            return
         finals = [t for t in transitions if t.state in FINAL_STATES and t.tenant]
         if not finals:
             return

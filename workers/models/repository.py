@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from schemas import ContractError, ErrorCode
 from workers.models.signature import Signature, TensorContract, parse_signature
@@ -38,8 +38,40 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class BatchingConfig:
+    """How the inference worker batches a model (Triton's `dynamic_batching`, plus buckets)."""
+
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
+    """From a batch's first item, on the monotonic clock."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Sizes formed at once when that many rows are queued (e.g. the sizes a GPU runs best)."""
+    shape_buckets: tuple[int, ...] = ()
+    """Boundaries on the inputs' second dimension (sequence length): a batch only holds
+    rows of one bucket, so short texts are not padded to the longest. Longer rows go in a
+    last bucket of their own."""
+    cost: Literal["rows", "tokens"] = "rows"
+    """What a task costs its tenant's fair share: rows, or rows x sequence length."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_wait_ms < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_wait_ms >= 0")
+        if any(not 1 <= size <= self.max_batch_size for size in self.preferred_batch_sizes):
+            raise ValueError(
+                f"preferred_batch_sizes {list(self.preferred_batch_sizes)} must lie in "
+                f"1..max_batch_size ({self.max_batch_size})"
+            )
+        if list(self.shape_buckets) != sorted(set(self.shape_buckets)) or any(
+            b < 1 for b in self.shape_buckets
+        ):
+            raise ValueError(f"shape_buckets {list(self.shape_buckets)} must rise from >= 1")
+        if self.cost not in ("rows", "tokens"):
+            raise ValueError(f"cost must be 'rows' or 'tokens', got {self.cost!r}")
+
+    def bucket_of(self, length: int) -> int:
+        """The smallest boundary >= `length` (0 without buckets, -1 past the last)."""
+        if not self.shape_buckets:
+            return 0
+        return next((b for b in self.shape_buckets if length <= b), -1)
 
 
 @dataclass(frozen=True)
@@ -177,6 +209,11 @@ def _read_model(config_path: Path) -> ModelConfig:
             batching=BatchingConfig(
                 max_batch_size=int(batching.get("max_batch_size", 32)),
                 max_wait_ms=float(batching.get("max_wait_ms", 5.0)),
+                preferred_batch_sizes=tuple(
+                    sorted(int(n) for n in batching.get("preferred_batch_sizes", ()))
+                ),
+                shape_buckets=tuple(int(n) for n in batching.get("shape_buckets", ())),
+                cost=batching.get("cost", "rows"),
             ),
             pipelines=tuple(
                 PipelineConfig(

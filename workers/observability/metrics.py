@@ -111,8 +111,22 @@ class WorkerMetrics:
         )
         self.queue_depth = Gauge(
             "conveyor_queue_depth",
-            "Items waiting in the stage's batcher, by lane.",
+            "Records waiting in the stage's batcher, by lane and tenant.",
+            ["stage", "lane", "tenant"],
+            registry=r,
+        )
+        self.lane_paused = Gauge(
+            "conveyor_lane_paused",
+            "1 while the stage has stopped reading a lane's partitions (a higher lane has "
+            "work, or the lane is at its in-flight bound).",
             ["stage", "lane"],
+            registry=r,
+        )
+        self.served_cost = Counter(
+            "conveyor_served_cost",
+            "Cost served per tenant (rows, or tokens for models that count tokens): "
+            "what weighted fair sharing divides.",
+            ["stage", "lane", "tenant"],
             registry=r,
         )
         self.in_flight = Gauge(
@@ -197,6 +211,8 @@ METRIC_NAMES = (
     "conveyor_inference_seconds",
     "conveyor_end_to_end_latency_seconds",
     "conveyor_queue_depth",
+    "conveyor_lane_paused",
+    "conveyor_served_cost_total",
     "conveyor_tasks_in_flight",
     "conveyor_consumer_lag",
     "conveyor_model_info",

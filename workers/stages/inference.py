@@ -23,9 +23,11 @@ from schemas import (
     arrays_of,
     decode_stage,
 )
+from workers.lanes.affinity import lane_record_key
+from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
 from workers.models.lifecycle import LoadedVersion, ModelLifecycle
-from workers.models.repository import ModelRepository, ModelVersion
+from workers.models.repository import BatchingConfig, ModelRepository, ModelVersion
 from workers.models.runtime import ModelRuntime
 from workers.models.shadow import ShadowRunner
 from workers.names import Topics
@@ -34,7 +36,7 @@ from workers.observability.metrics import WorkerMetrics
 from workers.pipelines.base import Array
 from workers.pipelines.collate import collate, rows_of, split
 from workers.stages.identity import AnswersFailures
-from workers.stages.work import BatchFailed, StageOutput, Work, internal_error
+from workers.stages.work import DEFAULT_LANE, BatchFailed, StageOutput, Work, internal_error
 
 
 class InferenceStage(AnswersFailures):
@@ -53,11 +55,12 @@ class InferenceStage(AnswersFailures):
         *,
         lifecycle: ModelLifecycle,
         shadow: ShadowRunner | None = None,
+        partitions_per_tenant: int = 2,
     ) -> None:
         self.metrics = metrics or WorkerMetrics("inference")
         self._announced: set[tuple[str, int]] = set()
         self.topics = topics
-        self.input_topic = topics.preprocessed
+        self.input_topics = topics.preprocessed
         self.repository = repository
         self.runtime = runtime
         self.limits = limits
@@ -65,26 +68,36 @@ class InferenceStage(AnswersFailures):
         self._max_wait_ms = max_wait_ms
         self.lifecycle = lifecycle
         self.shadow = shadow
+        self.partitions_per_tenant = partitions_per_tenant
 
-    def batching(self, batch_key: Hashable) -> tuple[int, float]:
+    def batching(self, batch_key: Hashable) -> BatchWindow:
         """The model's own window from its config, unless the worker settings override it."""
         model = self.repository.models.get(batch_key[0]) if isinstance(batch_key, tuple) else None
-        size = self._max_batch_size or (model.batching.max_batch_size if model else 1)
-        wait = self._max_wait_ms
-        if wait is None:
-            wait = model.batching.max_wait_ms if model else 0.0
-        return size, wait
+        config = model.batching if model else BatchingConfig(max_batch_size=1, max_wait_ms=0)
+        size = self._max_batch_size or config.max_batch_size
+        wait = self._max_wait_ms if self._max_wait_ms is not None else config.max_wait_ms
+        return BatchWindow(size, wait, tuple(n for n in config.preferred_batch_sizes if n <= size))
 
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
         work = Work(record)
         try:
             message = decode_stage(record.value or b"", record.headers, limits=self.limits)
             work.message = message
+            work.tenant = message.tenant
             work.rows = max(1, rows_of(message.tensors))
-            work.batch_key = (message.model_name, message.model_version)
+            work.lane = self.topics.lane_of(record.topic) or DEFAULT_LANE
+            self._place(work, message)
         except ContractError as error:
             work.error = error
         return work
+
+    def _place(self, work: Work, message: StageMessage) -> None:
+        """The batch key (model, version, shape bucket) and the fair-share cost of a task."""
+        model = self.repository.models.get(message.model_name or "")
+        config = model.batching if model else BatchingConfig()
+        length = _sequence_length(message, model.inputs[0].name if model and model.inputs else None)
+        work.batch_key = (message.model_name, message.model_version, config.bucket_of(length))
+        work.cost = work.rows * max(1, length) if config.cost == "tokens" else work.rows
 
     async def process(self, batch: list[Work]) -> StageOutput:
         output = StageOutput()
@@ -194,7 +207,11 @@ class InferenceStage(AnswersFailures):
                     "inference": inference_ms,
                 },
             )
-            output.forward(self.topics.inferred, inferred)
+            output.forward(
+                self.topics.inferred_of(work.lane),
+                inferred,
+                key=lane_record_key(message.tenant, message.task_id, self.partitions_per_tenant),
+            )
             output.transitions.append(
                 Transition(
                     task_id=message.task_id,
@@ -217,6 +234,13 @@ class InferenceStage(AnswersFailures):
             loaded = next((m for m in self.runtime.loaded() if m.version == model), None)
             providers = ",".join(loaded.providers) if loaded else "unknown"
             self.metrics.model.labels(model.name, str(model.version)).info({"providers": providers})
+
+
+def _sequence_length(message: StageMessage, input_name: str | None) -> int:
+    """The second dimension of the model's first input (tokens per row); 1 without one."""
+    tensor = message.tensors.get(input_name) if input_name else None
+    shape: tuple[int, ...] = tuple(getattr(tensor, "shape", ()))
+    return int(shape[1]) if len(shape) >= 2 else 1
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ from schemas import (
     arrays_of,
     decode_stage,
 )
+from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
@@ -41,18 +42,21 @@ class PostprocessStage(AnswersFailures):
         max_wait_ms: float | None = None,
     ) -> None:
         self.topics = topics
-        self.input_topic = topics.inferred
+        self.input_topics = topics.inferred
         self.repository = repository
         self.limits = limits
-        self._window = (max_batch_size or BATCH_SIZE, max_wait_ms if max_wait_ms is not None else 0)
+        self._window = BatchWindow(
+            max_batch_size or BATCH_SIZE, max_wait_ms if max_wait_ms is not None else 0
+        )
 
-    def batching(self, batch_key: Hashable) -> tuple[int, float]:
+    def batching(self, batch_key: Hashable) -> BatchWindow:
         return self._window
 
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
-        work = Work(record)
+        work = Work(record, lane=self.topics.lane_of(record.topic) or DEFAULT_LANE)
         try:
             work.message = decode_stage(record.value or b"", record.headers, limits=self.limits)
+            work.tenant = work.message.tenant
         except ContractError as error:
             work.error = error
         return work

@@ -19,15 +19,18 @@ from schemas import (
     content_type_of,
     decode_request,
 )
+from workers.lanes.affinity import lane_record_key
+from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
-from workers.names import Topics
+from workers.names import LANES, Topics
 from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
 from workers.settings import LimitsSettings
 from workers.stages.identity import AnswersFailures, identify_task
 from workers.stages.limits import check_request_inputs
 from workers.stages.work import (
+    DEFAULT_LANE,
     StageOutput,
     TaskIdentity,
     Work,
@@ -49,18 +52,22 @@ class PreprocessStage(AnswersFailures):
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         tenant_topics: bool = False,
+        partitions_per_tenant: int = 2,
     ) -> None:
         self.topics = topics
-        self.input_topic = topics.requests
+        self.input_topics: tuple[str, ...] = (topics.requests,)
         self.input_pattern: str | None = topics.tenant_requests_pattern if tenant_topics else None
         """Per-tenant mode: the runner subscribes to every `<prefix>.requests.<tenant>`."""
         self.repository = repository
         self.request_limits = limits
         self.limits: DecodeLimits = limits.decode_limits()
-        self._window = (max_batch_size or BATCH_SIZE, max_wait_ms if max_wait_ms is not None else 0)
+        self._window = BatchWindow(
+            max_batch_size or BATCH_SIZE, max_wait_ms if max_wait_ms is not None else 0
+        )
         self._preprocessors: dict[str, Preprocessor] = {}
+        self.partitions_per_tenant = partitions_per_tenant
 
-    def batching(self, batch_key: Hashable) -> tuple[int, float]:
+    def batching(self, batch_key: Hashable) -> BatchWindow:
         return self._window
 
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
@@ -68,6 +75,7 @@ class PreprocessStage(AnswersFailures):
         try:
             request = decode_request(record.value or b"", record.headers, limits=self.limits)
             work.message = self._as_topic_tenant(record.topic, request)
+            work.tenant = work.message.tenant
             # Cheap checks at intake: a request over a limit never reaches a batch's work.
             check_request_inputs(work.message.inputs, self.request_limits)
         except ContractError as error:
@@ -133,7 +141,13 @@ class PreprocessStage(AnswersFailures):
             traceparent=tracing.active().forward(self.name, request.traceparent, request.task_id),
             timings_ms={"preprocess": (time.perf_counter() - started) * 1000},
         )
-        output.forward(self.topics.preprocessed, message)
+        # Admission wrote the lane into `priority` (the tenant's class, or a lower one asked for).
+        lane = request.priority if request.priority in LANES else DEFAULT_LANE
+        output.forward(
+            self.topics.preprocessed_of(lane),
+            message,
+            key=lane_record_key(request.tenant, request.task_id, self.partitions_per_tenant),
+        )
         output.transitions.append(
             Transition(
                 task_id=request.task_id,
@@ -156,6 +170,6 @@ class PreprocessStage(AnswersFailures):
 def _status_of(error: ContractError) -> Status:
     if error.code == ErrorCode.DEADLINE_EXCEEDED:
         return Status.EXPIRED
-    if error.code == ErrorCode.QUOTA_EXCEEDED:
+    if error.code in (ErrorCode.QUOTA_EXCEEDED, ErrorCode.UNKNOWN_TENANT):
         return Status.REJECTED
     return Status.FAILED

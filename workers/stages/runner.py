@@ -19,15 +19,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from schemas import ClaimCheck, ContractError, ErrorCode, InferenceRequest, Status
-from workers.batching import Batch, Batcher
+from schemas import ClaimCheck, ContractError, Status
+from workers.batching import Batch
 from workers.kafka.offsets import OffsetTracker
+from workers.lanes.scheduler import BatchWindow, LaneBatcher
 from workers.ledger import Ledger, reached
-from workers.ledger.quota import TenantQuota
 from workers.names import Topics
 from workers.observability import tracing
-from workers.settings import WorkerSettings
+from workers.settings import LaneSettings, WorkerSettings
+from workers.stages.admission import Admission
 from workers.stages.delivery import AtLeastOnce, Delivery, ExactlyOnce
+from workers.stages.flow import FlowControl
 from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.stages.telemetry import StageTelemetry
 from workers.stages.work import StageOutput, Work
@@ -41,19 +43,22 @@ _MAX_BACKOFF_S = 5.0
 # itself allows max_poll_interval_ms.
 _REVOKE_WAIT_S = 30.0
 _POLL_TIMEOUT_MS = 100
+# Per poll; lanes pause on their own bounds (`flow`), which one poll may overshoot by this.
+_MAX_POLL_RECORDS = 500
 
 
 class Stage(Protocol):
     """What makes preprocess, inference and postprocess different; the runner does the rest."""
 
     name: str
-    input_topic: str
+    input_topics: tuple[str, ...]
+    """Highest lane first; a stage with `input_pattern` reads every topic matching it."""
     topics: Topics
     reaches: Status
     """The state a task is in after this stage; work already there is skipped (redelivery)."""
 
-    def batching(self, batch_key: Hashable) -> tuple[int, float]:
-        """(max_batch_size, max_wait_ms) of the batches of `batch_key` (see `Work.batch_key`)."""
+    def batching(self, batch_key: Hashable) -> BatchWindow:
+        """The batching window of `batch_key` (see `Work.batch_key`)."""
         ...
 
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work: ...
@@ -74,7 +79,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         telemetry: StageTelemetry,
         claims: ClaimCheck | None = None,
         group_id: str = "",
-        quota: TenantQuota | None = None,
+        admission: Admission | None = None,
+        lanes: LaneSettings | None = None,
+        weight_of: Callable[[str], float] | None = None,
     ) -> None:
         self.stage = stage
         self.settings = settings
@@ -83,8 +90,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ledger = ledger
         self.telemetry = telemetry
         self.claims = claims
-        self.quota = quota
-        """Pending tasks per tenant: requests are admitted here, final tasks released."""
+        self.admission = admission
+        """Requests are admitted here (tenant policy, quotas), final tasks released."""
         self.offsets = OffsetTracker()
         self.delivery: Delivery
         if settings.delivery == "exactly_once":
@@ -95,9 +102,22 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         self._policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_ms / 1000)
         self._blame_to = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
-        self._batcher: Batcher[Work] = Batcher(
-            1, 0, key=_key_of, size_of=_rows_of, window_of=stage.batching
+        lanes = lanes or LaneSettings()
+        self._batcher: LaneBatcher[Work] = LaneBatcher(
+            key=_key_of,
+            lane_of=_lane_of,
+            tenant_of=_tenant_of,
+            size_of=_rows_of,
+            cost_of=_cost_of,
+            weight_of=weight_of or _equal_weight,
+            window_of=stage.batching,
+            min_share=lanes.min_shares(),
         )
+        self._flow = FlowControl(
+            stage.topics.lane_of, settings.max_in_flight, lanes.low_lane_reserve
+        )
+        self.paused: set[TopicPartition] = set()
+        self._delayed: set[asyncio.TimerHandle] = set()
         self._batch_slots = asyncio.Semaphore(settings.batches_in_flight)
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -119,7 +139,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         if pattern:  # per-tenant topics: every topic matching it, new ones as they appear
             self.consumer.subscribe(pattern=pattern, listener=self)
         else:
-            self.consumer.subscribe([self.stage.input_topic], listener=self)
+            self.consumer.subscribe(list(self.stage.input_topics), listener=self)
         self._loops.start(self._intake(), f"{self.stage.name}-intake")
         self._loops.start(self._dispatch(), f"{self.stage.name}-dispatch")
         self._loops.start(self._commit_loop(), f"{self.stage.name}-commit")
@@ -141,6 +161,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         if not self._started:
             return
         self.request_stop()
+        for timer in self._delayed:  # delayed records stay unfinished: the next owner reads them
+            timer.cancel()
+        self._delayed.clear()
         self._batcher.close()
         finished = await self._loops.wait(self.settings.shutdown_grace_s)
         finished = await self._batches.wait(self.settings.shutdown_grace_s) and finished
@@ -176,6 +199,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         # Batches formed but not started yet belong to the old generation: they are dropped
         # when they start.
         self._generation += 1
+        self.paused -= lost  # a partition assigned again starts unpaused
         dropped = self._batcher.remove_if(lambda work: work.partition in lost)
         finished = await self._batches.wait(max(self.settings.shutdown_grace_s, _REVOKE_WAIT_S))
         await self._commit()
@@ -205,29 +229,36 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- intake -----------------------------------------------------------------------
 
     async def _intake(self) -> None:
-        paused = False
         while not self._stopping.is_set():
-            room = self.settings.max_in_flight - self.offsets.unfinished()
-            if room <= 0 and not paused:
-                self.consumer.pause(*self.consumer.assignment())
-                paused = True
-            elif room > 0 and paused:
-                self.consumer.resume(*self.consumer.paused())
-                paused = False
-            # Poll even while paused: the group evicts a consumer that stops polling.
+            self._pause_and_resume()
+            assignment = self.consumer.assignment()
+            # Poll even while all is paused: the group evicts a consumer that stops polling.
             batches = await self.consumer.getmany(
-                timeout_ms=_POLL_TIMEOUT_MS, max_records=max(1, min(room, 1000))
+                timeout_ms=_POLL_TIMEOUT_MS, max_records=_MAX_POLL_RECORDS
             )
             for records in batches.values():
                 for record in records:
                     self._take(record)
-            if paused:
+            if assignment and self.paused >= assignment:
                 self._room.clear()
                 try:
                     async with asyncio.timeout(_POLL_TIMEOUT_MS / 1000):
                         await self._room.wait()
                 except TimeoutError:
                     pass
+
+    def _pause_and_resume(self) -> None:
+        """Apply the flow control: lanes at their in-flight bound, and lower lanes while a
+        higher one has work queued, stop reading (see `flow`)."""
+        assignment = self.consumer.assignment()
+        wanted = self._flow.to_pause(
+            assignment, self.offsets.unfinished_by_partition(), self._batcher.queued_by_lane()
+        )
+        if pause := wanted - self.paused:
+            self.consumer.pause(*pause)
+        if resume := (self.paused - wanted) & assignment:
+            self.consumer.resume(*resume)
+        self.paused = wanted
 
     def _take(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if self._stopping.is_set():
@@ -242,16 +273,20 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         work.generation = self._generation
         self.telemetry.taken(work)
         self._batcher.put(work)
+        self._pause_and_resume()  # a higher lane's record pauses lower lanes at once
 
     # ---- batches ----------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
         """Hands ready batches to processing tasks, at most `batches_in_flight` at once."""
         while True:
+            # A slot first, then the batch: it forms as late as possible, so it holds what
+            # arrived while the last batches ran, and the highest lane's newest work.
+            await self._batch_slots.acquire()
             batch = await self._batcher.next_batch()
             if batch is None:
+                self._batch_slots.release()
                 return
-            await self._batch_slots.acquire()
             self._batches.start(self._run_batch(batch), f"{self.stage.name}-{batch.batch_id}")
 
     async def _run_batch(self, batch: Batch[Work]) -> None:
@@ -260,7 +295,13 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             items = [w for w in batch.items if w.generation == self._generation]
             fresh = await self._skip_finished(items)
             await self._resolve_claims(fresh)
-            await self._admit(fresh)
+            if self.admission is not None:
+                later = await self._retry(partial(self.admission.admit, fresh), "ledger")
+                for work, delay_s in later:
+                    self._delay(work, delay_s)
+                held = {id(work) for work, _ in later}
+                items = [w for w in items if id(w) not in held]
+                fresh = [w for w in fresh if id(w) not in held]
             with tracing.active().batch(
                 self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
             ):
@@ -278,9 +319,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     "%s: batch of revoked partitions left to their next owner", self.stage.name
                 )
                 return
-            if self.quota is not None:
-                quota = self.quota
-                await self._retry(partial(quota.release, output.transitions), "ledger")
+            if self.admission is not None:
+                admission = self.admission
+                await self._retry(partial(admission.release, output.transitions), "ledger")
             self.processed += len(fresh)
             self.skipped += len(items) - len(fresh)
             self.telemetry.batch_done(batch, len(fresh), output)
@@ -320,24 +361,17 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             except ContractError as error:
                 work.error = error
 
-    async def _admit(self, items: list[Work]) -> None:
-        """Count new requests against their tenant's pending cap, before any work on them;
-        a request over the cap fails QUOTA_EXCEEDED (the stage answers it REJECTED)."""
-        quota = self.quota
-        if quota is None or not quota.enabled:
-            return
-        requests = [w for w in items if w.error is None and isinstance(w.message, InferenceRequest)]
-        if not requests:
-            return
-        pairs = [(w.message.tenant, w.message.task_id) for w in requests]
-        admitted = await self._retry(partial(quota.admit, pairs), "ledger")
-        for work, ok in zip(requests, admitted, strict=True):
-            if not ok:
-                work.error = ContractError(
-                    ErrorCode.QUOTA_EXCEEDED,
-                    f"tenant {work.message.tenant!r} has {quota.max_pending} tasks pending, "
-                    "the most allowed; retry when some finish",
-                )
+    def _delay(self, work: Work, delay_s: float) -> None:
+        """Queue a record again after `delay_s` (its tenant's rate quota); its offset stays
+        unfinished meanwhile, so a crash or rebalance hands it on instead of losing it."""
+
+        def put_back() -> None:
+            self._delayed.discard(timer)
+            if not self._stopping.is_set() and work.generation == self._generation:
+                self._batcher.put(work)
+
+        timer = asyncio.get_running_loop().call_later(delay_s, put_back)
+        self._delayed.add(timer)
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry a delivery step on broker or Redis errors, with capped exponential backoff."""
@@ -375,7 +409,10 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 pass
             await self._commit()
             await self.telemetry.sample(
-                self.consumer, self.offsets.unfinished(), len(self._batcher)
+                self.consumer,
+                self.offsets.unfinished(),
+                self._batcher.queued_by_tenant(),
+                {self._flow.lane_of(tp) for tp in self.paused},
             )
 
     async def _commit(self) -> None:
@@ -393,3 +430,19 @@ def _key_of(work: Work) -> Hashable:
 
 def _rows_of(work: Work) -> int:
     return work.rows
+
+
+def _lane_of(work: Work) -> str:
+    return work.lane
+
+
+def _tenant_of(work: Work) -> str:
+    return work.tenant
+
+
+def _cost_of(work: Work) -> float:
+    return work.cost
+
+
+def _equal_weight(tenant: str) -> float:
+    return 1.0

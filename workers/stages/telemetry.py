@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping, Set
 
 from aiokafka import AIOKafkaConsumer
 
 from workers.batching import Batch
+from workers.names import LANES
 from workers.observability.gpu import GpuSampler
 from workers.observability.http import Health
 from workers.observability.metrics import WorkerMetrics
-from workers.stages.work import DEFAULT_LANE, StageOutput, Work
+from workers.stages.work import StageOutput, Work
 
 
 class StageTelemetry:
@@ -32,14 +33,15 @@ class StageTelemetry:
         tenant = self.metrics.tenant(
             getattr(message, "tenant", None) or work.header("conveyor-tenant")
         )
-        lane = getattr(message, "priority", None) or DEFAULT_LANE
-        self.metrics.messages_in.labels(self.stage, lane, tenant).inc()
+        self.metrics.messages_in.labels(self.stage, work.lane, tenant).inc()
 
     def batch_done(self, batch: Batch[Work], fresh: int, output: StageOutput) -> None:
         m = self.metrics
         model = _model_label(batch.key)
         m.batch_size.labels(self.stage, model).observe(batch.size)
         m.batch_wait.labels(self.stage).observe(batch.waited_s)
+        for work in batch.items:
+            m.served_cost.labels(self.stage, work.lane, m.tenant(work.tenant)).inc(work.cost)
         if skipped := len(batch.items) - fresh:
             m.redelivered.labels(self.stage).inc(skipped)
         for outgoing in output.outgoing:
@@ -53,12 +55,28 @@ class StageTelemetry:
             if done.latency_s is not None:
                 m.end_to_end.labels(pipeline, tenant).observe(done.latency_s)
 
-    async def sample(self, consumer: AIOKafkaConsumer, in_flight: int, queued: int) -> None:
-        """Gauges read on the commit loop's beat; also the liveness heartbeat."""
+    async def sample(
+        self,
+        consumer: AIOKafkaConsumer,
+        in_flight: int,
+        queued: Mapping[tuple[str, str], int],
+        paused_lanes: Set[str],
+    ) -> None:
+        """Gauges read on the commit loop's beat; also the liveness heartbeat. `queued`:
+        records waiting in the batcher per (lane, tenant)."""
         self.heartbeat_at = time.monotonic()
         m = self.metrics
         m.in_flight.labels(self.stage).set(in_flight)
-        m.queue_depth.labels(self.stage, "all").set(queued)
+        depth: dict[tuple[str, str], int] = {}
+        for (lane, tenant), count in queued.items():
+            label = (lane, m.tenant(tenant))
+            depth[label] = depth.get(label, 0) + count
+        # Tenants whose queue emptied read 0 rather than their last depth.
+        m.queue_depth.clear()
+        for (lane, tenant), count in depth.items():
+            m.queue_depth.labels(self.stage, lane, tenant).set(count)
+        for lane in LANES:
+            m.lane_paused.labels(self.stage, lane).set(1 if lane in paused_lanes else 0)
         if self.gpu is not None:
             self.gpu.sample()
         for tp in consumer.assignment():
@@ -87,6 +105,7 @@ class StageTelemetry:
 
 
 def _model_label(key: Hashable) -> str:
-    if isinstance(key, tuple) and len(key) == 2 and key[0] is not None:
+    """Inference batch keys are (model, version, shape bucket); other stages have none."""
+    if isinstance(key, tuple) and len(key) >= 2 and key[0] is not None:
         return f"{key[0]}:{key[1]}"
     return "-"

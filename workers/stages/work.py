@@ -39,6 +39,14 @@ class Work:
     received_at: float = field(default_factory=time.monotonic)
     generation: int = 0
     """The runner's assignment generation when the record was taken."""
+    lane: str = "standard"
+    """The priority lane the record came in on (its topic's), or the tenant's after admission."""
+    tenant: str = ""
+    """Whose share of the stage the record is served from (deficit round robin)."""
+    cost: float = 1.0
+    """What fair sharing counts for the record: rows, or tokens for models that count them."""
+    admitted: bool = False
+    """Admission took the record's rate-quota token already (a delayed record comes back)."""
 
     @property
     def partition(self) -> TopicPartition:
@@ -83,6 +91,7 @@ class _Pending:
     message: Message
     content_type: str
     kind: str
+    key: bytes | None = None
 
 
 @dataclass
@@ -102,9 +111,15 @@ class StageOutput:
         return self
 
     def forward(
-        self, topic: str, message: Message, content_type: str = MSGPACK, kind: str = "forward"
+        self,
+        topic: str,
+        message: Message,
+        content_type: str = MSGPACK,
+        kind: str = "forward",
+        key: bytes | None = None,
     ) -> None:
-        self.pending.append(_Pending(topic, message, content_type, kind))
+        """`key`: the record's Kafka key, when not the task id (see `lanes.affinity`)."""
+        self.pending.append(_Pending(topic, message, content_type, kind, key))
 
     async def records(self, claims: ClaimCheck | None) -> list[Outgoing]:
         """Every record to produce. Tensors between stages above the claim-check threshold
@@ -117,7 +132,7 @@ class StageOutput:
             encoded.append(
                 Outgoing(
                     item.topic,
-                    key_for(message),
+                    item.key or key_for(message),
                     encode(message, item.content_type),
                     headers_for(message, item.content_type),
                     item.kind,

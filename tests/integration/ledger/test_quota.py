@@ -57,3 +57,14 @@ async def test_zero_turns_the_cap_off(redis_client: aioredis.Redis, namespace: N
     quota = TenantQuota(redis_client, RedisKeys(namespace.key_prefix), max_pending=0, ttl_s=60)
     assert await quota.admit([("acme", f"a{i}") for i in range(5)]) == [True] * 5
     assert await redis_client.exists(RedisKeys(namespace.key_prefix).pending("acme")) == 0
+
+
+async def test_a_tenant_cap_overrides_the_default(
+    redis_client: aioredis.Redis, namespace: Namespace
+) -> None:
+    quota = TenantQuota(redis_client, RedisKeys(namespace.key_prefix), max_pending=0, ttl_s=60)
+    tasks = [("small", "s1"), ("small", "s2"), ("small", "s3"), ("free", "f1")]
+    # small has a cap of 2 of its own; free has none and the default is off.
+    assert await quota.admit(tasks, caps=[2, 2, 2, 0]) == [True, True, False, True]
+    assert await quota.pending("small") == 2
+    assert await redis_client.exists(RedisKeys(namespace.key_prefix).pending("free")) == 0

@@ -95,7 +95,12 @@ def test_writes_repository_layout_and_config(minilm_dir: Path) -> None:
             {"name": "attention_mask", "datatype": "INT64", "shape": [-1, -1]},
         ],
         "outputs": [{"name": "sentence_embedding", "datatype": "FP32", "shape": [-1, 384]}],
-        "batching": {"max_batch_size": 64, "max_wait_ms": 5},
+        "batching": {
+            "max_batch_size": 64,
+            "max_wait_ms": 5,
+            "shape_buckets": [16, 32, 64, 128, 256],
+            "cost": "tokens",
+        },
         "pipelines": [
             {
                 "name": "text-embedding",

@@ -242,7 +242,14 @@ def _config(pooling_in_graph: bool, max_sequence_length: int) -> dict[str, Any]:
             tensor_spec("attention_mask", "INT64", [-1, -1]),
         ],
         "outputs": [output],
-        "batching": {"max_batch_size": 64, "max_wait_ms": 5},
+        # Buckets keep short texts from being padded to the longest one in the batch; cost
+        # in tokens keeps a tenant of long texts to its share of model time.
+        "batching": {
+            "max_batch_size": 64,
+            "max_wait_ms": 5,
+            "shape_buckets": [16, 32, 64, 128, 256],
+            "cost": "tokens",
+        },
         "pipelines": [
             {
                 "name": "text-embedding",
