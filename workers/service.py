@@ -105,20 +105,13 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 },
             )
         )
+        quota = TenantQuota(
+            redis, keys, settings.limits.max_pending_tasks_per_tenant, settings.limits.pending_ttl_s
+        )
         stage: Stage
         admission = None
         if stage_name == "preprocess":
-            admission = Admission(
-                directory,
-                RateQuota(redis, keys),
-                TenantQuota(
-                    redis,
-                    keys,
-                    settings.limits.max_pending_tasks_per_tenant,
-                    settings.limits.pending_ttl_s,
-                ),
-                settings.lanes,
-            )
+            admission = Admission(directory, RateQuota(redis, keys), quota, settings.lanes)
             stage = PreprocessStage(
                 topics,
                 repository,
@@ -164,6 +157,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 claims,
                 topics.group_of(stage_name),
                 admission,
+                quota,
                 settings.lanes,
                 directory.weight,
             )

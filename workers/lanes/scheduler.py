@@ -1,8 +1,8 @@
 """The fair batcher: dynamic batches by key, filled by lane priority with minimum shares,
 and by weighted fairness between tenants inside a lane.
 
-A drop-in for `Batcher` (same `put`, `remove_if`, `tick`, `close`, `next_batch`, `len`, and
-the same `Batch`), with every item also carrying a lane, a tenant, a size (rows) and a cost.
+Every stage's runner batches with it (`put`, `remove_if`, `tick`, `close`, `next_batch`);
+every item carries a batch key, a lane, a tenant, a size (rows) and a cost.
 
 When a key's batch is ready (on its `BatchWindow`, measured on the monotonic clock):
 - its queued size (rows, all lanes) reaches `max_batch_size`: take up to that;
@@ -47,19 +47,32 @@ Choices:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from workers.batching.batcher import Batch
 from workers.lanes.drr import DeficitRoundRobin
 from workers.names import LANES
 
 T = TypeVar("T")
 Clock = Callable[[], float]
+
+_batch_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    key: Hashable
+    items: list[T]
+    size: int
+    """Sum of the items' sizes (rows, not requests)."""
+    waited_s: float
+    """How long the first item waited for this batch to close."""
+    batch_id: str = field(default_factory=lambda: f"b{next(_batch_ids)}")
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
 
 from schemas import ContractError, ErrorCode, InferenceRequest
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory, TenantPolicy
-from workers.ledger import Transition
 from workers.ledger.quota import TenantQuota
 from workers.names import LANES
 from workers.settings import LaneSettings
@@ -61,10 +59,6 @@ class Admission:
             [(w, p) for w, p in placed if w.error is None and id(w) not in held]
         )
         return later
-
-    async def release(self, transitions: Iterable[Transition]) -> None:
-        """Tasks that reached a final state stop counting against their tenant's cap."""
-        await self.pending.release(transitions)
 
     async def _take_rate_tokens(
         self, placed: list[tuple[Work, TenantPolicy]]

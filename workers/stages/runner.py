@@ -20,10 +20,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from schemas import ClaimCheck, ContractError, Status
-from workers.batching import Batch
 from workers.kafka.offsets import OffsetTracker
-from workers.lanes.scheduler import BatchWindow, LaneBatcher
+from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
 from workers.ledger import Ledger, reached
+from workers.ledger.quota import TenantQuota
 from workers.names import Topics
 from workers.observability import tracing
 from workers.settings import LaneSettings, WorkerSettings
@@ -80,6 +80,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         claims: ClaimCheck | None = None,
         group_id: str = "",
         admission: Admission | None = None,
+        quota: TenantQuota | None = None,
         lanes: LaneSettings | None = None,
         weight_of: Callable[[str], float] | None = None,
     ) -> None:
@@ -91,7 +92,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.telemetry = telemetry
         self.claims = claims
         self.admission = admission
-        """Requests are admitted here (tenant policy, quotas), final tasks released."""
+        """Preprocess admits requests here (tenant policy, lane, rate quota, in-flight cap)."""
+        self.quota = quota
+        """Every stage gives a finished task's place in its tenant's in-flight cap back."""
         self.offsets = OffsetTracker()
         self.delivery: Delivery
         if settings.delivery == "exactly_once":
@@ -319,9 +322,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     "%s: batch of revoked partitions left to their next owner", self.stage.name
                 )
                 return
-            if self.admission is not None:
-                admission = self.admission
-                await self._retry(partial(admission.release, output.transitions), "ledger")
+            if self.quota is not None:
+                quota = self.quota
+                await self._retry(partial(quota.release, output.transitions), "ledger")
             self.processed += len(fresh)
             self.skipped += len(items) - len(fresh)
             self.telemetry.batch_done(batch, len(fresh), output)

@@ -7,7 +7,7 @@ from collections.abc import Hashable, Mapping, Set
 
 from aiokafka import AIOKafkaConsumer
 
-from workers.batching import Batch
+from workers.lanes.scheduler import Batch
 from workers.names import LANES
 from workers.observability.gpu import GpuSampler
 from workers.observability.http import Health

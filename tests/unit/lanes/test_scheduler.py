@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from workers.batching import Batch
-from workers.lanes.scheduler import BatchWindow, LaneBatcher
+from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
 
 _ids = itertools.count()
 
