@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -164,6 +165,11 @@ class Result:
     def seq_per_s(self) -> float:
         return self.requests / statistics.median(self.pass_s)
 
+    @property
+    def seq_per_s_range(self) -> str:
+        """Slowest and fastest pass: how much the machine moved the median."""
+        return f"{self.requests / max(self.pass_s):,.0f}-{self.requests / min(self.pass_s):,.0f}"
+
 
 def tokenized(texts: Sequence[str], pipeline: PipelineConfig, version: ModelVersion) -> list[Feeds]:
     """Each text as its own request, through the pipeline's preprocess (one row each)."""
@@ -243,13 +249,15 @@ def table(results: Sequence[Result], lengths: Sequence[int], args: argparse.Name
         f"batch run once per pass, median of {_passes(args.repetitions)}, the two batchings "
         "interleaved in one session; tokenization and collation not timed.",
         f"Machine: {bench_model.machine_description()}.",
-        f"Command: `{_command(args)}`",
+        f"Command: `{_command(args)}`; load average at the end {_load_average()} (1 / 5 min; "
+        "other sessions may share this machine).",
         "",
         mix_summary(lengths),
         "",
         "| batch | batching | batches | real tokens | computed tokens | padding tokens "
-        "| padding share | seq/s | tokens computed vs arrival | seq/s vs arrival |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| padding share | seq/s (median) | seq/s range | tokens computed vs arrival "
+        "| seq/s vs arrival |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     base = {r.batch_size: r for r in results if r.batching == "arrival order"}
     for r in results:
@@ -258,7 +266,7 @@ def table(results: Sequence[Result], lengths: Sequence[int], args: argparse.Name
             f"| {r.batch_size} | {r.batching} | {r.padding.batches} | "
             f"{r.padding.real_tokens:,} | {r.padding.computed_tokens:,} | "
             f"{r.padding.padded_tokens:,} | "
-            f"{r.padding.padding_share:.0%} | {r.seq_per_s:,.1f} | "
+            f"{r.padding.padding_share:.0%} | {r.seq_per_s:,.1f} | {r.seq_per_s_range} | "
             f"{r.padding.computed_tokens / ref.padding.computed_tokens:.2f}x | "
             f"{r.seq_per_s / ref.seq_per_s:.2f}x |"
         )
@@ -301,6 +309,11 @@ def plot(results: Sequence[Result], lengths: Sequence[int]) -> Path:
     tokens.set_title("Tokens computed (labels: measured seq/s)")
     tokens.legend()
     return plots.save(fig, PLOT_NAME)
+
+
+def _load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} / {five:.2f}"
 
 
 def _passes(count: int) -> str:
