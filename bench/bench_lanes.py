@@ -45,6 +45,7 @@ CONCURRENCY = 256
 ISOLATION_TARGET = 1.5
 FAIRNESS_TOLERANCE = 0.10
 SEQUENCE_TOKENS = 32
+TIMING_KEYS = ("preprocess", "inference_queue", "inference", "postprocess")
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,15 @@ def sentence_requests(texts: Sequence[str], tenant: str) -> Iterator[InferenceRe
         yield InferenceRequest.new(tenant=tenant, pipeline="text-embedding", inputs={"text": text})
 
 
-def _latency_ms(result: Result) -> float:
+def _succeeded(result: Result) -> InferenceResult:
     if not isinstance(result, InferenceResult):
         raise RuntimeError(f"task failed: {result!r}")
-    return float(result.completed_at_ms - result.submitted_at_ms)
+    return result
+
+
+def _latency_ms(result: Result) -> float:
+    done = _succeeded(result)
+    return float(done.completed_at_ms - done.submitted_at_ms)
 
 
 async def closed_loop(
@@ -102,21 +108,25 @@ async def closed_loop(
     return count / (time.perf_counter() - started), latencies
 
 
-async def paced_latencies(
+async def paced(
     client: Client, requests: Iterator[InferenceRequest], rate_per_s: float, duration_s: float
-) -> list[float]:
-    latencies: list[float] = []
+) -> list[InferenceResult]:
+    results: list[InferenceResult] = []
 
     async def one(request: InferenceRequest) -> None:
         task_id = await client.submit(request)
-        latencies.append(_latency_ms(await client.result(task_id, timeout_s=300)))
+        results.append(_succeeded(await client.result(task_id, timeout_s=300)))
 
     start = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for index in range(int(rate_per_s * duration_s)):
             await asyncio.sleep(max(0.0, start + index / rate_per_s - time.perf_counter()))
             group.create_task(one(next(requests)))
-    return latencies
+    return results
+
+
+def latencies_ms(results: Sequence[InferenceResult]) -> list[float]:
+    return [float(r.completed_at_ms - r.submitted_at_ms) for r in results]
 
 
 async def offer(
@@ -155,10 +165,10 @@ class BatchingRow:
 
 
 def measure_batching(
-    deployment: Deployment, texts: Sequence[str], options: Options
+    deployment: Deployment, texts: Sequence[str], options: Options, sizes: Sequence[int]
 ) -> list[BatchingRow]:
     rows = []
-    for size in BATCH_SIZES:
+    for size in sizes:
         deployment = deployment.fresh()
         env = {"CONVEYOR_WORKER__MAX_BATCH_SIZE": str(size)}
         with deployment.fleet({}, {"inference": env}):
@@ -183,9 +193,17 @@ async def _batching_run(
 @dataclass(frozen=True)
 class IsolationResult:
     capacity_per_s: float
-    idle_ms: list[float]
-    loaded_ms: list[float]
+    idle: list[InferenceResult]
+    loaded: list[InferenceResult]
     bulk_offered: int
+
+    @property
+    def idle_ms(self) -> list[float]:
+        return latencies_ms(self.idle)
+
+    @property
+    def loaded_ms(self) -> list[float]:
+        return latencies_ms(self.loaded)
 
     @property
     def ratio(self) -> float:
@@ -211,12 +229,13 @@ async def _isolation_run(
         bulk = sentence_requests(texts, "backfill")
         await closed_loop(client, realtime, 256, 64)  # warm-up
         rate = 0.1 * capacity_per_s
-        idle = await paced_latencies(client, realtime, rate, options.isolation_s)
-        print(f"  realtime idle P99 {percentiles(idle)[2]:.1f} ms", flush=True)
+        idle = await paced(client, realtime, rate, options.isolation_s)
+        print(f"  realtime idle P99 {percentiles(latencies_ms(idle))[2]:.1f} ms", flush=True)
         flood = asyncio.create_task(offer(client, bulk, 3 * capacity_per_s, options.isolation_s))
-        loaded = await paced_latencies(client, realtime, rate, options.isolation_s)
+        loaded = await paced(client, realtime, rate, options.isolation_s)
         offered = await flood
-        print(f"  realtime under 3x bulk P99 {percentiles(loaded)[2]:.1f} ms", flush=True)
+        p99 = percentiles(latencies_ms(loaded))[2]
+        print(f"  realtime under 3x bulk P99 {p99:.1f} ms", flush=True)
         return IsolationResult(capacity_per_s, idle, loaded, offered)
 
 
@@ -301,7 +320,21 @@ def isolation_table(result: IsolationResult) -> list[str]:
         "",
         f"C = {result.capacity_per_s:,.0f} tasks/s. P99 under load / P99 idle = "
         f"**{result.ratio:.2f}x** (target <= {ISOLATION_TARGET}x: {verdict}).",
+        "",
+        "Where a realtime task's time goes (medians, ms; the rest is Kafka hops and waiting "
+        "in a stage's input before intake):",
+        "",
+        "| realtime tenant | " + " | ".join(TIMING_KEYS) + " | end to end |",
+        "|---|" + "---:|" * (len(TIMING_KEYS) + 1),
+        _timing_row("idle system", result.idle),
+        _timing_row("bulk at 3 C", result.loaded),
     ]
+
+
+def _timing_row(label: str, results: Sequence[InferenceResult]) -> str:
+    cells = [statistics.median(r.timings_ms.get(key, 0.0) for r in results) for key in TIMING_KEYS]
+    total = statistics.median(latencies_ms(results))
+    return f"| {label} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {total:.1f} |"
 
 
 def fairness_table(result: FairnessResult) -> list[str]:
@@ -385,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     parser.add_argument("--out", type=Path, default=BENCHMARKS)
+    parser.add_argument(
+        "--sizes", default=",".join(map(str, BATCH_SIZES)), help="max_batch_size values of (1)"
+    )
     args = parser.parse_args(argv)
     options = Options(quick=args.quick)
     with contextlib.ExitStack() as stack:
@@ -398,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         pids = {s.name: s.pid for s in native.status() if s.pid is not None}
         deployment = Deployment(native, repository, root / "logs", pids)
         print("batching gain", flush=True)
-        rows = measure_batching(deployment, texts, options)
+        sizes = tuple(int(n) for n in args.sizes.split(","))
+        rows = measure_batching(deployment, texts, options, sizes)
         capacity = statistics.median([r.tasks_per_s for r in rows if r.max_batch_size == 32])
         print("isolation", flush=True)
         isolation = measure_isolation(deployment, texts, capacity, options)

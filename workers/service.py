@@ -120,6 +120,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 w.max_wait_ms,
                 tenant_topics=settings.kafka.tenant_topics,
                 partitions_per_tenant=settings.lanes.partitions_per_tenant,
+                lane_of_tenant=directory.lane,
             )
         elif stage_name == "inference":
             stage = await _inference_stage(

@@ -242,6 +242,12 @@ class LaneSettings(_Group):
     partitions pause beyond that, so its backlog waits in Kafka, not in front of the
     higher lane."""
 
+    latency_budget_ms: float = Field(default=20.0, ge=0)
+    """While the realtime lane has work, batches are capped at the rows the model runs in
+    about this long (a running estimate per batch key), so a realtime task waits for at most
+    about one such batch; 0: batches are bounded by their window only."""
+    realtime_active_s: float = Field(default=1.0, gt=0)
+    """How long after the last realtime record the latency budget stays on."""
     partitions_per_tenant: int = Field(default=2, ge=1)
     """Partitions of each lane topic one tenant's tasks spread over (their records are keyed
     by tenant): more let more replicas serve one tenant, fewer keep tenants apart, which is

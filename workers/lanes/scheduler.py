@@ -149,15 +149,19 @@ class LaneBatcher(Generic[T]):
         weight_of: Callable[[str], float] = lambda _: 1.0,
         lanes: Sequence[str] = LANES,
         min_share: Mapping[str, float] | None = None,
+        row_cap_of: Callable[[Hashable], int | None] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
-        """`cost_of` defaults to the size; `weight_of(tenant)` is read at serve time."""
+        """`cost_of` defaults to the size; `weight_of(tenant)` is read at serve time.
+        `row_cap_of(key)`, read each time a batch forms, may cap a key's batches below its
+        window's `max_batch_size` for now (a latency budget while a high lane is active)."""
         self._lanes = tuple(lanes)
         if not self._lanes or len(set(self._lanes)) != len(self._lanes):
             raise ValueError(f"lanes must be distinct and not empty, got {self._lanes}")
         self._min_share = _checked_shares(min_share or {}, self._lanes)
         self._window_of = window_of
         self._windows: dict[Hashable, BatchWindow] = {}
+        self._row_cap_of = row_cap_of
         self._key = key
         self._lane_of = lane_of
         self._tenant_of = tenant_of
@@ -265,6 +269,15 @@ class LaneBatcher(Generic[T]):
             self._windows[key] = self._window_of(key)
         return self._windows[key]
 
+    def _capped(self, key: Hashable) -> BatchWindow:
+        window = self._window(key)
+        cap = self._row_cap_of(key) if self._row_cap_of is not None else None
+        if cap is None or cap >= window.max_batch_size:
+            return window
+        cap = max(1, cap)
+        preferred = tuple(n for n in window.preferred_batch_sizes if n <= cap)
+        return BatchWindow(cap, window.max_wait_ms, preferred)
+
     def _choose(self, now: float) -> tuple[_Choice | None, float | None]:
         """The key to batch now, else how long until the next window closes."""
         ready: list[tuple[int, float, Hashable, int, int]] = []
@@ -287,7 +300,7 @@ class LaneBatcher(Generic[T]):
         self, key: Hashable, queue: _KeyQueue[T], now: float
     ) -> tuple[int | None, float]:
         """The capacity to take if `key` is ready, and its deadline."""
-        window = self._window(key)
+        window = self._capped(key)
         deadline = queue.oldest().enqueued_at + window.max_wait_ms / 1000
         if queue.size >= window.max_batch_size:
             return window.max_batch_size, deadline

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from aiokafka import ConsumerRecord
 
@@ -53,6 +53,7 @@ class PreprocessStage(AnswersFailures):
         max_wait_ms: float | None = None,
         tenant_topics: bool = False,
         partitions_per_tenant: int = 2,
+        lane_of_tenant: Callable[[str], str] | None = None,
     ) -> None:
         self.topics = topics
         self.input_topics: tuple[str, ...] = (topics.requests,)
@@ -66,6 +67,8 @@ class PreprocessStage(AnswersFailures):
         )
         self._preprocessors: dict[str, Preprocessor] = {}
         self.partitions_per_tenant = partitions_per_tenant
+        self._lane_of_tenant = lane_of_tenant
+        """The tenant's class (registry), so preprocess already serves high lanes first."""
 
     def batching(self, batch_key: Hashable) -> BatchWindow:
         return self._window
@@ -76,6 +79,8 @@ class PreprocessStage(AnswersFailures):
             request = decode_request(record.value or b"", record.headers, limits=self.limits)
             work.message = self._as_topic_tenant(record.topic, request)
             work.tenant = work.message.tenant
+            if self._lane_of_tenant is not None:
+                work.lane = self._lane_of_tenant(work.tenant)
             # Cheap checks at intake: a request over a limit never reaches a batch's work.
             check_request_inputs(work.message.inputs, self.request_limits)
         except ContractError as error:

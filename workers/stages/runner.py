@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Protocol, TypeVar
@@ -28,6 +29,7 @@ from workers.names import Topics
 from workers.observability import tracing
 from workers.settings import LaneSettings, WorkerSettings
 from workers.stages.admission import Admission
+from workers.stages.budget import LatencyBudget
 from workers.stages.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from workers.stages.flow import FlowControl
 from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
@@ -106,6 +108,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_ms / 1000)
         self._blame_to = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
         lanes = lanes or LaneSettings()
+        self._budget = LatencyBudget(lanes.latency_budget_ms, lanes.realtime_active_s)
         self._batcher: LaneBatcher[Work] = LaneBatcher(
             key=_key_of,
             lane_of=_lane_of,
@@ -115,6 +118,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             weight_of=weight_of or _equal_weight,
             window_of=stage.batching,
             min_share=lanes.min_shares(),
+            row_cap_of=self._budget.row_cap,
         )
         self._flow = FlowControl(
             stage.topics.lane_of, settings.max_in_flight, lanes.low_lane_reserve
@@ -274,6 +278,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             return
         work = self.stage.decode(record)
         work.generation = self._generation
+        self._budget.saw(work.lane)
         self.telemetry.taken(work)
         self._batcher.put(work)
         self._pause_and_resume()  # a higher lane's record pauses lower lanes at once
@@ -305,6 +310,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 held = {id(work) for work, _ in later}
                 items = [w for w in items if id(w) not in held]
                 fresh = [w for w in fresh if id(w) not in held]
+            started = time.perf_counter()
             with tracing.active().batch(
                 self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
             ):
@@ -313,6 +319,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     if fresh
                     else StageOutput()
                 )
+            self._budget.ran(batch.key, sum(w.rows for w in fresh), time.perf_counter() - started)
             outgoing = await output.records(self.claims)
             delivered = await self.delivery.deliver(
                 items, outgoing, output.transitions, partial(self._still_ours, items)

@@ -312,3 +312,22 @@ def test_rejects_bad_settings() -> None:
         _batcher(window, min_share={"gold": 0.1})
     with pytest.raises(ValueError, match=r"lane must be one of .*, got 'gold'"):
         _batcher(window).put(Req(lane="gold"))
+
+
+async def test_a_row_cap_shrinks_batches_while_it_applies() -> None:
+    cap: dict[Hashable, int | None] = {"m": 3}
+    batcher: LaneBatcher[Req] = LaneBatcher(
+        key=lambda r: r.key,
+        lane_of=lambda r: r.lane,
+        tenant_of=lambda r: r.tenant,
+        size_of=lambda r: r.rows,
+        window_of=lambda _: BatchWindow(8, 10_000, preferred_batch_sizes=(2, 8)),
+        row_cap_of=cap.get,
+        clock=FakeClock(),
+    )
+    for _ in range(12):
+        batcher.put(Req())
+    # Capped at 3 rows: ready at 3 (no waiting for 8), preferred sizes above the cap ignored.
+    assert (await _next(batcher)).size == 3
+    cap["m"] = None
+    assert (await _next(batcher)).size == 8
