@@ -255,8 +255,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     pass
 
     def _pause_and_resume(self) -> None:
-        """Apply the flow control: lanes at their in-flight bound, and lower lanes while a
-        higher one has work queued, stop reading (see `flow`)."""
+        """Apply the flow control: partitions at their share of `max_in_flight`, and lower
+        lanes while a higher one has work queued, stop reading (see `flow`)."""
         assignment = self.consumer.assignment()
         wanted = self._flow.to_pause(
             assignment, self.offsets.unfinished_by_partition(), self._batcher.queued_by_lane()
@@ -281,7 +281,6 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._budget.saw(work.lane)
         self.telemetry.taken(work)
         self._batcher.put(work)
-        self._pause_and_resume()  # a higher lane's record pauses lower lanes at once
 
     # ---- batches ----------------------------------------------------------------------
 
