@@ -1,0 +1,487 @@
+"""The inference worker's batching gain, in process: the real batcher and stage, no Kafka.
+
+Run with ``.venv/bin/python -m bench.bench_batching [--quick]``; prints a Markdown table and
+writes it into BENCHMARKS.md between the ``bench:batching`` markers, or with ``--out PATH``
+into that file between the ``bench:batching-gpu`` markers (the lent GPU machine:
+``--providers CUDAExecutionProvider,CPUExecutionProvider``, see ``bench/gpu_run.sh``);
+``--insert PATH`` then copies such a file into BENCHMARKS.md.
+
+The GPU machine has no Kafka, Java or Redis, so this drives the inference worker's own
+batching path the way ``StageRunner`` does, minus the broker and the ledger:
+``InferenceStage.decode`` of a preprocessed record -> ``LaneBatcher.put``; a dispatcher that
+takes a batch slot first (``batches_in_flight``), then ``next_batch()``; per batch
+``process_isolating(stage.process)`` -> ``StageOutput.records(None)`` (every outgoing
+message encoded). The stage is built as ``workers.service`` builds it (``ModelRuntime``,
+``ModelLifecycle`` with warm-up; no shadow, control listener or watcher). Left out: intake
+from Kafka, redelivery checks and the ledger, claim checks, admission, produce and commit.
+
+A closed loop keeps ``CONCURRENCY`` tasks outstanding: a task finishing (its batch
+processed, its outputs encoded) lets one more in. Latency is a task's ``Work.received_at``
+(its decode, right before the put) to its outputs being encoded; by Little's law its median
+is about ``CONCURRENCY`` / throughput, so it shows what a full queue costs, not idle latency.
+Raw ONNX Runtime runs the same batch back to back on a session with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from aiokafka import ConsumerRecord
+
+from bench import bench_model
+from bench.report import BENCHMARKS, write_section
+from schemas import InferenceRequest, encode, headers_for
+from workers.lanes.scheduler import Batch, LaneBatcher
+from workers.models.builders.minilm import MODEL_NAME
+from workers.models.events import ModelEvents
+from workers.models.lifecycle import ModelLifecycle
+from workers.models.repository import ModelRepository, ModelVersion
+from workers.models.runtime import ModelRuntime, RuntimeOptions
+from workers.names import Topics
+from workers.observability import tracing
+from workers.observability.metrics import WorkerMetrics
+from workers.settings import (
+    LaneSettings,
+    LimitsSettings,
+    ModelSettings,
+    RuntimeSettings,
+    WorkerSettings,
+)
+from workers.stages.inference import InferenceStage
+from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
+from workers.stages.preprocess import PreprocessStage
+from workers.stages.work import Work
+
+START, END = "<!-- bench:batching:start -->", "<!-- bench:batching:end -->"
+GPU_START, GPU_END = "<!-- bench:batching-gpu:start -->", "<!-- bench:batching-gpu:end -->"
+TITLE = "Inference worker batching gain (in process)"
+GPU_TITLE = "Inference worker batching gain on a GPU (in process)"
+BATCH_SIZES = (1, 8, 32, 128)
+CONCURRENCY = 512
+SEQUENCE_TOKENS = 32
+MAX_WAIT_MS = 2.0
+"""Only a partial batch waits this long; with CONCURRENCY queued every batch fills at once."""
+POOL = 1024
+"""Distinct preprocessed records, cycled through (the stage keeps no per-task state)."""
+TENANT = "bench"
+PIPELINE = "text-embedding"
+TOPIC_PREFIX = "bench"
+
+
+@dataclass(frozen=True)
+class Options:
+    providers: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    threads: int
+    concurrency: int
+    duration_s: float
+    raw_duration_s: float
+    warmup_min_s: float
+
+    @property
+    def on_device(self) -> bool:
+        return any(p != "CPUExecutionProvider" for p in self.providers)
+
+
+@dataclass(frozen=True)
+class Row:
+    max_batch_size: int
+    tasks_per_s: float
+    mean_batch: float
+    p50_ms: float
+    p99_ms: float
+    raw_seq_per_s: float
+
+    @property
+    def efficiency(self) -> float:
+        return self.tasks_per_s / self.raw_seq_per_s
+
+
+# ---- records as preprocess makes them ----------------------------------------------------
+
+
+async def preprocessed_records(
+    repository: ModelRepository, topics: Topics, texts: Sequence[str]
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """One record per text, made by the real preprocess stage from a one-text request, as
+    the inference worker would consume it from ``<prefix>.preprocessed.standard``."""
+    preprocess = PreprocessStage(topics, repository, LimitsSettings())
+    works = []
+    for offset, text in enumerate(texts):
+        inputs = {"text": np.array([text], dtype=object)}
+        request = InferenceRequest.new(tenant=TENANT, pipeline=PIPELINE, inputs=inputs)
+        record = _record(topics.requests, offset, encode(request), None, headers_for(request))
+        works.append(preprocess.decode(record))
+    output = await preprocess.process(works)
+    outgoing = await output.records(None)
+    wanted = topics.preprocessed_of("standard")
+    if len(outgoing) != len(texts) or any(o.topic != wanted for o in outgoing):
+        raise RuntimeError(f"preprocess did not forward every text to {wanted}: {outgoing[:1]}")
+    return [
+        _record(o.topic, offset, o.value, o.key, o.headers) for offset, o in enumerate(outgoing)
+    ]
+
+
+def _record(
+    topic: str,
+    offset: int,
+    value: bytes,
+    key: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=int(time.time() * 1000),
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key) if key else -1,
+        serialized_value_size=len(value),
+        headers=tuple(headers),
+    )
+
+
+# ---- the inference worker's batching path --------------------------------------------------
+
+
+@dataclass
+class _Meter:
+    """Counts finished tasks: warm-up first, then a window of ``duration_s``."""
+
+    warmup_tasks: int
+    warmup_min_s: float
+    duration_s: float
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    window_start: float | None = None
+    window_end: float | None = None
+    tasks: int = 0
+    batches: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    over: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finished(self, items: Sequence[Work], now: float) -> None:
+        self.done += len(items)
+        if self.window_start is None:
+            warm = self.done >= self.warmup_tasks and now - self.started >= self.warmup_min_s
+            if warm:
+                self.window_start = now
+            return
+        if self.window_end is not None:
+            return  # draining after the window
+        self.tasks += len(items)
+        self.batches += 1
+        self.latencies_s.extend(now - work.received_at for work in items)
+        if now - self.window_start >= self.duration_s:
+            self.window_end = now
+            self.over.set()
+
+
+class ClosedLoop:
+    """Keeps ``concurrency`` tasks in the stage's batching path, as ``StageRunner`` runs it."""
+
+    def __init__(
+        self,
+        stage: InferenceStage,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        concurrency: int,
+        worker: WorkerSettings,
+        lanes: LaneSettings,
+    ) -> None:
+        self.stage = stage
+        self.records = records
+        self.concurrency = concurrency
+        # Built as StageRunner builds it, with the runner's accessors of a Work.
+        self.batcher: LaneBatcher[Work] = LaneBatcher(
+            key=_key_of,
+            lane_of=lambda work: work.lane,
+            tenant_of=lambda work: work.tenant,
+            size_of=lambda work: work.rows,
+            cost_of=lambda work: work.cost,
+            window_of=stage.batching,
+            min_share=lanes.min_shares(),
+        )
+        self.slots = asyncio.Semaphore(worker.batches_in_flight)
+        self.policy = RetryPolicy(worker.max_attempts, worker.retry_backoff_ms / 1000)
+        self.target = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
+        self._free = concurrency
+        self._room = asyncio.Event()
+        self._room.set()
+        self._next = 0
+
+    async def run(self, meter: _Meter) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._intake(meter))
+            group.create_task(self._dispatch(group, meter))
+            await meter.over.wait()
+            # Queued work is dropped (nothing measures it any more); running batches finish.
+            self.batcher.remove_if(lambda _: True)
+            self.batcher.close()
+            self._room.set()
+
+    async def _intake(self, meter: _Meter) -> None:
+        """Decode and put as many records as tasks finished (the runner's ``_take``)."""
+        while not meter.over.is_set():
+            await self._room.wait()
+            self._room.clear()
+            if meter.over.is_set():
+                return
+            count, self._free = self._free, 0
+            for _ in range(count):
+                record = self.records[self._next % len(self.records)]
+                self._next += 1
+                self.batcher.put(self.stage.decode(record))
+
+    async def _dispatch(self, group: asyncio.TaskGroup, meter: _Meter) -> None:
+        """The runner's ``_dispatch``: a slot first, then the batch, so it forms late."""
+        while True:
+            await self.slots.acquire()
+            batch = await self.batcher.next_batch()
+            if batch is None:
+                self.slots.release()
+                return
+            group.create_task(self._run_batch(batch, meter))
+
+    async def _run_batch(self, batch: Batch[Work], meter: _Meter) -> None:
+        try:
+            items = batch.items
+            traceparents = [w.header("traceparent") for w in items]
+            with tracing.active().batch(self.stage.name, batch.batch_id, traceparents):
+                output = await process_isolating(
+                    self.stage.process, items, self.policy, self.target
+                )
+            outgoing = await output.records(None)
+            now = time.monotonic()
+            failed = [o for o in outgoing if o.kind != "forward"]
+            if failed or len(outgoing) != len(items):
+                raise RuntimeError(
+                    f"batch of {len(items)} gave {len(outgoing)} records, "
+                    f"{len(failed)} not forwarded: {failed[:1]}"
+                )
+            meter.finished(items, now)
+        finally:
+            self.slots.release()
+            self._free += len(batch.items)
+            self._room.set()
+
+
+def _key_of(work: Work) -> Hashable:
+    return work.batch_key
+
+
+# ---- measuring -----------------------------------------------------------------------------
+
+
+def runtime_options(providers: Sequence[str], threads: int) -> RuntimeOptions:
+    """What ``workers.service.runtime_options`` makes of the default runtime settings with
+    these providers and intra-op threads (that module needs Kafka and Redis to import)."""
+    r = RuntimeSettings(providers=tuple(providers), intra_op_threads=threads)
+    return RuntimeOptions(
+        providers=r.providers,
+        intra_op_threads=r.intra_op_threads,
+        inter_op_threads=r.inter_op_threads,
+        graph_optimization=r.graph_optimization,
+        io_binding=r.io_binding,
+    )
+
+
+async def measure(
+    repository_root: Path, version: ModelVersion, texts: Sequence[str], options: Options
+) -> list[Row]:
+    repository = ModelRepository(repository_root)
+    topics = Topics(TOPIC_PREFIX)
+    records = await preprocessed_records(repository, topics, texts)
+    runtime_opts = runtime_options(options.providers, options.threads)
+    # The raw session: the same options as the worker's (bench_model.load_model builds the
+    # same RuntimeOptions from providers, threads and io_binding).
+    raw_model = bench_model.load_model(
+        version, options.providers, options.threads, runtime_opts.io_binding
+    )
+    tokenizer = bench_model.tokenizer_of(version)
+    worker, lanes = WorkerSettings(), LaneSettings()
+    metrics = WorkerMetrics("inference")
+    rows = []
+    async with contextlib.AsyncExitStack() as stack:
+        runtime = await stack.enter_async_context(
+            ModelRuntime(runtime_opts, RuntimeSettings().concurrent_runs)
+        )
+        events = ModelEvents(metrics, "bench")
+        lifecycle = await stack.enter_async_context(
+            ModelLifecycle(repository, runtime, ModelSettings(), events)
+        )
+        for batch_size in options.batch_sizes:
+            feeds = bench_model.feeds_for(tokenizer, texts[:batch_size])
+            raw = bench_model.measure_raw(raw_model, feeds, options.raw_duration_s)
+            stage = InferenceStage(
+                topics,
+                repository,
+                runtime,
+                LimitsSettings().decode_limits(),
+                batch_size,
+                MAX_WAIT_MS,
+                metrics,
+                lifecycle=lifecycle,
+                partitions_per_tenant=lanes.partitions_per_tenant,
+            )
+            loop = ClosedLoop(stage, records, options.concurrency, worker, lanes)
+            # Two rounds of the loop before the window: every measured task entered a
+            # queue already in its steady state, not the initial burst.
+            meter = _Meter(2 * options.concurrency, options.warmup_min_s, options.duration_s)
+            await loop.run(meter)
+            rows.append(_row(batch_size, meter, raw.seq_per_s))
+            print(
+                f"max_batch_size {batch_size}: {rows[-1].tasks_per_s:,.0f} tasks/s "
+                f"(raw {raw.seq_per_s:,.0f} seq/s), P50 {rows[-1].p50_ms:,.0f} ms",
+                flush=True,
+            )
+    return rows
+
+
+def _row(batch_size: int, meter: _Meter, raw_seq_per_s: float) -> Row:
+    assert meter.window_start is not None
+    assert meter.window_end is not None
+    window_s = meter.window_end - meter.window_start
+    p50, p99 = np.percentile(np.asarray(meter.latencies_s) * 1000, [50, 99])
+    return Row(
+        max_batch_size=batch_size,
+        tasks_per_s=meter.tasks / window_s,
+        mean_batch=meter.tasks / meter.batches,
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+        raw_seq_per_s=raw_seq_per_s,
+    )
+
+
+# ---- report --------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Row], options: Options, command: str) -> str:
+    base = next((r.tasks_per_s for r in rows if r.max_batch_size == 1), None)
+    lines = [
+        f"`{MODEL_NAME}` (pooling in graph), one {SEQUENCE_TOKENS}-token sentence per task; "
+        f"providers `{','.join(options.providers)}`, intra-op threads "
+        f"{options.threads or 'all'}, `batches_in_flight` {WorkerSettings().batches_in_flight}, "
+        f"`max_wait_ms` {MAX_WAIT_MS:g}. Closed loop of {options.concurrency} tasks "
+        f"outstanding, {options.duration_s:g} s per size after warm-up; latency is decode + put "
+        "to outputs encoded (P50 is about outstanding / throughput: a full queue, not idle "
+        "latency). Raw: the same batch back to back on a session with the same options.",
+        f"Machine: {bench_model.machine_description(options.providers)}.",
+        f"Command: `{command}`",
+        "",
+        "| max_batch_size | mean batch | tasks/s | vs batch 1 | P50 ms | P99 ms "
+        "| raw ORT seq/s | worker / raw |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        gain = f"{r.tasks_per_s / base:.1f}x" if base else "-"
+        lines.append(
+            f"| {r.max_batch_size} | {r.mean_batch:.1f} | {r.tasks_per_s:,.0f} | {gain} "
+            f"| {r.p50_ms:,.1f} | {r.p99_ms:,.1f} | {r.raw_seq_per_s:,.0f} "
+            f"| {r.efficiency:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Row], name: str) -> str | None:
+    """Throughput (worker and raw) and latency by batch size; None without matplotlib."""
+    try:
+        from bench.plots import figure, save
+    except ImportError:  # matplotlib is the `bench` extra
+        return None
+    fig, (speed, latency) = figure(2)
+    sizes = [r.max_batch_size for r in rows]
+    speed.plot(sizes, [r.tasks_per_s for r in rows], marker="o", label="inference worker")
+    speed.plot(sizes, [r.raw_seq_per_s for r in rows], marker="s", ls="--", label="raw ORT")
+    speed.set(xscale="log", yscale="log", xlabel="max_batch_size", ylabel="tasks/s")
+    speed.set_title("Throughput")
+    speed.set_xticks(sizes, [str(s) for s in sizes])
+    speed.legend()
+    latency.plot(sizes, [r.p50_ms for r in rows], marker="o", label="P50")
+    latency.plot(sizes, [r.p99_ms for r in rows], marker="o", label="P99")
+    latency.set(xscale="log", yscale="log", xlabel="max_batch_size", ylabel="ms")
+    latency.set_title("Latency (closed loop)")
+    latency.set_xticks(sizes, [str(s) for s in sizes])
+    latency.legend()
+    path = save(fig, name)
+    return f"![{path.stem}](bench/plots/{path.name})"
+
+
+# ---- command line --------------------------------------------------------------------------
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--providers", default="CPUExecutionProvider")
+    parser.add_argument("--batch-sizes", type=_ints, default=BATCH_SIZES)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0 = all")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="tasks outstanding")
+    parser.add_argument("--duration-s", type=float, default=10.0, help="window per size")
+    parser.add_argument("--quick", action="store_true", help="short windows, for a smoke test")
+    parser.add_argument("--source", type=Path, help="MiniLM source folder (bench.gpu_source)")
+    parser.add_argument("--out", type=Path, help="write the GPU-marked table here instead")
+    parser.add_argument("--insert", type=Path, help="copy an --out file into BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def options_of(args: argparse.Namespace) -> Options:
+    return Options(
+        providers=tuple(args.providers.split(",")),
+        batch_sizes=tuple(args.batch_sizes),
+        threads=args.threads,
+        concurrency=args.concurrency,
+        duration_s=1.5 if args.quick else args.duration_s,
+        raw_duration_s=0.5 if args.quick else 3.0,
+        warmup_min_s=0.5 if args.quick else 1.0,
+    )
+
+
+def insert(path: Path) -> None:
+    """Put a table written with ``--out`` (on the GPU machine) into its BENCHMARKS.md section."""
+    text = path.read_text(encoding="utf-8")
+    block = text.split(GPU_START, 1)[1].split(GPU_END, 1)[0].strip("\n")
+    write_section(block, BENCHMARKS, GPU_START, GPU_END, GPU_TITLE)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.insert is not None:
+        insert(args.insert)
+        return
+    options = options_of(args)
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-batching-") as root:
+        version = bench_model.build_repository(Path(root), args.source)
+        tokenizer = bench_model.tokenizer_of(version)
+        texts = bench_model.sentences(tokenizer, SEQUENCE_TOKENS, POOL)
+        rows = asyncio.run(measure(Path(root), version, texts, options))
+    # On the GPU machine it is that image's python3 (bench/gpu_run.sh), not the project venv.
+    python = "python3" if options.on_device else ".venv/bin/python"
+    command = " ".join([f"{python} -m bench.bench_batching", *sys.argv[1:]])
+    markdown = table(rows, options, command)
+    picture = plot(rows, "batching_gpu" if options.on_device else "batching_cpu")
+    if picture is not None:
+        markdown += f"\n\n{picture}"
+    print(markdown)
+    if args.out is not None:
+        args.out.write_text(f"{GPU_START}\n{markdown}\n{GPU_END}\n", encoding="utf-8")
+    else:
+        write_section(markdown, BENCHMARKS, START, END, TITLE)
+
+
+if __name__ == "__main__":
+    main()
