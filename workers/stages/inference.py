@@ -118,10 +118,13 @@ class InferenceStage(AnswersFailures):
                 live.append(work)
         if live:
             await self.lifecycle.wait_open()  # a budget swap pauses intake here, briefly
-            for lease, group in self._route(output, live):
-                try:
+            routed = self._route(output, live)
+            try:
+                for lease, group in routed:
                     await self._infer(output, group, lease)
-                finally:
+            finally:
+                # Every lease goes back, also those of groups a failed group kept from running.
+                for lease, _ in routed:
                     self.lifecycle.release(lease)
         return output
 
@@ -147,7 +150,15 @@ class InferenceStage(AnswersFailures):
                 self._fail(output, work, error)
                 continue
             groups.setdefault((message.model_name, version), []).append(work)
-        return [(self.lifecycle.acquire(*key), group) for key, group in groups.items()]
+        routed: list[tuple[LoadedVersion, list[Work]]] = []
+        try:
+            for key, group in groups.items():
+                routed.append((self.lifecycle.acquire(*key), group))
+        except BaseException:
+            for lease, _ in routed:
+                self.lifecycle.release(lease)
+            raise
+        return routed
 
     async def _infer(self, output: StageOutput, batch: list[Work], lease: LoadedVersion) -> None:
         model = lease.version
@@ -183,15 +194,13 @@ class InferenceStage(AnswersFailures):
         inference_ms: float,
     ) -> None:
         now_ms = int(time.time() * 1000)
-        pipeline = self.repository.pipelines.get(batch[0].message.pipeline)
-        forwarded = pipeline.parameters.get("forward_inputs", []) if pipeline else []
         batch_id = f"{model.name}-{model.version}-{uuid.uuid4().hex[:12]}"
         for work, task_outputs, inputs in zip(batch, rows, per_task, strict=True):
             message: StageMessage = work.message
             queue_ms = max(0.0, (time.monotonic() - work.received_at) * 1000 - inference_ms)
             tensors = {
                 **task_outputs,
-                **{name: inputs[name] for name in forwarded if name in inputs},
+                **{name: inputs[name] for name in self._forwarded(message) if name in inputs},
             }
             inferred = message.evolve(
                 tensors=tensors,
@@ -225,6 +234,13 @@ class InferenceStage(AnswersFailures):
                     batch_id=batch_id,
                 )
             )
+
+    def _forwarded(self, message: StageMessage) -> list[str]:
+        """Inputs the task's pipeline hands on to postprocess (one batch may mix pipelines
+        of one model)."""
+        pipeline = self.repository.pipelines.get(message.pipeline or "")
+        forwarded: list[str] = pipeline.parameters.get("forward_inputs", []) if pipeline else []
+        return forwarded
 
     def _observe(self, model: ModelVersion, seconds: float) -> None:
         self.metrics.inference.labels(model.name, str(model.version)).observe(seconds)
