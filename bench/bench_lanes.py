@@ -45,7 +45,14 @@ CONCURRENCY = 256
 ISOLATION_TARGET = 1.5
 FAIRNESS_TOLERANCE = 0.10
 SEQUENCE_TOKENS = 32
-TIMING_KEYS = ("preprocess", "inference_queue", "inference", "postprocess")
+TIMING_KEYS = (
+    "preprocess_queue",
+    "preprocess",
+    "inference_queue",
+    "inference",
+    "postprocess_queue",
+    "postprocess",
+)
 
 
 @dataclass(frozen=True)
@@ -321,8 +328,8 @@ def isolation_table(result: IsolationResult) -> list[str]:
         f"C = {result.capacity_per_s:,.0f} tasks/s. P99 under load / P99 idle = "
         f"**{result.ratio:.2f}x** (target <= {ISOLATION_TARGET}x: {verdict}).",
         "",
-        "Where a realtime task's time goes (medians, ms; the rest is Kafka hops and waiting "
-        "in a stage's input before intake):",
+        "Where a realtime task's time goes (medians, ms; `_queue`: from a worker's intake to "
+        "its batch; the rest is Kafka hops and records waiting in Kafka before intake):",
         "",
         "| realtime tenant | " + " | ".join(TIMING_KEYS) + " | end to end |",
         "|---|" + "---:|" * (len(TIMING_KEYS) + 1),

@@ -73,14 +73,14 @@ class PostprocessStage(AnswersFailures):
                 continue  # a redelivered copy in the same batch: answer once
             seen.add(message.task_id)
             try:
-                self._postprocess(output, message)
+                self._postprocess(output, message, _queued_ms(work))
             except ContractError as error:
                 self._fail(output, work, error)
             except Exception as exc:  # a bug in a plug-in fails its task, never the worker
                 self._fail(output, work, internal_error(exc))
         return output
 
-    def _postprocess(self, output: StageOutput, message: StageMessage) -> None:
+    def _postprocess(self, output: StageOutput, message: StageMessage, queue_ms: float) -> None:
         started = time.perf_counter()
         pipeline = self.repository.pipeline(message.pipeline)
         if message.model_name is None or message.model_version is None:
@@ -95,6 +95,7 @@ class PostprocessStage(AnswersFailures):
             completed_at_ms=now_ms,
             timings_ms={
                 **message.timings_ms,
+                "postprocess_queue": queue_ms,
                 "postprocess": (time.perf_counter() - started) * 1000,
             },
             traceparent=tracing.active().forward(self.name, message.traceparent, message.task_id),
@@ -125,3 +126,8 @@ class PostprocessStage(AnswersFailures):
                 batch_id=message.batch_id,
             )
         )
+
+
+def _queued_ms(work: Work) -> float:
+    """From intake to this batch's processing: the time the record waited in the worker."""
+    return max(0.0, (time.monotonic() - work.received_at) * 1000)

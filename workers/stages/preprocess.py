@@ -144,7 +144,10 @@ class PreprocessStage(AnswersFailures):
             # policy (latest, canary) when it runs, not by what preprocess saw as latest.
             model_version=request.model_version,
             traceparent=tracing.active().forward(self.name, request.traceparent, request.task_id),
-            timings_ms={"preprocess": (time.perf_counter() - started) * 1000},
+            timings_ms={
+                "preprocess_queue": max(0.0, (time.monotonic() - work.received_at) * 1000),
+                "preprocess": (time.perf_counter() - started) * 1000,
+            },
         )
         # Admission wrote the lane into `priority` (the tenant's class, or a lower one asked for).
         lane = request.priority if request.priority in LANES else DEFAULT_LANE
