@@ -30,9 +30,11 @@ import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiokafka import ConsumerRecord
@@ -40,7 +42,7 @@ from aiokafka import ConsumerRecord
 from bench import bench_model
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, encode, headers_for
-from workers.lanes.scheduler import Batch, LaneBatcher
+from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
 from workers.models.builders.minilm import MODEL_NAME
 from workers.models.events import ModelEvents
 from workers.models.lifecycle import ModelLifecycle
@@ -56,6 +58,7 @@ from workers.settings import (
     RuntimeSettings,
     WorkerSettings,
 )
+from workers.stages.budget import LatencyBudget
 from workers.stages.inference import InferenceStage
 from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.stages.preprocess import PreprocessStage
@@ -75,6 +78,26 @@ POOL = 1024
 TENANT = "bench"
 PIPELINE = "text-embedding"
 TOPIC_PREFIX = "bench"
+
+ISO_START = "<!-- bench:isolation-inprocess:start -->"
+ISO_END = "<!-- bench:isolation-inprocess:end -->"
+ISO_GPU_START = "<!-- bench:isolation-inprocess-gpu:start -->"
+ISO_GPU_END = "<!-- bench:isolation-inprocess-gpu:end -->"
+ISO_TITLE = "Isolation in process (scheduler only)"
+ISO_GPU_TITLE = "Isolation in process on a GPU (scheduler only)"
+REALTIME_SHARE = 0.1
+"""Realtime arrivals, as a fraction of capacity C (bench_lanes' mix)."""
+BULK_OFFER = 3.0
+"""Bulk offered, as a multiple of C: a flood, its backlog grows for as long as it lasts."""
+BULK_QUEUE_S = 2.0
+"""The bulk backlog held in the worker, in seconds of C (memory), at least
+``CAPACITY_QUEUE_BATCHES`` max batches."""
+CAPACITY_QUEUE_BATCHES = 8
+"""Max batches of bulk kept queued while C is measured: two run, the rest wait."""
+CAPACITY_WARMUP_S = 1.0
+BULK_TICK_S = 0.005
+TARGET_RATIO = 1.5
+"""The product's isolation target: realtime P99 loaded / idle."""
 
 
 @dataclass(frozen=True)
@@ -256,25 +279,37 @@ class ClosedLoop:
 
     async def _run_batch(self, batch: Batch[Work], meter: _Meter) -> None:
         try:
-            items = batch.items
-            traceparents = [w.header("traceparent") for w in items]
-            with tracing.active().batch(self.stage.name, batch.batch_id, traceparents):
-                output = await process_isolating(
-                    self.stage.process, items, self.policy, self.target
-                )
-            outgoing = await output.records(None)
-            now = time.monotonic()
-            failed = [o for o in outgoing if o.kind != "forward"]
-            if failed or len(outgoing) != len(items):
-                raise RuntimeError(
-                    f"batch of {len(items)} gave {len(outgoing)} records, "
-                    f"{len(failed)} not forwarded: {failed[:1]}"
-                )
-            meter.finished(items, now)
+            await run_batch(self.stage, batch, self.policy, self.target)
+            meter.finished(batch.items, time.monotonic())
         finally:
             self.slots.release()
             self._free += len(batch.items)
             self._room.set()
+
+
+async def run_batch(
+    stage: InferenceStage,
+    batch: Batch[Work],
+    policy: RetryPolicy,
+    target: FailureTarget,
+    budget: LatencyBudget | None = None,
+) -> None:
+    """The runner's ``_run_batch`` minus the ledger and delivery: process, tell the latency
+    budget how long the run took (timed as the runner times it), encode every output."""
+    items = batch.items
+    traceparents = [w.header("traceparent") for w in items]
+    started = time.perf_counter()
+    with tracing.active().batch(stage.name, batch.batch_id, traceparents):
+        output = await process_isolating(stage.process, items, policy, target)
+    if budget is not None:
+        budget.ran(batch.key, sum(w.rows for w in items), time.perf_counter() - started)
+    outgoing = await output.records(None)
+    failed = [o for o in outgoing if o.kind != "forward"]
+    if failed or len(outgoing) != len(items):
+        raise RuntimeError(
+            f"batch of {len(items)} gave {len(outgoing)} records, "
+            f"{len(failed)} not forwarded: {failed[:1]}"
+        )
 
 
 def _key_of(work: Work) -> Hashable:
@@ -364,6 +399,351 @@ def _row(batch_size: int, meter: _Meter, raw_seq_per_s: float) -> Row:
     )
 
 
+# ---- isolation: realtime latency idle vs under a bulk flood --------------------------------
+
+
+@dataclass(frozen=True)
+class IsolationOptions:
+    providers: tuple[str, ...]
+    threads: int
+    max_batch_size: int | None
+    """None: the model's own window (MiniLM's config: 64 rows, 5 ms)."""
+    capacity_s: float
+    idle_s: float
+    loaded_s: float
+    settle_s: float
+    """Leading seconds of each phase left out: the bulk backlog builds, the budget learns."""
+    seed: int
+
+    @property
+    def on_device(self) -> bool:
+        return any(p != "CPUExecutionProvider" for p in self.providers)
+
+
+@dataclass
+class Tally:
+    """What one phase measured inside its window (after ``settle_s``)."""
+
+    realtime_ms: list[float] = field(default_factory=list)
+    """Put -> batch processed and outputs encoded, for realtime tasks put in the window."""
+    bulk_tasks: int = 0
+    """Bulk tasks finished in the window."""
+    batches: int = 0
+    rows: int = 0
+    min_bulk_queued: int | None = None
+    """Fewest bulk tasks left queued as a batch formed in the window: >= max_batch_size means
+    the worker never ran out of bulk work (saturated)."""
+    window_s: float = 0.0
+
+    @property
+    def bulk_per_s(self) -> float:
+        return self.bulk_tasks / self.window_s if self.window_s else 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.rows / self.batches if self.batches else 0.0
+
+    def percentiles(self) -> tuple[float, float, float]:
+        if not self.realtime_ms:
+            return (float("nan"),) * 3
+        p50, p95, p99 = np.percentile(self.realtime_ms, [50, 95, 99])
+        return float(p50), float(p95), float(p99)
+
+
+class OpenLoopWorker:
+    """The inference runner's scheduling path, fed by open-loop arrivals instead of Kafka.
+
+    Built as ``StageRunner`` builds it: the same ``LaneBatcher`` accessors and min shares,
+    ``row_cap_of`` from a ``LatencyBudget`` that sees every put's lane and every processed
+    batch's rows and run time; a batch slot first (``batches_in_flight``), then the batch.
+    Left out besides Kafka and the ledger: ``FlowControl``, which pauses bulk partitions
+    while realtime work is queued; here the bulk feeder bounds the backlog itself.
+    """
+
+    def __init__(
+        self, stage: InferenceStage, worker: WorkerSettings, lanes: LaneSettings, budget_ms: float
+    ) -> None:
+        self.stage = stage
+        self.budget = LatencyBudget(budget_ms, lanes.realtime_active_s)
+        self.batcher: LaneBatcher[Work] = LaneBatcher(
+            key=_key_of,
+            lane_of=lambda work: work.lane,
+            tenant_of=lambda work: work.tenant,
+            size_of=lambda work: work.rows,
+            cost_of=lambda work: work.cost,
+            window_of=stage.batching,
+            min_share=lanes.min_shares(),
+            row_cap_of=self.budget.row_cap,
+        )
+        self.slots = asyncio.Semaphore(worker.batches_in_flight)
+        self.policy = RetryPolicy(worker.max_attempts, worker.retry_backoff_ms / 1000)
+        self.target = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
+        self.window = (float("inf"), float("inf"))
+        self.tally = Tally()
+
+    def put(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """The runner's ``_take`` after its redelivery checks."""
+        work = self.stage.decode(record)
+        self.budget.saw(work.lane)
+        self.batcher.put(work)
+
+    def queued(self, lane: str) -> int:
+        return self.batcher.queued_by_lane()[lane]
+
+    async def dispatch(self, group: asyncio.TaskGroup) -> None:
+        while True:
+            await self.slots.acquire()
+            batch = await self.batcher.next_batch()
+            if batch is None:
+                self.slots.release()
+                return
+            self._formed(batch)
+            group.create_task(self._run(batch))
+
+    def _formed(self, batch: Batch[Work]) -> None:
+        start, end = self.window
+        if start <= time.monotonic() < end:
+            left = self.queued("bulk")
+            low = self.tally.min_bulk_queued
+            self.tally.min_bulk_queued = left if low is None else min(low, left)
+
+    async def _run(self, batch: Batch[Work]) -> None:
+        try:
+            await run_batch(self.stage, batch, self.policy, self.target, self.budget)
+        finally:
+            self.slots.release()
+        now = time.monotonic()
+        start, end = self.window
+        tally = self.tally
+        for work in batch.items:
+            if work.lane == "realtime" and start <= work.received_at < end:
+                tally.realtime_ms.append((now - work.received_at) * 1000)
+            elif work.lane == "bulk" and start <= now < end:
+                tally.bulk_tasks += 1
+        if start <= now < end:
+            tally.batches += 1
+            tally.rows += batch.size
+
+
+async def _realtime_feed(
+    worker: OpenLoopWorker,
+    records: Sequence[ConsumerRecord[bytes, bytes]],
+    per_s: float,
+    rng: np.random.Generator,
+) -> None:
+    """Poisson arrivals at ``per_s``; a late wake-up puts every arrival already due."""
+    next_at = time.monotonic()
+    sent = 0
+    while True:
+        next_at += float(rng.exponential(1 / per_s))
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        worker.put(records[sent % len(records)])
+        sent += 1
+
+
+async def _bulk_feed(
+    worker: OpenLoopWorker,
+    records: Sequence[ConsumerRecord[bytes, bytes]],
+    per_s: float,
+    queue_cap: int,
+) -> None:
+    """A flood offered at ``per_s`` in ``BULK_TICK_S`` steps. What would push the backlog past
+    ``queue_cap`` is held back, as it would wait in Kafka behind paused partitions, and put
+    as soon as there is room: the worker never runs out of bulk work."""
+    started = time.monotonic()
+    sent = 0
+    while True:
+        due = (
+            int(per_s * (time.monotonic() - started)) - sent if per_s < float("inf") else queue_cap
+        )
+        for _ in range(max(0, min(due, queue_cap - worker.queued("bulk")))):
+            worker.put(records[sent % len(records)])
+            sent += 1
+        await asyncio.sleep(BULK_TICK_S)
+
+
+async def run_phase(
+    stage: InferenceStage,
+    feeds: Sequence[Callable[[OpenLoopWorker], Coroutine[Any, Any, None]]],
+    budget_ms: float,
+    settle_s: float,
+    window_s: float,
+) -> Tally:
+    """A fresh worker (batcher and budget) fed by ``feeds``; measures after ``settle_s``."""
+    worker = OpenLoopWorker(stage, WorkerSettings(), LaneSettings(), budget_ms)
+    async with asyncio.TaskGroup() as group:
+        dispatcher = group.create_task(worker.dispatch(group))
+        feeders = [group.create_task(feed(worker)) for feed in feeds]
+        start = time.monotonic() + settle_s
+        worker.window = (start, start + window_s)
+        await asyncio.sleep(settle_s + window_s)
+        for feeder in feeders:
+            feeder.cancel()
+        # Realtime work put in the window still finishes and counts; the bulk backlog goes.
+        worker.batcher.remove_if(lambda work: work.lane == "bulk")
+        worker.batcher.close()
+        await dispatcher
+    worker.tally.window_s = window_s
+    return worker.tally
+
+
+@dataclass(frozen=True)
+class IsolationResult:
+    capacity: Tally
+    idle: Tally
+    loaded: Tally
+    loaded_no_budget: Tally
+    realtime_per_s: float
+    bulk_per_s: float
+    bulk_queue_cap: int
+    window: BatchWindow
+    budget_ms: float
+
+
+async def measure_isolation(
+    repository_root: Path, texts: Sequence[str], options: IsolationOptions
+) -> IsolationResult:
+    repository = ModelRepository(repository_root)
+    topics = Topics(TOPIC_PREFIX)
+    made = await preprocessed_records(repository, topics, texts)
+    # The realtime and bulk input topics: decode takes each task's lane from its topic.
+    realtime = _on_topic(made, topics.preprocessed_of("realtime"))
+    bulk = _on_topic(made, topics.preprocessed_of("bulk"))
+    lanes = LaneSettings()
+    metrics = WorkerMetrics("inference")
+    rng = np.random.default_rng(options.seed)
+    async with contextlib.AsyncExitStack() as stack:
+        runtime = await stack.enter_async_context(
+            ModelRuntime(
+                runtime_options(options.providers, options.threads),
+                RuntimeSettings().concurrent_runs,
+            )
+        )
+        lifecycle = await stack.enter_async_context(
+            ModelLifecycle(repository, runtime, ModelSettings(), ModelEvents(metrics, "bench"))
+        )
+        stage = InferenceStage(
+            topics,
+            repository,
+            runtime,
+            LimitsSettings().decode_limits(),
+            options.max_batch_size,
+            None,
+            metrics,
+            lifecycle=lifecycle,
+            partitions_per_tenant=lanes.partitions_per_tenant,
+        )
+        window = stage.batching(stage.decode(bulk[0]).batch_key)
+        # C: bulk alone, its backlog topped up to a few batches every tick.
+        cap = CAPACITY_QUEUE_BATCHES * window.max_batch_size
+        capacity = await run_phase(
+            stage,
+            [partial(_bulk_feed, records=bulk, per_s=float("inf"), queue_cap=cap)],
+            lanes.latency_budget_ms,
+            CAPACITY_WARMUP_S,
+            options.capacity_s,
+        )
+        c = capacity.bulk_per_s
+        print(f"capacity C: {c:,.0f} tasks/s, mean batch {capacity.mean_batch:.1f}", flush=True)
+        realtime_per_s, bulk_per_s = REALTIME_SHARE * c, BULK_OFFER * c
+        bulk_cap = max(CAPACITY_QUEUE_BATCHES * window.max_batch_size, int(BULK_QUEUE_S * c))
+
+        def rt(worker: OpenLoopWorker) -> Coroutine[Any, Any, None]:
+            return _realtime_feed(worker, realtime, realtime_per_s, rng)
+
+        def flood(worker: OpenLoopWorker) -> Coroutine[Any, Any, None]:
+            return _bulk_feed(worker, bulk, bulk_per_s, bulk_cap)
+
+        budget_ms = lanes.latency_budget_ms
+        tallies = []
+        for label, feeds, phase_budget_ms, window_s in (
+            ("idle", [rt], budget_ms, options.idle_s),
+            ("loaded", [rt, flood], budget_ms, options.loaded_s),
+            ("loaded, budget off", [rt, flood], 0.0, options.loaded_s),
+        ):
+            tally = await run_phase(stage, feeds, phase_budget_ms, options.settle_s, window_s)
+            p50, p95, p99 = tally.percentiles()
+            print(
+                f"{label}: realtime P50 {p50:.1f} / P95 {p95:.1f} / P99 {p99:.1f} ms "
+                f"({len(tally.realtime_ms)} tasks), bulk {tally.bulk_per_s:,.0f} tasks/s, "
+                f"mean batch {tally.mean_batch:.1f}",
+                flush=True,
+            )
+            tallies.append(tally)
+    idle, loaded, loaded_no_budget = tallies
+    return IsolationResult(
+        capacity,
+        idle,
+        loaded,
+        loaded_no_budget,
+        realtime_per_s,
+        bulk_per_s,
+        bulk_cap,
+        window,
+        budget_ms,
+    )
+
+
+def _on_topic(
+    records: Sequence[ConsumerRecord[bytes, bytes]], topic: str
+) -> list[ConsumerRecord[bytes, bytes]]:
+    return [_record(topic, r.offset, r.value or b"", r.key, r.headers) for r in records]
+
+
+def isolation_table(result: IsolationResult, options: IsolationOptions, command: str) -> str:
+    w = result.window
+    idle_p99 = result.idle.percentiles()[2]
+    lines = [
+        f"`{MODEL_NAME}`, one {SEQUENCE_TOKENS}-token sentence per task; providers "
+        f"`{','.join(options.providers)}`, intra-op threads {options.threads or 'all'}. "
+        "The inference runner's scheduling path in one process, no Kafka, no other process "
+        "competing for the CPU: `LaneBatcher` built as `StageRunner` builds it (min shares "
+        f"from `LaneSettings`, `row_cap_of` from a `LatencyBudget` of {result.budget_ms:g} ms "
+        "told every put's lane and every batch's rows and run time), a batch slot first "
+        f"(`batches_in_flight` {WorkerSettings().batches_in_flight}), the model's window "
+        f"(`max_batch_size` {w.max_batch_size}, `max_wait_ms` {w.max_wait_ms:g}).",
+        f"Capacity C = {result.capacity.bulk_per_s:,.0f} tasks/s (bulk alone, saturated, "
+        f"{options.capacity_s:g} s; mean batch {result.capacity.mean_batch:.1f}). Realtime: "
+        f"Poisson arrivals at 0.1 C = {result.realtime_per_s:,.1f} tasks/s on "
+        "`preprocessed.realtime`, alone (idle) and while bulk is offered at 3 C = "
+        f"{result.bulk_per_s:,.0f} tasks/s on `preprocessed.bulk` (backlog held at "
+        f"{result.bulk_queue_cap:,} tasks; the rest waits, as in Kafka). Latency: put -> "
+        f"batch processed and outputs encoded. Windows: idle {options.idle_s:g} s, loaded "
+        f"{options.loaded_s:g} s, each after {options.settle_s:g} s of settling.",
+        f"Machine: {bench_model.machine_description(options.providers)}.",
+        f"Command: `{command}`",
+        "",
+        "| phase | latency budget | realtime tasks | P50 ms | P95 ms | P99 ms "
+        "| P99 / idle P99 | bulk tasks/s | mean batch | fewest bulk queued |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, tally, budget_ms in (
+        ("idle", result.idle, result.budget_ms),
+        ("loaded (bulk 3 C)", result.loaded, result.budget_ms),
+        ("loaded (bulk 3 C)", result.loaded_no_budget, 0.0),
+    ):
+        p50, p95, p99 = tally.percentiles()
+        low = "-" if tally.min_bulk_queued is None else f"{tally.min_bulk_queued:,}"
+        lines.append(
+            f"| {label} | {f'{budget_ms:g} ms' if budget_ms else 'off'} "
+            f"| {len(tally.realtime_ms):,} | {p50:,.1f} | {p95:,.1f} | {p99:,.1f} "
+            f"| {p99 / idle_p99:.2f}x | {tally.bulk_per_s:,.0f} | {tally.mean_batch:.1f} "
+            f"| {low} |"
+        )
+    lines += [
+        "",
+        f"Target: P99 loaded / P99 idle <= {TARGET_RATIO:g}x. Met with the budget: "
+        f"{_verdict(result.loaded, idle_p99)}; without: "
+        f"{_verdict(result.loaded_no_budget, idle_p99)}.",
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(tally: Tally, idle_p99: float) -> str:
+    ratio = tally.percentiles()[2] / idle_p99
+    return f"{'yes' if ratio <= TARGET_RATIO else 'no'} ({ratio:.2f}x)"
+
+
 # ---- report --------------------------------------------------------------------------------
 
 
@@ -436,6 +816,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, help="MiniLM source folder (bench.gpu_source)")
     parser.add_argument("--out", type=Path, help="write the GPU-marked table here instead")
     parser.add_argument("--insert", type=Path, help="copy an --out file into BENCHMARKS.md")
+    isolation = parser.add_argument_group("--isolation: realtime latency idle vs under a flood")
+    isolation.add_argument("--isolation", action="store_true", help="measure isolation instead")
+    isolation.add_argument("--max-batch-size", type=int, help="default: the model's window")
+    isolation.add_argument("--capacity-s", type=float, default=5.0, help="window for C")
+    isolation.add_argument("--idle-s", type=float, default=30.0, help="realtime alone")
+    isolation.add_argument("--loaded-s", type=float, default=40.0, help="per loaded phase")
+    isolation.add_argument("--settle-s", type=float, default=4.0, help="left out per phase")
+    isolation.add_argument("--seed", type=int, default=1, help="of the Poisson arrivals")
     return parser.parse_args(argv)
 
 
@@ -451,17 +839,56 @@ def options_of(args: argparse.Namespace) -> Options:
     )
 
 
+def isolation_options_of(args: argparse.Namespace) -> IsolationOptions:
+    return IsolationOptions(
+        providers=tuple(args.providers.split(",")),
+        threads=args.threads,
+        max_batch_size=args.max_batch_size,
+        capacity_s=2.0 if args.quick else args.capacity_s,
+        idle_s=4.0 if args.quick else args.idle_s,
+        loaded_s=4.0 if args.quick else args.loaded_s,
+        settle_s=1.0 if args.quick else args.settle_s,
+        seed=args.seed,
+    )
+
+
 def insert(path: Path) -> None:
-    """Put a table written with ``--out`` (on the GPU machine) into its BENCHMARKS.md section."""
+    """Put a table written with ``--out`` (on the GPU machine) into its BENCHMARKS.md section:
+    the batching or the isolation one, by the markers in the file."""
     text = path.read_text(encoding="utf-8")
-    block = text.split(GPU_START, 1)[1].split(GPU_END, 1)[0].strip("\n")
-    write_section(block, BENCHMARKS, GPU_START, GPU_END, GPU_TITLE)
+    start, end, title = (
+        (ISO_GPU_START, ISO_GPU_END, ISO_GPU_TITLE)
+        if ISO_GPU_START in text
+        else (GPU_START, GPU_END, GPU_TITLE)
+    )
+    block = text.split(start, 1)[1].split(end, 1)[0].strip("\n")
+    write_section(block, BENCHMARKS, start, end, title)
+
+
+def main_isolation(args: argparse.Namespace) -> None:
+    options = isolation_options_of(args)
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-isolation-") as root:
+        version = bench_model.build_repository(Path(root), args.source)
+        tokenizer = bench_model.tokenizer_of(version)
+        texts = bench_model.sentences(tokenizer, SEQUENCE_TOKENS, POOL)
+        result = asyncio.run(measure_isolation(Path(root), texts, options))
+    python = "python3" if options.on_device else ".venv/bin/python"
+    command = " ".join([f"{python} -m bench.bench_batching", *sys.argv[1:]])
+    markdown = isolation_table(result, options, command)
+    print(markdown)
+    if args.out is not None:
+        args.out.write_text(f"{ISO_GPU_START}\n{markdown}\n{ISO_GPU_END}\n", encoding="utf-8")
+    else:
+        write_section(markdown, BENCHMARKS, ISO_START, ISO_END, ISO_TITLE)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.insert is not None:
         insert(args.insert)
+        return
+    if args.isolation:
+        main_isolation(args)
         return
     options = options_of(args)
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-batching-") as root:
