@@ -94,7 +94,8 @@ BULK_QUEUE_S = 2.0
 ``CAPACITY_QUEUE_BATCHES`` max batches."""
 CAPACITY_QUEUE_BATCHES = 8
 """Max batches of bulk kept queued while C is measured: two run, the rest wait."""
-CAPACITY_WARMUP_S = 1.0
+CAPACITY_WARMUP_S = 2.0
+"""Batches of 64 before C is measured: the first runs of a shape are slow."""
 BULK_TICK_S = 0.005
 TARGET_RATIO = 1.5
 """The product's isolation target: realtime P99 loaded / idle."""
@@ -302,7 +303,8 @@ async def run_batch(
     with tracing.active().batch(stage.name, batch.batch_id, traceparents):
         output = await process_isolating(stage.process, items, policy, target)
     if budget is not None:
-        budget.ran(batch.key, sum(w.rows for w in items), time.perf_counter() - started)
+        run_s = output.model_s or time.perf_counter() - started
+        budget.ran(batch.key, sum(w.rows for w in items), run_s)
     outgoing = await output.records(None)
     failed = [o for o in outgoing if o.kind != "forward"]
     if failed or len(outgoing) != len(items):
@@ -329,6 +331,7 @@ def runtime_options(providers: Sequence[str], threads: int) -> RuntimeOptions:
         inter_op_threads=r.inter_op_threads,
         graph_optimization=r.graph_optimization,
         io_binding=r.io_binding,
+        allow_spinning=r.allow_spinning,
     )
 
 
@@ -547,16 +550,18 @@ async def _bulk_feed(
     per_s: float,
     queue_cap: int,
 ) -> None:
-    """A flood offered at ``per_s`` in ``BULK_TICK_S`` steps. What would push the backlog past
-    ``queue_cap`` is held back, as it would wait in Kafka behind paused partitions, and put
-    as soon as there is room: the worker never runs out of bulk work."""
+    """A flood offered at ``per_s`` (inf: as fast as there is room) in ``BULK_TICK_S`` steps.
+
+    It starts with ``queue_cap`` tasks already published, so the worker is saturated from the
+    first batch rather than once the backlog has grown. What would push the backlog past
+    ``queue_cap`` is held back, as it would wait in Kafka behind paused partitions, and put as
+    soon as there is room: the worker never runs out of bulk work."""
     started = time.monotonic()
     sent = 0
     while True:
-        due = (
-            int(per_s * (time.monotonic() - started)) - sent if per_s < float("inf") else queue_cap
-        )
-        for _ in range(max(0, min(due, queue_cap - worker.queued("bulk")))):
+        elapsed_s = time.monotonic() - started
+        offered = queue_cap + (int(per_s * elapsed_s) if per_s < float("inf") else sent)
+        for _ in range(max(0, min(offered - sent, queue_cap - worker.queued("bulk")))):
             worker.put(records[sent % len(records)])
             sent += 1
         await asyncio.sleep(BULK_TICK_S)
@@ -723,7 +728,7 @@ def isolation_table(result: IsolationResult, options: IsolationOptions, command:
         ("loaded (bulk 3 C)", result.loaded_no_budget, 0.0),
     ):
         p50, p95, p99 = tally.percentiles()
-        low = "-" if tally.min_bulk_queued is None else f"{tally.min_bulk_queued:,}"
+        low = "-" if tally is result.idle else f"{tally.min_bulk_queued or 0:,}"
         lines.append(
             f"| {label} | {f'{budget_ms:g} ms' if budget_ms else 'off'} "
             f"| {len(tally.realtime_ms):,} | {p50:,.1f} | {p95:,.1f} | {p99:,.1f} "

@@ -59,6 +59,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         inter_op_threads=r.inter_op_threads,
         graph_optimization=r.graph_optimization,
         io_binding=r.io_binding,
+        allow_spinning=r.allow_spinning,
     )
 
 

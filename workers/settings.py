@@ -242,7 +242,7 @@ class LaneSettings(_Group):
     partitions pause beyond that, so its backlog waits in Kafka, not in front of the
     higher lane."""
 
-    latency_budget_ms: float = Field(default=20.0, ge=0)
+    latency_budget_ms: float = Field(default=10.0, ge=0)
     """While the realtime lane has work, batches are capped at the rows the model runs in
     about this long (a running estimate per batch key), so a realtime task waits for at most
     about one such batch; 0: batches are bounded by their window only."""
@@ -274,6 +274,11 @@ class RuntimeSettings(_Group):
     """Bind inputs and outputs through I/O binding on device providers (CUDA, TensorRT).
     Off by default: with pooling inside the graph the output is small, and on an H200 plain
     `run()` measured 1-8% faster (BENCHMARKS.md, GPU section)."""
+    allow_spinning: bool = False
+    """Let ONNX Runtime's intra-op threads busy-wait between operators and runs. ORT's own
+    default is on, which buys a little latency on cores of its own; off by default because
+    the workers share cores with the broker and each other, and a spinning pool takes their
+    CPU while a realtime task crosses the other stages (BENCHMARKS.md, lanes)."""
     concurrent_runs: int = Field(default=1, ge=1)
     """Model runs at once. ONNX Runtime already spreads one run over `intra_op_threads`, so
     on CPU a second concurrent run only contends for the same cores; batches still overlap

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from workers.models.gate import PriorityGate
 from workers.models.repository import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class RuntimeOptions:
     io_binding: bool = False
     """Use I/O binding on device providers (see RuntimeSettings.io_binding)."""
     device_id: int = 0
+    allow_spinning: bool = True
+    """Intra-op threads busy-wait for work (ORT's default; see RuntimeSettings)."""
 
 
 def choose_providers(preferred: tuple[str, ...], available: list[str]) -> list[str]:
@@ -68,6 +72,9 @@ class OnnxModel:
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = _OPTIMIZATION[options.graph_optimization]
+        spinning = "1" if options.allow_spinning else "0"
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         providers = choose_providers(options.providers, ort.get_available_providers())
         self.session = ort.InferenceSession(
             str(version.path), sess_options=session_options, providers=providers
@@ -115,6 +122,7 @@ class ModelRuntime:
         self._executor: ThreadPoolExecutor | None = None
         self._loader: ThreadPoolExecutor | None = None
         self._concurrent_runs = concurrent_runs
+        self._gate = PriorityGate(concurrent_runs)
 
     async def start(self) -> None:
         if self._executor is not None:
@@ -172,15 +180,27 @@ class ModelRuntime:
             raise RuntimeError("ModelRuntime is not started")
         return await asyncio.get_running_loop().run_in_executor(self._loader, function, *args)
 
-    async def run(self, model: OnnxModel, feeds: dict[str, Array]) -> dict[str, Array]:
-        """Run one batch on a given session, off the event loop."""
+    async def run(
+        self, model: OnnxModel, feeds: dict[str, Array], *, priority: int = 0
+    ) -> dict[str, Array]:
+        """Run one batch on a given session, off the event loop (see `timed_run`)."""
+        outputs, _ = await self.timed_run(model, feeds, priority=priority)
+        return outputs
+
+    async def timed_run(
+        self, model: OnnxModel, feeds: dict[str, Array], *, priority: int = 0
+    ) -> tuple[dict[str, Array], float]:
+        """Run one batch and say how many seconds the model took, not counting the wait for
+        the gate. Waiting runs go lowest `priority` first (a batch's highest lane)."""
+        executor = self._require_executor()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._require_executor(), model.run, feeds)
+        async with self._gate.hold(priority):
+            started = time.perf_counter()
+            outputs = await loop.run_in_executor(executor, model.run, feeds)
+            return outputs, time.perf_counter() - started
 
     async def infer(self, version: ModelVersion, feeds: dict[str, Array]) -> dict[str, Array]:
-        model = await self.model(version)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._require_executor(), model.run, feeds)
+        return await self.run(await self.model(version), feeds)
 
     def _require_executor(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -30,13 +30,15 @@ from workers.models.lifecycle import LoadedVersion, ModelLifecycle
 from workers.models.repository import BatchingConfig, ModelRepository, ModelVersion
 from workers.models.runtime import ModelRuntime
 from workers.models.shadow import ShadowRunner
-from workers.names import Topics
+from workers.names import LANES, Topics
 from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
 from workers.pipelines.base import Array
 from workers.pipelines.collate import collate, rows_of, split
 from workers.stages.identity import AnswersFailures
 from workers.stages.work import DEFAULT_LANE, BatchFailed, StageOutput, Work, internal_error
+
+_LANE_RANK = {lane: rank for rank, lane in enumerate(LANES)}
 
 
 class InferenceStage(AnswersFailures):
@@ -171,14 +173,16 @@ class InferenceStage(AnswersFailures):
                 self._fail(output, work, error)
             return
         assert lease.model is not None, "a leased version keeps its session"
-        started = time.perf_counter()
+        # The highest lane in the group decides its place in the queue for the model.
+        priority = min(_LANE_RANK.get(w.lane, len(LANES)) for w in batch)
         try:
-            outputs = await self.runtime.run(lease.model, feeds)
+            outputs, run_s = await self.runtime.timed_run(lease.model, feeds, priority=priority)
             rows = split(outputs, [w.rows for w in batch])
         except Exception as exc:  # the runner splits the batch to find the culprit
             raise BatchFailed(exc, transient=_out_of_memory(exc)) from exc
-        inference_ms = (time.perf_counter() - started) * 1000
-        self._observe(model, inference_ms / 1000)
+        output.model_s += run_s
+        inference_ms = run_s * 1000
+        self._observe(model, run_s)
         self.lifecycle.remember(model.name, feeds)
         if self.shadow is not None:
             self.shadow.offer(model.name, model.version, feeds, outputs)

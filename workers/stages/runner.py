@@ -318,7 +318,10 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     if fresh
                     else StageOutput()
                 )
-            self._budget.ran(batch.key, sum(w.rows for w in fresh), time.perf_counter() - started)
+            # The model's own time where the stage has one: waiting for the model is not
+            # what a bigger batch costs.
+            run_s = output.model_s or time.perf_counter() - started
+            self._budget.ran(batch.key, sum(w.rows for w in fresh), run_s)
             outgoing = await output.records(self.claims)
             delivered = await self.delivery.deliver(
                 items, outgoing, output.transitions, partial(self._still_ours, items)

@@ -102,12 +102,15 @@ class StageOutput:
     finished: list[Finished] = field(default_factory=list)
     pending: list[_Pending] = field(default_factory=list)
     """Messages to encode; `records()` turns them into `outgoing`."""
+    model_s: float = 0.0
+    """Seconds the model ran for this output, waiting for it left out (0: no model)."""
 
     def merge(self, other: StageOutput) -> StageOutput:
         self.outgoing.extend(other.outgoing)
         self.transitions.extend(other.transitions)
         self.finished.extend(other.finished)
         self.pending.extend(other.pending)
+        self.model_s += other.model_s
         return self
 
     def forward(
