@@ -9,7 +9,7 @@ into that file between the ``bench:batching-gpu`` markers (the lent GPU machine:
 The GPU machine has no Kafka, Java or Redis, so this drives the inference worker's own
 batching path the way ``StageRunner`` does, minus the broker and the ledger:
 ``InferenceStage.decode`` of a preprocessed record -> ``LaneBatcher.put``; a dispatcher that
-takes a batch slot first (``batches_in_flight``), then ``next_batch()``; per batch
+forms a batch once a ``BatchSlots`` slot would take it (``next_batch(admit=...)``); per batch
 ``process_isolating(stage.process)`` -> ``StageOutput.records(None)`` (every outgoing
 message encoded). The stage is built as ``workers.service`` builds it (``ModelRuntime``,
 ``ModelLifecycle`` with warm-up; no shadow, control listener or watcher). Left out: intake
@@ -62,6 +62,7 @@ from workers.stages.budget import LatencyBudget
 from workers.stages.inference import InferenceStage
 from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.stages.preprocess import PreprocessStage
+from workers.stages.slots import BatchSlots, SlotKind
 from workers.stages.work import Work
 
 START, END = "<!-- bench:batching:start -->", "<!-- bench:batching:end -->"
@@ -237,7 +238,7 @@ class ClosedLoop:
             window_of=stage.batching,
             min_share=lanes.min_shares(),
         )
-        self.slots = asyncio.Semaphore(worker.batches_in_flight)
+        self.slots = BatchSlots(worker.batches_in_flight, lanes.express_batches)
         self.policy = RetryPolicy(worker.max_attempts, worker.retry_backoff_ms / 1000)
         self.target = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
         self._free = concurrency
@@ -269,21 +270,21 @@ class ClosedLoop:
                 self.batcher.put(self.stage.decode(record))
 
     async def _dispatch(self, group: asyncio.TaskGroup, meter: _Meter) -> None:
-        """The runner's ``_dispatch``: a slot first, then the batch, so it forms late."""
+        """The runner's ``_dispatch``: a batch forms once a slot would take it."""
         while True:
-            await self.slots.acquire()
-            batch = await self.batcher.next_batch()
+            batch = await self.batcher.next_batch(admit=self.slots.admits)
             if batch is None:
-                self.slots.release()
                 return
-            group.create_task(self._run_batch(batch, meter))
+            slot = self.slots.take(batch.lane)
+            group.create_task(self._run_batch(batch, slot, meter))
 
-    async def _run_batch(self, batch: Batch[Work], meter: _Meter) -> None:
+    async def _run_batch(self, batch: Batch[Work], slot: SlotKind, meter: _Meter) -> None:
         try:
             await run_batch(self.stage, batch, self.policy, self.target)
             meter.finished(batch.items, time.monotonic())
         finally:
-            self.slots.release()
+            self.slots.give_back(slot)
+            self.batcher.tick()
             self._free += len(batch.items)
             self._room.set()
 
@@ -332,6 +333,7 @@ def runtime_options(providers: Sequence[str], threads: int) -> RuntimeOptions:
         graph_optimization=r.graph_optimization,
         io_binding=r.io_binding,
         allow_spinning=r.allow_spinning,
+        compute_nice=r.compute_nice,
     )
 
 
@@ -458,7 +460,7 @@ class OpenLoopWorker:
 
     Built as ``StageRunner`` builds it: the same ``LaneBatcher`` accessors and min shares,
     ``row_cap_of`` from a ``LatencyBudget`` that sees every put's lane and every processed
-    batch's rows and run time; a batch slot first (``batches_in_flight``), then the batch.
+    batch's rows and model time; a batch forms once a ``BatchSlots`` slot would take it.
     Left out besides Kafka and the ledger: ``FlowControl``, which pauses bulk partitions
     while realtime work is queued; here the bulk feeder bounds the backlog itself.
     """
@@ -478,7 +480,7 @@ class OpenLoopWorker:
             min_share=lanes.min_shares(),
             row_cap_of=self.budget.row_cap,
         )
-        self.slots = asyncio.Semaphore(worker.batches_in_flight)
+        self.slots = BatchSlots(worker.batches_in_flight, lanes.express_batches)
         self.policy = RetryPolicy(worker.max_attempts, worker.retry_backoff_ms / 1000)
         self.target = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
         self.window = (float("inf"), float("inf"))
@@ -495,13 +497,12 @@ class OpenLoopWorker:
 
     async def dispatch(self, group: asyncio.TaskGroup) -> None:
         while True:
-            await self.slots.acquire()
-            batch = await self.batcher.next_batch()
+            batch = await self.batcher.next_batch(admit=self.slots.admits)
             if batch is None:
-                self.slots.release()
                 return
+            slot = self.slots.take(batch.lane)
             self._formed(batch)
-            group.create_task(self._run(batch))
+            group.create_task(self._run(batch, slot))
 
     def _formed(self, batch: Batch[Work]) -> None:
         start, end = self.window
@@ -510,11 +511,12 @@ class OpenLoopWorker:
             low = self.tally.min_bulk_queued
             self.tally.min_bulk_queued = left if low is None else min(low, left)
 
-    async def _run(self, batch: Batch[Work]) -> None:
+    async def _run(self, batch: Batch[Work], slot: SlotKind) -> None:
         try:
             await run_batch(self.stage, batch, self.policy, self.target, self.budget)
         finally:
-            self.slots.release()
+            self.slots.give_back(slot)
+            self.batcher.tick()
         now = time.monotonic()
         start, end = self.window
         tally = self.tally
@@ -704,8 +706,10 @@ def isolation_table(result: IsolationResult, options: IsolationOptions, command:
         "The inference runner's scheduling path in one process, no Kafka, no other process "
         "competing for the CPU: `LaneBatcher` built as `StageRunner` builds it (min shares "
         f"from `LaneSettings`, `row_cap_of` from a `LatencyBudget` of {result.budget_ms:g} ms "
-        "told every put's lane and every batch's rows and run time), a batch slot first "
-        f"(`batches_in_flight` {WorkerSettings().batches_in_flight}), the model's window "
+        "told every put's lane and every batch's rows and model time), a batch formed once "
+        f"a slot takes it (`batches_in_flight` {WorkerSettings().batches_in_flight} plus "
+        f"{LaneSettings().express_batches} express for realtime; model runs one at a time, "
+        "highest lane first), the model's window "
         f"(`max_batch_size` {w.max_batch_size}, `max_wait_ms` {w.max_wait_ms:g}).",
         f"Capacity C = {result.capacity.bulk_per_s:,.0f} tasks/s (bulk alone, saturated, "
         f"{options.capacity_s:g} s; mean batch {result.capacity.mean_batch:.1f}). Realtime: "

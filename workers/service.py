@@ -60,6 +60,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         graph_optimization=r.graph_optimization,
         io_binding=r.io_binding,
         allow_spinning=r.allow_spinning,
+        compute_nice=r.compute_nice,
     )
 
 

@@ -246,6 +246,9 @@ class LaneSettings(_Group):
     """While the realtime lane has work, batches are capped at the rows the model runs in
     about this long (a running estimate per batch key), so a realtime task waits for at most
     about one such batch; 0: batches are bounded by their window only."""
+    express_batches: int = Field(default=1, ge=0)
+    """Batches of the realtime lane a stage may start beyond `worker.batches_in_flight`,
+    so realtime work never waits for a batch slot behind lower lanes' batches."""
     realtime_active_s: float = Field(default=1.0, gt=0)
     """How long after the last realtime record the latency budget stays on."""
     partitions_per_tenant: int = Field(default=2, ge=1)
@@ -279,6 +282,12 @@ class RuntimeSettings(_Group):
     default is on, which buys a little latency on cores of its own; off by default because
     the workers share cores with the broker and each other, and a spinning pool takes their
     CPU while a realtime task crosses the other stages (BENCHMARKS.md, lanes)."""
+    compute_nice: int = Field(default=10, ge=0, le=19)
+    """Nice value added to the threads that run models (ONNX Runtime's pool inherits it).
+    A model run is the one long CPU-bound job in the system; at a lower CPU priority it
+    takes whatever the stages' I/O loops, the broker and Redis leave, so on shared cores a
+    realtime task crossing them is not kept waiting by a bulk batch's compute. On cores of
+    its own it changes nothing; 0 leaves the priority alone."""
     concurrent_runs: int = Field(default=1, ge=1)
     """Model runs at once. ONNX Runtime already spreads one run over `intra_op_threads`, so
     on CPU a second concurrent run only contends for the same cores; batches still overlap

@@ -72,6 +72,9 @@ class Batch(Generic[T]):
     """Sum of the items' sizes (rows, not requests)."""
     waited_s: float
     """How long the first item waited for this batch to close."""
+    lane: str = LANES[0]
+    """The highest lane queued for its key when it formed: the lane `admit` was asked
+    about (its items are almost always of it; a lower lane's credit may take the room)."""
     batch_id: str = field(default_factory=lambda: f"b{next(_batch_ids)}")
 
 
@@ -131,6 +134,8 @@ class _Choice:
     capacity: int
     preempts: bool
     """Chosen for lane credit over a higher lane ready on another key."""
+    top: int
+    """Rank of the highest lane queued for the key."""
 
 
 class LaneBatcher(Generic[T]):
@@ -229,15 +234,19 @@ class LaneBatcher(Generic[T]):
         self._closed = True
         self._changed.set()
 
-    async def next_batch(self) -> Batch[T] | None:
-        """The next ready batch; None once closed and drained."""
+    async def next_batch(self, admit: Callable[[str], bool] | None = None) -> Batch[T] | None:
+        """The next ready batch; None once closed and drained.
+
+        `admit(lane)`, when given, says whether a batch whose highest lane is `lane` may
+        start now (batch slots); keys it refuses wait, and a `tick()` wakes the wait when
+        the answer may have changed."""
         while True:
             self._changed.clear()
             now = self._clock()
-            choice, wait_s = self._choose(now)
+            choice, wait_s = self._choose(now, admit)
             if choice is not None:
                 return self._form(choice, now)
-            if self._closed:
+            if self._closed and not self._keys:
                 return None
             try:
                 async with asyncio.timeout(wait_s):
@@ -278,23 +287,27 @@ class LaneBatcher(Generic[T]):
         preferred = tuple(n for n in window.preferred_batch_sizes if n <= cap)
         return BatchWindow(cap, window.max_wait_ms, preferred)
 
-    def _choose(self, now: float) -> tuple[_Choice | None, float | None]:
+    def _choose(
+        self, now: float, admit: Callable[[str], bool] | None = None
+    ) -> tuple[_Choice | None, float | None]:
         """The key to batch now, else how long until the next window closes."""
         ready: list[tuple[int, float, Hashable, int, int]] = []
         earliest: float | None = None
         for key, queue in self._keys.items():
+            top = min(self._rank[lane] for lane in queue.lanes)
+            if admit is not None and not admit(self._lanes[top]):
+                continue
             capacity, deadline = self._readiness(key, queue, now)
             if capacity is None:
                 earliest = deadline if earliest is None else min(earliest, deadline)
                 continue
-            top = min(self._rank[lane] for lane in queue.lanes)
             order = -1 if self._owes(queue) else top
             ready.append((order, queue.oldest().enqueued_at, key, capacity, top))
         if not ready:
             return None, (None if earliest is None else max(0.0, earliest - now))
         best_top = min(top for *_, top in ready)
         _, _, key, capacity, top = min(ready, key=lambda r: (r[0], r[1]))
-        return _Choice(key, capacity, preempts=top > best_top), None
+        return _Choice(key, capacity, preempts=top > best_top, top=top), None
 
     def _readiness(
         self, key: Hashable, queue: _KeyQueue[T], now: float
@@ -337,7 +350,8 @@ class LaneBatcher(Generic[T]):
         self._grant(batch_cost)
         items = [entry.item for entry in taken]
         size = sum(entry.size for entry in taken)
-        return Batch(key=choice.key, items=items, size=size, waited_s=waited_s)
+        lane = self._lanes[choice.top]
+        return Batch(key=choice.key, items=items, size=size, waited_s=waited_s, lane=lane)
 
     def _credit_pass(
         self, queue: _KeyQueue[T], lane: str, capacity: int, taken: list[_Entry[T]]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +54,10 @@ class RuntimeOptions:
     io_binding: bool = False
     """Use I/O binding on device providers (see RuntimeSettings.io_binding)."""
     device_id: int = 0
-    allow_spinning: bool = True
-    """Intra-op threads busy-wait for work (ORT's default; see RuntimeSettings)."""
+    allow_spinning: bool = False
+    """Intra-op threads busy-wait for work (ORT's default is on; see RuntimeSettings)."""
+    compute_nice: int = 10
+    """Nice value added to the threads that load and run models (see RuntimeSettings)."""
 
 
 def choose_providers(preferred: tuple[str, ...], available: list[str]) -> list[str]:
@@ -127,11 +131,22 @@ class ModelRuntime:
     async def start(self) -> None:
         if self._executor is not None:
             raise RuntimeError("ModelRuntime already started")
+        # Threads a session makes inherit their maker's nice value, so lowering it on the
+        # threads that make and run sessions lowers ORT's whole pool, not the event loop.
+        nice = (self.options.compute_nice,)
         self._executor = ThreadPoolExecutor(
-            max_workers=self._concurrent_runs, thread_name_prefix="onnx"
+            max_workers=self._concurrent_runs,
+            thread_name_prefix="onnx",
+            initializer=_lower_priority,
+            initargs=nice,
         )
         # Loads (hot swaps) get a thread of their own: a slow load never queues a batch.
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-load")
+        self._loader = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="onnx-load",
+            initializer=_lower_priority,
+            initargs=nice,
+        )
 
     async def stop(self) -> None:
         if self._executor is not None:
@@ -206,3 +221,10 @@ class ModelRuntime:
         if self._executor is None:
             raise RuntimeError("ModelRuntime is not started")
         return self._executor
+
+
+def _lower_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's nice value (Linux keeps one per thread)."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)

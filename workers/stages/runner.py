@@ -33,6 +33,7 @@ from workers.stages.budget import LatencyBudget
 from workers.stages.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from workers.stages.flow import FlowControl
 from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
+from workers.stages.slots import BatchSlots, SlotKind
 from workers.stages.telemetry import StageTelemetry
 from workers.stages.work import StageOutput, Work
 from workers.tasks import TaskSet
@@ -125,7 +126,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self.paused: set[TopicPartition] = set()
         self._delayed: set[asyncio.TimerHandle] = set()
-        self._batch_slots = asyncio.Semaphore(settings.batches_in_flight)
+        self._slots = BatchSlots(settings.batches_in_flight, lanes.express_batches)
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._crashed: BaseException | None = None
@@ -285,18 +286,18 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- batches ----------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Hands ready batches to processing tasks, at most `batches_in_flight` at once."""
+        """Hands ready batches to processing tasks, at most `batches_in_flight` at once
+        plus the express slots (top-lane batches only)."""
         while True:
-            # A slot first, then the batch: it forms as late as possible, so it holds what
-            # arrived while the last batches ran, and the highest lane's newest work.
-            await self._batch_slots.acquire()
-            batch = await self._batcher.next_batch()
+            # A batch forms only once a slot would take it: as late as possible, so it holds
+            # what arrived while the last batches ran, and the highest lane's newest work.
+            batch = await self._batcher.next_batch(admit=self._slots.admits)
             if batch is None:
-                self._batch_slots.release()
                 return
-            self._batches.start(self._run_batch(batch), f"{self.stage.name}-{batch.batch_id}")
+            slot = self._slots.take(batch.lane)
+            self._batches.start(self._run_batch(batch, slot), f"{self.stage.name}-{batch.batch_id}")
 
-    async def _run_batch(self, batch: Batch[Work]) -> None:
+    async def _run_batch(self, batch: Batch[Work], slot: SlotKind) -> None:
         try:
             # Records of partitions revoked since they were taken are the next owner's now.
             items = [w for w in batch.items if w.generation == self._generation]
@@ -338,7 +339,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             self.skipped += len(items) - len(fresh)
             self.telemetry.batch_done(batch, len(fresh), output)
         finally:
-            self._batch_slots.release()
+            self._slots.give_back(slot)
+            self._batcher.tick()
             self._room.set()
 
     def _still_ours(self, items: list[Work]) -> bool:

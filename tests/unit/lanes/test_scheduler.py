@@ -331,3 +331,62 @@ async def test_a_row_cap_shrinks_batches_while_it_applies() -> None:
     assert (await _next(batcher)).size == 3
     cap["m"] = None
     assert (await _next(batcher)).size == 8
+
+
+# ---- admission by batch slots (the express slot of the realtime lane) ------------------------
+
+
+async def test_a_refused_key_waits_and_an_admitted_one_goes() -> None:
+    batcher = _batcher({"a": BatchWindow(2, 0), "b": BatchWindow(2, 0)})
+    bulk, realtime = Req(lane="bulk", key="a"), Req(lane="realtime", key="b")
+    batcher.put(bulk)
+    batcher.put(realtime)
+    batch = await asyncio.wait_for(batcher.next_batch(admit=lambda lane: lane == "realtime"), 1)
+    assert batch is not None
+    assert (batch.items, batch.lane) == ([realtime], "realtime")
+    waiting = asyncio.create_task(batcher.next_batch(admit=lambda lane: lane == "realtime"))
+    await _settle()
+    assert not waiting.done()  # the bulk key is ready but refused: no batch, no busy loop
+    waiting.cancel()
+    batch = await asyncio.wait_for(batcher.next_batch(admit=lambda lane: True), 1)
+    assert batch is not None
+    assert (batch.items, batch.lane) == ([bulk], "bulk")
+
+
+async def test_a_tick_wakes_a_wait_refused_by_admit() -> None:
+    batcher = _batcher(BatchWindow(4, 0))
+    batcher.put(Req(lane="bulk"))
+    slot_free = False
+    waiting = asyncio.create_task(batcher.next_batch(admit=lambda _: slot_free))
+    await _settle()
+    assert not waiting.done()
+    slot_free = True
+    batcher.tick()
+    batch = await asyncio.wait_for(waiting, 1)
+    assert batch is not None
+    assert batch.lane == "bulk"
+
+
+async def test_closed_with_refused_work_waits_until_admitted_then_drains() -> None:
+    batcher = _batcher(BatchWindow(4, 10_000))
+    req = Req(lane="standard")
+    batcher.put(req)
+    batcher.close()
+    admitted = False
+    waiting = asyncio.create_task(batcher.next_batch(admit=lambda _: admitted))
+    await _settle()
+    assert not waiting.done()  # closed, but its queued work is not dropped
+    admitted = True
+    batcher.tick()
+    batch = await asyncio.wait_for(waiting, 1)
+    assert batch is not None
+    assert batch.items == [req]
+    assert await asyncio.wait_for(batcher.next_batch(admit=lambda _: True), 1) is None
+
+
+async def test_a_batch_names_its_keys_highest_lane() -> None:
+    batcher = _batcher(BatchWindow(3, 0))
+    batcher.put(Req(lane="bulk"))
+    batcher.put(Req(lane="standard"))
+    batch = await _next(batcher)
+    assert batch.lane == "standard"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,21 @@ async def test_double_start_is_an_error_and_stop_is_idempotent() -> None:
     await runtime.stop()
     await runtime.start()  # a stopped runtime may start again
     await runtime.stop()
+
+
+def _own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_model_threads_run_at_a_lower_cpu_priority_than_the_event_loop() -> None:
+    loop_nice = _own_nice()
+    options = dataclasses.replace(CPU_ONLY, compute_nice=3)
+    async with ModelRuntime(options) as runtime:
+        assert await runtime.off_loop(_own_nice) == min(19, loop_nice + 3)
+    assert _own_nice() == loop_nice  # the event loop's thread keeps its priority
+
+
+async def test_compute_nice_zero_leaves_priority_alone() -> None:
+    options = dataclasses.replace(CPU_ONLY, compute_nice=0)
+    async with ModelRuntime(options) as runtime:
+        assert await runtime.off_loop(_own_nice) == _own_nice()
