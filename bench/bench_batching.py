@@ -47,7 +47,7 @@ from workers.models.builders.minilm import MODEL_NAME
 from workers.models.events import ModelEvents
 from workers.models.lifecycle import ModelLifecycle
 from workers.models.repository import ModelRepository, ModelVersion
-from workers.models.runtime import ModelRuntime, RuntimeOptions
+from workers.models.runtime import ModelRuntime, OnnxModel, RuntimeOptions
 from workers.names import Topics
 from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
@@ -92,7 +92,7 @@ BULK_OFFER = 3.0
 """Bulk offered, as a multiple of C: a flood, its backlog grows for as long as it lasts."""
 BULK_QUEUE_S = 2.0
 """The bulk backlog held in the worker, in seconds of C (memory), at least
-``CAPACITY_QUEUE_BATCHES`` max batches."""
+``CAPACITY_QUEUE_BATCHES`` max batches and at most ``worker.max_in_flight``."""
 CAPACITY_QUEUE_BATCHES = 8
 """Max batches of bulk kept queued while C is measured: two run, the rest wait."""
 CAPACITY_WARMUP_S = 2.0
@@ -111,6 +111,8 @@ class Options:
     duration_s: float
     raw_duration_s: float
     warmup_min_s: float
+    runtime: tuple[str, ...] = ()
+    """Runtime settings overridden, ``FIELD=VALUE``."""
 
     @property
     def on_device(self) -> bool:
@@ -322,10 +324,16 @@ def _key_of(work: Work) -> Hashable:
 # ---- measuring -----------------------------------------------------------------------------
 
 
-def runtime_options(providers: Sequence[str], threads: int) -> RuntimeOptions:
+def runtime_options(
+    providers: Sequence[str], threads: int, overrides: Sequence[str] = ()
+) -> RuntimeOptions:
     """What ``workers.service.runtime_options`` makes of the default runtime settings with
-    these providers and intra-op threads (that module needs Kafka and Redis to import)."""
-    r = RuntimeSettings(providers=tuple(providers), intra_op_threads=threads)
+    these providers and intra-op threads (that module needs Kafka and Redis to import), and
+    ``overrides`` as ``FIELD=VALUE`` (``--runtime allow_spinning=true``)."""
+    fields = dict(item.split("=", 1) for item in overrides)
+    r = RuntimeSettings.model_validate(
+        {**fields, "providers": tuple(providers), "intra_op_threads": threads}
+    )
     return RuntimeOptions(
         providers=r.providers,
         intra_op_threads=r.intra_op_threads,
@@ -343,12 +351,8 @@ async def measure(
     repository = ModelRepository(repository_root)
     topics = Topics(TOPIC_PREFIX)
     records = await preprocessed_records(repository, topics, texts)
-    runtime_opts = runtime_options(options.providers, options.threads)
-    # The raw session: the same options as the worker's (bench_model.load_model builds the
-    # same RuntimeOptions from providers, threads and io_binding).
-    raw_model = bench_model.load_model(
-        version, options.providers, options.threads, runtime_opts.io_binding
-    )
+    runtime_opts = runtime_options(options.providers, options.threads, options.runtime)
+    raw_model = OnnxModel(version, runtime_opts)  # the raw session: the worker's options
     tokenizer = bench_model.tokenizer_of(version)
     worker, lanes = WorkerSettings(), LaneSettings()
     metrics = WorkerMetrics("inference")
@@ -419,6 +423,8 @@ class IsolationOptions:
     settle_s: float
     """Leading seconds of each phase left out: the bulk backlog builds, the budget learns."""
     seed: int
+    runtime: tuple[str, ...] = ()
+    """Runtime settings overridden, ``FIELD=VALUE``."""
 
     @property
     def on_device(self) -> bool:
@@ -622,7 +628,7 @@ async def measure_isolation(
     async with contextlib.AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(
             ModelRuntime(
-                runtime_options(options.providers, options.threads),
+                runtime_options(options.providers, options.threads, options.runtime),
                 RuntimeSettings().concurrent_runs,
             )
         )
@@ -653,7 +659,11 @@ async def measure_isolation(
         c = capacity.bulk_per_s
         print(f"capacity C: {c:,.0f} tasks/s, mean batch {capacity.mean_batch:.1f}", flush=True)
         realtime_per_s, bulk_per_s = REALTIME_SHARE * c, BULK_OFFER * c
-        bulk_cap = max(CAPACITY_QUEUE_BATCHES * window.max_batch_size, int(BULK_QUEUE_S * c))
+        # As much as a worker holds: `max_in_flight` bounds what it takes from Kafka.
+        bulk_cap = min(
+            WorkerSettings().max_in_flight,
+            max(CAPACITY_QUEUE_BATCHES * window.max_batch_size, int(BULK_QUEUE_S * c)),
+        )
 
         def rt(worker: OpenLoopWorker) -> Coroutine[Any, Any, None]:
             return _realtime_feed(worker, realtime, realtime_per_s, rng)
@@ -825,6 +835,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, help="MiniLM source folder (bench.gpu_source)")
     parser.add_argument("--out", type=Path, help="write the GPU-marked table here instead")
     parser.add_argument("--insert", type=Path, help="copy an --out file into BENCHMARKS.md")
+    parser.add_argument(
+        "--runtime", action="append", default=[], help="a runtime setting, FIELD=VALUE"
+    )
     isolation = parser.add_argument_group("--isolation: realtime latency idle vs under a flood")
     isolation.add_argument("--isolation", action="store_true", help="measure isolation instead")
     isolation.add_argument("--max-batch-size", type=int, help="default: the model's window")
@@ -845,6 +858,7 @@ def options_of(args: argparse.Namespace) -> Options:
         duration_s=1.5 if args.quick else args.duration_s,
         raw_duration_s=0.5 if args.quick else 3.0,
         warmup_min_s=0.5 if args.quick else 1.0,
+        runtime=tuple(args.runtime),
     )
 
 
@@ -858,6 +872,7 @@ def isolation_options_of(args: argparse.Namespace) -> IsolationOptions:
         loaded_s=4.0 if args.quick else args.loaded_s,
         settle_s=1.0 if args.quick else args.settle_s,
         seed=args.seed,
+        runtime=tuple(args.runtime),
     )
 
 

@@ -1,7 +1,8 @@
 """ONNX Runtime sessions: provider choice with fallback, session options, off-loop execution.
 
-`ModelRuntime.infer` runs a batch in a thread pool (ONNX Runtime releases the GIL), so the
-event loop keeps polling Kafka and producing while the model runs. On CUDA and TensorRT the
+`ModelRuntime.run` runs a batch on a model thread (ONNX Runtime releases the GIL), so the
+event loop keeps polling Kafka and producing while the model runs; batches waiting for a
+thread go highest lane first (`executor`). On CUDA and TensorRT the
 batch goes through I/O binding, which copies inputs to the device once and lets the session
 write outputs straight into host buffers.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from workers.models.gate import PriorityGate
+from workers.models.executor import PriorityExecutor
 from workers.models.repository import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,9 @@ class ModelRuntime:
         self.options = options
         self._models: dict[tuple[str, int], OnnxModel] = {}
         self._loading: dict[tuple[str, int], asyncio.Future[OnnxModel]] = {}
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: PriorityExecutor | None = None
         self._loader: ThreadPoolExecutor | None = None
         self._concurrent_runs = concurrent_runs
-        self._gate = PriorityGate(concurrent_runs)
 
     async def start(self) -> None:
         if self._executor is not None:
@@ -134,11 +134,8 @@ class ModelRuntime:
         # Threads a session makes inherit their maker's nice value, so lowering it on the
         # threads that make and run sessions lowers ORT's whole pool, not the event loop.
         nice = (self.options.compute_nice,)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self._concurrent_runs,
-            thread_name_prefix="onnx",
-            initializer=_lower_priority,
-            initargs=nice,
+        self._executor = PriorityExecutor(
+            self._concurrent_runs, "onnx", initializer=_lower_priority, initargs=nice
         )
         # Loads (hot swaps) get a thread of their own: a slow load never queues a batch.
         self._loader = ThreadPoolExecutor(
@@ -172,9 +169,8 @@ class ModelRuntime:
         if key in self._models:
             return self._models[key]
         if key not in self._loading:
-            loop = asyncio.get_running_loop()
-            self._loading[key] = loop.run_in_executor(
-                self._require_executor(), OnnxModel, version, self.options
+            self._loading[key] = asyncio.wrap_future(
+                self._require_executor().submit(0, OnnxModel, version, self.options)
             )
         try:
             model = await asyncio.shield(self._loading[key])
@@ -206,21 +202,26 @@ class ModelRuntime:
         self, model: OnnxModel, feeds: dict[str, Array], *, priority: int = 0
     ) -> tuple[dict[str, Array], float]:
         """Run one batch and say how many seconds the model took, not counting the wait for
-        the gate. Waiting runs go lowest `priority` first (a batch's highest lane)."""
-        executor = self._require_executor()
-        loop = asyncio.get_running_loop()
-        async with self._gate.hold(priority):
-            started = time.perf_counter()
-            outputs = await loop.run_in_executor(executor, model.run, feeds)
-            return outputs, time.perf_counter() - started
+        a thread. Waiting runs go lowest `priority` first (a batch's highest lane)."""
+        return await asyncio.wrap_future(
+            self._require_executor().submit(priority, _timed, model.run, feeds)
+        )
 
     async def infer(self, version: ModelVersion, feeds: dict[str, Array]) -> dict[str, Array]:
         return await self.run(await self.model(version), feeds)
 
-    def _require_executor(self) -> ThreadPoolExecutor:
+    def _require_executor(self) -> PriorityExecutor:
         if self._executor is None:
             raise RuntimeError("ModelRuntime is not started")
         return self._executor
+
+
+def _timed(
+    function: Callable[[T], dict[str, Array]], argument: T
+) -> tuple[dict[str, Array], float]:
+    started = time.perf_counter()
+    outputs = function(argument)
+    return outputs, time.perf_counter() - started
 
 
 def _lower_priority(nice: int) -> None:

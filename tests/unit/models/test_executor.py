@@ -1,0 +1,110 @@
+"""PriorityExecutor: waiting calls run by priority, then in order; the thread takes the next
+one itself. Threads are held with events, never sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from workers.models.executor import PriorityExecutor
+
+WAIT_S = 5
+
+
+def _blocked(executor: PriorityExecutor) -> tuple[threading.Event, threading.Event]:
+    """Occupy the executor's only thread until the returned `release` is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(WAIT_S)
+
+    executor.submit(0, hold)
+    assert started.wait(WAIT_S)
+    return started, release
+
+
+def test_waiting_calls_run_by_priority_then_in_order() -> None:
+    executor = PriorityExecutor(1, "test")
+    _, release = _blocked(executor)
+    order: list[str] = []
+    futures = [
+        executor.submit(priority, order.append, name)
+        for priority, name in ((2, "bulk-1"), (1, "standard"), (2, "bulk-2"), (0, "realtime"))
+    ]
+    release.set()
+    for future in futures:
+        future.result(WAIT_S)
+    assert order == ["realtime", "standard", "bulk-1", "bulk-2"]
+    executor.shutdown()
+
+
+def test_results_and_errors_reach_the_future() -> None:
+    executor = PriorityExecutor(2, "test")
+    assert executor.submit(0, sum, [1, 2, 3]).result(WAIT_S) == 6
+    with pytest.raises(ZeroDivisionError):
+        executor.submit(0, divmod, 1, 0).result(WAIT_S)
+    executor.shutdown()
+
+
+def test_a_call_cancelled_before_it_starts_never_runs() -> None:
+    executor = PriorityExecutor(1, "test")
+    _, release = _blocked(executor)
+    ran: list[str] = []
+    cancelled = executor.submit(0, ran.append, "cancelled")
+    later = executor.submit(1, ran.append, "later")
+    assert cancelled.cancel()
+    release.set()
+    later.result(WAIT_S)
+    assert ran == ["later"]
+    executor.shutdown()
+
+
+async def test_an_awaiting_task_cancelled_cancels_its_queued_call() -> None:
+    executor = PriorityExecutor(1, "test")
+    _, release = _blocked(executor)
+    ran: list[str] = []
+    waiter = asyncio.ensure_future(asyncio.wrap_future(executor.submit(0, ran.append, "x")))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0)  # asyncio hands the cancel on to the queued call in a callback
+    release.set()
+    executor.shutdown()
+    assert ran == []
+
+
+def test_shutdown_runs_what_was_queued_then_refuses() -> None:
+    executor = PriorityExecutor(1, "test")
+    _, release = _blocked(executor)
+    queued = executor.submit(5, lambda: "done")
+    release.set()
+    executor.shutdown()
+    assert queued.result(0) == "done"
+    executor.shutdown()  # idempotent
+    with pytest.raises(RuntimeError, match="executor is shut down"):
+        executor.submit(0, print)
+
+
+def test_initializer_runs_on_each_thread_and_its_failure_is_not_fatal() -> None:
+    names: list[str] = []
+    executor = PriorityExecutor(
+        2, "init", initializer=lambda: names.append(threading.current_thread().name)
+    )
+    executor.shutdown()
+    assert sorted(names) == ["init-0", "init-1"]
+
+    def broken() -> None:
+        raise OSError("no permission")
+
+    executor = PriorityExecutor(1, "broken", initializer=broken)
+    assert executor.submit(0, int, "7").result(WAIT_S) == 7
+    executor.shutdown()
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        PriorityExecutor(0, "none")
