@@ -274,7 +274,7 @@ class ClosedLoop:
     async def _dispatch(self, group: asyncio.TaskGroup, meter: _Meter) -> None:
         """The runner's ``_dispatch``: a batch forms once a slot would take it."""
         while True:
-            batch = await self.batcher.next_batch(admit=self.slots.admits)
+            batch = await self.batcher.next_batch(admit=self.slots.admit)
             if batch is None:
                 return
             slot = self.slots.take(batch.lane)
@@ -503,7 +503,7 @@ class OpenLoopWorker:
 
     async def dispatch(self, group: asyncio.TaskGroup) -> None:
         while True:
-            batch = await self.batcher.next_batch(admit=self.slots.admits)
+            batch = await self.batcher.next_batch(admit=self.slots.admit)
             if batch is None:
                 return
             slot = self.slots.take(batch.lane)

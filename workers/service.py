@@ -82,9 +82,10 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
     keys = RedisKeys(settings.redis.key_prefix)
     metrics = WorkerMetrics(stage_name, o.tenant_label_cap)
     telemetry = StageTelemetry(metrics, stage_name, o.stuck_after_s)
-    tracing.configure(o.otel_enabled, o.otel_exporter, o.otel_endpoint)
+    tracer = tracing.configure(o.otel_enabled, o.otel_exporter, o.otel_endpoint)
     await ensure_pipeline_topics(settings)
     async with AsyncExitStack() as stack:
+        stack.callback(tracer.shutdown)  # last out: after the runner finished its batches
         server = await stack.enter_async_context(
             ObservabilityServer(metrics.registry, telemetry.health, o.metrics_host, o.metrics_port)
         )

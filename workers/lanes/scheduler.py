@@ -60,6 +60,8 @@ from workers.names import LANES
 
 T = TypeVar("T")
 Clock = Callable[[], float]
+Admit = Callable[[str], str | None]
+"""A batch whose highest lane is the argument may take rows down to the lane returned."""
 
 _batch_ids = itertools.count()
 
@@ -136,6 +138,8 @@ class _Choice:
     """Chosen for lane credit over a higher lane ready on another key."""
     top: int
     """Rank of the highest lane queued for the key."""
+    floor: str
+    """The lowest lane the batch may take rows from (what `admit` allowed)."""
 
 
 class LaneBatcher(Generic[T]):
@@ -234,12 +238,12 @@ class LaneBatcher(Generic[T]):
         self._closed = True
         self._changed.set()
 
-    async def next_batch(self, admit: Callable[[str], bool] | None = None) -> Batch[T] | None:
+    async def next_batch(self, admit: Admit | None = None) -> Batch[T] | None:
         """The next ready batch; None once closed and drained.
 
-        `admit(lane)`, when given, says whether a batch whose highest lane is `lane` may
-        start now (batch slots); keys it refuses wait, and a `tick()` wakes the wait when
-        the answer may have changed."""
+        `admit(lane)`, when given, says which lanes a batch whose highest lane is `lane` may
+        take rows from now (batch slots): down to the lane it returns, or none (None: the
+        key waits; a `tick()` wakes the wait when the answer may have changed)."""
         while True:
             self._changed.clear()
             now = self._clock()
@@ -288,26 +292,27 @@ class LaneBatcher(Generic[T]):
         return BatchWindow(cap, window.max_wait_ms, preferred)
 
     def _choose(
-        self, now: float, admit: Callable[[str], bool] | None = None
+        self, now: float, admit: Admit | None = None
     ) -> tuple[_Choice | None, float | None]:
         """The key to batch now, else how long until the next window closes."""
-        ready: list[tuple[int, float, Hashable, int, int]] = []
+        ready: list[tuple[int, float, Hashable, int, int, str]] = []
         earliest: float | None = None
         for key, queue in self._keys.items():
             top = min(self._rank[lane] for lane in queue.lanes)
-            if admit is not None and not admit(self._lanes[top]):
+            floor = admit(self._lanes[top]) if admit is not None else self._lanes[-1]
+            if floor is None:
                 continue
             capacity, deadline = self._readiness(key, queue, now)
             if capacity is None:
                 earliest = deadline if earliest is None else min(earliest, deadline)
                 continue
             order = -1 if self._owes(queue) else top
-            ready.append((order, queue.oldest().enqueued_at, key, capacity, top))
+            ready.append((order, queue.oldest().enqueued_at, key, capacity, top, floor))
         if not ready:
             return None, (None if earliest is None else max(0.0, earliest - now))
-        best_top = min(top for *_, top in ready)
-        _, _, key, capacity, top = min(ready, key=lambda r: (r[0], r[1]))
-        return _Choice(key, capacity, preempts=top > best_top, top=top), None
+        best_top = min(r[4] for r in ready)
+        _, _, key, capacity, top, floor = min(ready, key=lambda r: (r[0], r[1]))
+        return _Choice(key, capacity, preempts=top > best_top, top=top, floor=floor), None
 
     def _readiness(
         self, key: Hashable, queue: _KeyQueue[T], now: float
@@ -337,9 +342,10 @@ class LaneBatcher(Generic[T]):
         queue = self._keys[choice.key]
         waited_s = now - queue.oldest().enqueued_at
         taken: list[_Entry[T]] = []
-        for lane in reversed(self._lanes):
+        lanes = self._lanes[: self._rank[choice.floor] + 1]
+        for lane in reversed(lanes):
             self._credit_pass(queue, lane, choice.capacity, taken)
-        for lane in self._lanes:
+        for lane in lanes:
             self._strict_pass(queue, lane, choice, taken)
         self._forget(choice.key, queue, taken)
         batch_cost = 0.0

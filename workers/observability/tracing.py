@@ -56,6 +56,9 @@ class Tracer:
     ) -> Iterator[None]:
         yield
 
+    def shutdown(self) -> None:
+        """Export what is pending; the worker calls it once its runner has stopped."""
+
 
 class OtelTracer(Tracer):
     """Real OpenTelemetry spans through the given tracer provider."""
@@ -63,8 +66,14 @@ class OtelTracer(Tracer):
     def __init__(self, provider: Any) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+        self._provider = provider
         self._tracer = provider.get_tracer("conveyor")
         self._propagator = TraceContextTextMapPropagator()
+
+    def shutdown(self) -> None:
+        # Spans of the last batches wait in the batch processor; an exit that skipped the
+        # interpreter's atexit hooks would lose them, so they are flushed here explicitly.
+        self._provider.shutdown()
 
     def forward(self, stage: str, traceparent: str | None, task_id: str) -> str:
         parent = self._propagator.extract({"traceparent": traceparent} if traceparent else {})

@@ -31,7 +31,12 @@ from workers.stages.work import Outgoing, Work
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Retry = Callable[[Callable[[], Awaitable[T]], str], Awaitable[T]]
+
+
+class Retry(Protocol):
+    """Runs an action until it stops raising broker or Redis errors (the runner's)."""
+
+    def __call__(self, action: Callable[[], Awaitable[T]], what: str, /) -> Awaitable[T]: ...
 
 
 class FatalDelivery(RuntimeError):
@@ -55,6 +60,10 @@ class Delivery(Protocol):
 
     async def commit(self) -> None: ...
 
+    async def settle(self) -> None:
+        """Return once no delivery is midway: after a revoke, none may land later."""
+        ...
+
 
 async def _send_all(producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> None:
     acks = [await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outgoing]
@@ -70,7 +79,7 @@ class AtLeastOnce:
         consumer: AIOKafkaConsumer,
         ledger: Ledger,
         offsets: OffsetTracker,
-        retry: Retry[None],
+        retry: Retry,
         stage: str,
     ) -> None:
         self.producer, self.consumer, self.ledger = producer, consumer, ledger
@@ -110,6 +119,9 @@ class AtLeastOnce:
             # Not fatal: the offsets stay pending and the next commit carries them.
             log.warning("%s: commit failed (%s); will retry", self.stage, exc)
 
+    async def settle(self) -> None:
+        """At-least-once outputs may land twice; the ledger and identical answers absorb it."""
+
 
 class ExactlyOnce:
     skips_redeliveries = False
@@ -119,7 +131,7 @@ class ExactlyOnce:
         producer: AIOKafkaProducer,
         ledger: Ledger,
         offsets: OffsetTracker,
-        retry: Retry[None],
+        retry: Retry,
         group_id: str,
     ) -> None:
         self.producer, self.ledger, self.offsets = producer, ledger, offsets
@@ -141,10 +153,26 @@ class ExactlyOnce:
                 return False
             for work in items:
                 self.offsets.finished(work.partition, work.record.offset)
+
+            async def attempt() -> bool:
+                # Checked before every attempt too: a transaction retried through a broker
+                # restart must not commit after a revoke handed the partitions to another
+                # worker, which reads from the last committed position (no KIP-447 generation
+                # fencing in aiokafka's send_offsets_to_transaction to stop it broker-side).
+                if not still_ours():
+                    return False
+                await self._transaction(outgoing, transitions)
+                return True
+
             # An aborted transaction leaves nothing visible, so the whole of it is simply
             # tried again: a broker restart is ridden through, not a reason to exit.
-            await self.retry(lambda: self._transaction(outgoing, transitions), "kafka")
-            return True
+            return await self.retry(attempt, "kafka")
+
+    async def settle(self) -> None:
+        """Wait out the transaction in progress, if any (the revoke calls this after it moved
+        the generation on, so the next attempt of a retried one gives up)."""
+        async with self._turn:
+            pass
 
     async def _transaction(self, outgoing: list[Outgoing], transitions: list[Transition]) -> None:
         offsets = self.offsets.to_commit()

@@ -210,6 +210,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.paused -= lost  # a partition assigned again starts unpaused
         dropped = self._batcher.remove_if(lambda work: work.partition in lost)
         finished = await self._batches.wait(max(self.settings.shutdown_grace_s, _REVOKE_WAIT_S))
+        # A batch still running past that wait must not deliver once the next owner starts.
+        await self.delivery.settle()
         await self._commit()
         self.offsets.forget(revoked)
         log.info(
@@ -291,7 +293,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         while True:
             # A batch forms only once a slot would take it: as late as possible, so it holds
             # what arrived while the last batches ran, and the highest lane's newest work.
-            batch = await self._batcher.next_batch(admit=self._slots.admits)
+            batch = await self._batcher.next_batch(admit=self._slots.admit)
             if batch is None:
                 return
             slot = self._slots.take(batch.lane)

@@ -336,28 +336,50 @@ async def test_a_row_cap_shrinks_batches_while_it_applies() -> None:
 # ---- admission by batch slots (the express slot of the realtime lane) ------------------------
 
 
+def _only_realtime(lane: str) -> str | None:
+    return "realtime" if lane == "realtime" else None
+
+
+def _any(lane: str) -> str | None:
+    return "bulk"
+
+
 async def test_a_refused_key_waits_and_an_admitted_one_goes() -> None:
     batcher = _batcher({"a": BatchWindow(2, 0), "b": BatchWindow(2, 0)})
     bulk, realtime = Req(lane="bulk", key="a"), Req(lane="realtime", key="b")
     batcher.put(bulk)
     batcher.put(realtime)
-    batch = await asyncio.wait_for(batcher.next_batch(admit=lambda lane: lane == "realtime"), 1)
+    batch = await asyncio.wait_for(batcher.next_batch(admit=_only_realtime), 1)
     assert batch is not None
     assert (batch.items, batch.lane) == ([realtime], "realtime")
-    waiting = asyncio.create_task(batcher.next_batch(admit=lambda lane: lane == "realtime"))
+    waiting = asyncio.create_task(batcher.next_batch(admit=_only_realtime))
     await _settle()
     assert not waiting.done()  # the bulk key is ready but refused: no batch, no busy loop
     waiting.cancel()
-    batch = await asyncio.wait_for(batcher.next_batch(admit=lambda lane: True), 1)
+    batch = await asyncio.wait_for(batcher.next_batch(admit=_any), 1)
     assert batch is not None
     assert (batch.items, batch.lane) == ([bulk], "bulk")
+
+
+async def test_an_express_batch_takes_top_lane_rows_only_and_goes_at_once() -> None:
+    batcher = _batcher(BatchWindow(8, 10_000))
+    bulk = [Req(lane="bulk") for _ in range(8)]
+    realtime = Req(lane="realtime")
+    for req in [*bulk, realtime]:
+        batcher.put(req)
+    batch = await asyncio.wait_for(batcher.next_batch(admit=_only_realtime), 1)
+    assert batch is not None
+    assert batch.items == [realtime]
+    batch = await asyncio.wait_for(batcher.next_batch(admit=_any), 1)
+    assert batch is not None
+    assert batch.items == bulk  # the general slot's batch fills from every lane
 
 
 async def test_a_tick_wakes_a_wait_refused_by_admit() -> None:
     batcher = _batcher(BatchWindow(4, 0))
     batcher.put(Req(lane="bulk"))
     slot_free = False
-    waiting = asyncio.create_task(batcher.next_batch(admit=lambda _: slot_free))
+    waiting = asyncio.create_task(batcher.next_batch(admit=lambda _: "bulk" if slot_free else None))
     await _settle()
     assert not waiting.done()
     slot_free = True
@@ -373,7 +395,7 @@ async def test_closed_with_refused_work_waits_until_admitted_then_drains() -> No
     batcher.put(req)
     batcher.close()
     admitted = False
-    waiting = asyncio.create_task(batcher.next_batch(admit=lambda _: admitted))
+    waiting = asyncio.create_task(batcher.next_batch(admit=lambda _: "bulk" if admitted else None))
     await _settle()
     assert not waiting.done()  # closed, but its queued work is not dropped
     admitted = True
@@ -381,7 +403,7 @@ async def test_closed_with_refused_work_waits_until_admitted_then_drains() -> No
     batch = await asyncio.wait_for(waiting, 1)
     assert batch is not None
     assert batch.items == [req]
-    assert await asyncio.wait_for(batcher.next_batch(admit=lambda _: True), 1) is None
+    assert await asyncio.wait_for(batcher.next_batch(admit=_any), 1) is None
 
 
 async def test_a_batch_names_its_keys_highest_lane() -> None:

@@ -1,4 +1,4 @@
-"""BatchSlots: general slots for any batch, express ones for the top lane only."""
+"""BatchSlots: general slots for any batch, express ones for top-lane rows only."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from workers.stages.slots import BatchSlots
 
 def test_general_slots_go_first_then_express_for_the_top_lane_only() -> None:
     slots = BatchSlots(general=2, express=1)
+    assert slots.admit("bulk") == "bulk"  # a general slot: rows of every lane
     assert slots.take("bulk") == "general"
     assert slots.take("realtime") == "general"
-    assert not slots.admits("bulk")
-    assert not slots.admits("standard")
-    assert slots.admits("realtime")
+    assert slots.admit("bulk") is None
+    assert slots.admit("standard") is None
+    assert slots.admit("realtime") == "realtime"  # express: realtime rows only
     assert slots.take("realtime") == "express"
-    assert not slots.admits("realtime")
+    assert slots.admit("realtime") is None
     assert slots.in_flight == 3
     with pytest.raises(RuntimeError, match="no batch slot free for a batch of lane 'bulk'"):
         slots.take("bulk")
@@ -25,7 +26,7 @@ def test_given_back_slots_admit_again() -> None:
     slots = BatchSlots(general=1, express=1)
     general, express = slots.take("realtime"), slots.take("realtime")
     slots.give_back(general)
-    assert slots.admits("bulk")
+    assert slots.admit("bulk") == "bulk"
     slots.give_back(express)
     assert slots.in_flight == 0
     with pytest.raises(RuntimeError, match="no express slot is taken"):
@@ -35,7 +36,7 @@ def test_given_back_slots_admit_again() -> None:
 def test_no_express_slots_means_plain_bound() -> None:
     slots = BatchSlots(general=1)
     slots.take("realtime")
-    assert not slots.admits("realtime")
+    assert slots.admit("realtime") is None
 
 
 @pytest.mark.parametrize(("general", "express"), [(0, 1), (1, -1)])
