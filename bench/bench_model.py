@@ -101,10 +101,18 @@ def minilm_version(root: Path) -> ModelVersion:
 
 
 def load_model(
-    version: ModelVersion, providers: Sequence[str], intra_op_threads: int, io_binding: bool = False
+    version: ModelVersion,
+    providers: Sequence[str],
+    intra_op_threads: int,
+    io_binding: bool = False,
+    allow_spinning: bool = False,
 ) -> OnnxModel:
+    """A session with the workers' options (``allow_spinning=True``: ORT's own default)."""
     options = RuntimeOptions(
-        providers=tuple(providers), intra_op_threads=intra_op_threads, io_binding=io_binding
+        providers=tuple(providers),
+        intra_op_threads=intra_op_threads,
+        io_binding=io_binding,
+        allow_spinning=allow_spinning,
     )
     return OnnxModel(version, options)
 

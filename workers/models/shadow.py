@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from workers.models.lifecycle import LoadedVersion, ModelLifecycle
 from workers.models.runtime import ModelRuntime
+from workers.names import LANES
 from workers.observability.metrics import WorkerMetrics
 from workers.tasks import TaskSet
 
@@ -100,7 +101,8 @@ class ShadowRunner:
     ) -> None:
         try:
             assert lease.model is not None
-            candidate = await self.runtime.run(lease.model, feeds)
+            # After every lane's batches: a comparison must never delay live traffic.
+            candidate = await self.runtime.run(lease.model, feeds, priority=len(LANES))
             diff = compare(serving, candidate)
             labels = (lease.version.name, str(lease.number))
             self.metrics.shadow_max_abs_diff.labels(*labels).observe(diff.max_abs_diff)
