@@ -282,12 +282,14 @@ class RuntimeSettings(_Group):
     default is on, which buys a little latency on cores of its own; off by default because
     the workers share cores with the broker and each other, and a spinning pool takes their
     CPU while a realtime task crosses the other stages (BENCHMARKS.md, lanes)."""
-    compute_nice: int = Field(default=10, ge=0, le=19)
+    compute_nice: int = Field(default=0, ge=0, le=19)
     """Nice value added to the threads that run models (ONNX Runtime's pool inherits it).
     A model run is the one long CPU-bound job in the system; at a lower CPU priority it
-    takes whatever the stages' I/O loops, the broker and Redis leave, so on shared cores a
-    realtime task crossing them is not kept waiting by a bulk batch's compute. On cores of
-    its own it changes nothing; 0 leaves the priority alone."""
+    takes whatever the stages' I/O loops, the broker and Redis leave, so on cores shared
+    with them a realtime task crossing the other stages waits less for a bulk batch's
+    compute (10 cut the loaded realtime P99 by about a quarter on 2 shared cores) but the
+    model gets less of the CPU (about 15 % less MiniLM throughput there). On cores of its
+    own it changes nothing; 0 (default) leaves the priority alone."""
     concurrent_runs: int = Field(default=1, ge=1)
     """Model runs at once. ONNX Runtime already spreads one run over `intra_op_threads`, so
     on CPU a second concurrent run only contends for the same cores; batches still overlap

@@ -57,7 +57,7 @@ class RuntimeOptions:
     device_id: int = 0
     allow_spinning: bool = False
     """Intra-op threads busy-wait for work (ORT's default is on; see RuntimeSettings)."""
-    compute_nice: int = 10
+    compute_nice: int = 0
     """Nice value added to the threads that load and run models (see RuntimeSettings)."""
 
 
