@@ -225,7 +225,13 @@ def _timed(
 
 
 def _lower_priority(nice: int) -> None:
-    """Add `nice` to the calling thread's nice value (Linux keeps one per thread)."""
+    """Add `nice` to the calling thread's nice value (Linux keeps one per thread).
+
+    A refusal (a sandbox that forbids it) is logged, not raised: a thread pool whose
+    initializer raises is broken for good, and the priority is a preference only."""
     if nice > 0 and hasattr(os, "setpriority"):
         thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+        except OSError as exc:
+            log.warning("could not lower the model threads' CPU priority: %s", exc)
