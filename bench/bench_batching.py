@@ -324,24 +324,14 @@ def _key_of(work: Work) -> Hashable:
 # ---- measuring -----------------------------------------------------------------------------
 
 
-def runtime_options(
+def runtime_settings(
     providers: Sequence[str], threads: int, overrides: Sequence[str] = ()
-) -> RuntimeOptions:
-    """What ``workers.service.runtime_options`` makes of the default runtime settings with
-    these providers and intra-op threads (that module needs Kafka and Redis to import), and
-    ``overrides`` as ``FIELD=VALUE`` (``--runtime allow_spinning=true``)."""
+) -> RuntimeSettings:
+    """The workers' runtime settings with these providers and intra-op threads (0: the
+    workers' default), and ``overrides`` as ``FIELD=VALUE`` (``--runtime allow_spinning=true``)."""
     fields = dict(item.split("=", 1) for item in overrides)
-    r = RuntimeSettings.model_validate(
+    return RuntimeSettings.model_validate(
         {**fields, "providers": tuple(providers), "intra_op_threads": threads}
-    )
-    return RuntimeOptions(
-        providers=r.providers,
-        intra_op_threads=r.intra_op_threads,
-        inter_op_threads=r.inter_op_threads,
-        graph_optimization=r.graph_optimization,
-        io_binding=r.io_binding,
-        allow_spinning=r.allow_spinning,
-        compute_nice=r.compute_nice,
     )
 
 
@@ -351,16 +341,14 @@ async def measure(
     repository = ModelRepository(repository_root)
     topics = Topics(TOPIC_PREFIX)
     records = await preprocessed_records(repository, topics, texts)
-    runtime_opts = runtime_options(options.providers, options.threads, options.runtime)
-    raw_model = OnnxModel(version, runtime_opts)  # the raw session: the worker's options
+    settings = runtime_settings(options.providers, options.threads, options.runtime)
+    raw_model = OnnxModel(version, RuntimeOptions.from_settings(settings))  # the worker's options
     tokenizer = bench_model.tokenizer_of(version)
     worker, lanes = WorkerSettings(), LaneSettings()
     metrics = WorkerMetrics("inference")
     rows = []
     async with contextlib.AsyncExitStack() as stack:
-        runtime = await stack.enter_async_context(
-            ModelRuntime(runtime_opts, RuntimeSettings().concurrent_runs)
-        )
+        runtime = await stack.enter_async_context(ModelRuntime.from_settings(settings))
         events = ModelEvents(metrics, "bench")
         lifecycle = await stack.enter_async_context(
             ModelLifecycle(repository, runtime, ModelSettings(), events)
@@ -627,9 +615,8 @@ async def measure_isolation(
     rng = np.random.default_rng(options.seed)
     async with contextlib.AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(
-            ModelRuntime(
-                runtime_options(options.providers, options.threads, options.runtime),
-                RuntimeSettings().concurrent_runs,
+            ModelRuntime.from_settings(
+                runtime_settings(options.providers, options.threads, options.runtime)
             )
         )
         lifecycle = await stack.enter_async_context(

@@ -9,8 +9,10 @@ tables, writes them into BENCHMARKS.md between the ``bench:lanes`` markers and d
 closed loop of ``CONCURRENCY`` outstanding requests (one 32-token sentence each):
 throughput, and the server-side latency (submitted to completed) of every task.
 (2) Isolation: capacity C is the batch-32 throughput of (1). A ``realtime`` tenant sends
-0.1 C requests/s (paced) alone, then again while a ``bulk`` tenant offers 3 C requests/s;
-the realtime tenant's P99 under load against its P99 idle.
+0.1 C requests/s (paced) alone, then again while a ``bulk`` tenant, publishing from a
+process of its own, offers 3 C requests/s; the realtime tenant's P99 under load against its
+P99 idle, over rounds that each start on a fresh namespace and fleet (samples pooled).
+``--isolation-only C`` measures this part alone.
 (3) Fairness: two ``standard`` tenants with weights 2 and 1 each keep a backlog larger than
 what the worker serves in the window; tasks served per tenant while both are backlogged.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -27,6 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -38,7 +42,7 @@ from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
 from workers.fleet import STAGES
 from workers.lanes.registry import TenantRegistry
-from workers.names import RedisKeys
+from workers.names import RedisKeys, Topics
 
 START, END = "<!-- bench:lanes:start -->", "<!-- bench:lanes:end -->"
 BATCH_SIZES = (1, 8, 32, 128)
@@ -66,11 +70,19 @@ class Options:
 
     @property
     def isolation_s(self) -> float:
-        return 6.0 if self.quick else 20.0
+        return 6.0 if self.quick else 15.0
+
+    @property
+    def isolation_rounds(self) -> int:
+        return 1 if self.quick else 3
 
     @property
     def fairness_s(self) -> float:
         return 8.0 if self.quick else 25.0
+
+
+class EventLike(Protocol):
+    def set(self) -> None: ...
 
 
 # ---- driving -----------------------------------------------------------------------------
@@ -198,14 +210,47 @@ async def _batching_run(
 # ---- (2) isolation -----------------------------------------------------------------------
 
 
+REALTIME_POOL = {"CONVEYOR_WORKER__LANES": '["realtime"]'}
+LOWER_POOL = {"CONVEYOR_WORKER__LANES": '["standard", "bulk"]', "CONVEYOR_WORKER__NICE": "10"}
+TOPOLOGIES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
+    "one worker per stage": tuple((stage, {}) for stage in STAGES),
+    "lane pools": (
+        ("preprocess", {}),
+        ("inference", REALTIME_POOL),
+        ("inference", LOWER_POOL),
+        ("postprocess", REALTIME_POOL),
+        ("postprocess", LOWER_POOL),
+    ),
+}
+"""How the isolation rounds deploy the workers: every lane in one worker per stage, or a
+realtime pool beside a pool for the other lanes at nice 10 (`worker.lanes`, `worker.nice`)."""
+
+
 @dataclass(frozen=True)
-class IsolationResult:
-    capacity_per_s: float
+class IsolationRound:
     idle: list[InferenceResult]
     loaded: list[InferenceResult]
     bulk_offered: int
-    loaded_without_budget: list[InferenceResult]
-    """The loaded phase again with `lanes.latency_budget_ms` 0: what the budget buys."""
+
+    @property
+    def ratio(self) -> float:
+        return _p99(self.loaded) / _p99(self.idle)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """The pooled rounds of one topology."""
+
+    topology: str
+    rounds: list[IsolationRound]
+
+    @property
+    def idle(self) -> list[InferenceResult]:
+        return [r for round_ in self.rounds for r in round_.idle]
+
+    @property
+    def loaded(self) -> list[InferenceResult]:
+        return [r for round_ in self.rounds for r in round_.loaded]
 
     @property
     def idle_ms(self) -> list[float]:
@@ -217,52 +262,131 @@ class IsolationResult:
 
     @property
     def ratio(self) -> float:
-        return percentiles(self.loaded_ms)[2] / percentiles(self.idle_ms)[2]
+        return _p99(self.loaded) / _p99(self.idle)
+
+
+@dataclass(frozen=True)
+class IsolationResult:
+    capacity_per_s: float
+    topologies: list[Isolation]
+    without_budget: IsolationRound
+    """One more round, one worker per stage, with `lanes.latency_budget_ms` 0: what the
+    budget buys."""
+
+
+def _p99(results: Sequence[InferenceResult]) -> float:
+    return percentiles(latencies_ms(results))[2]
 
 
 def measure_isolation(
     deployment: Deployment, texts: Sequence[str], capacity_per_s: float, options: Options
 ) -> IsolationResult:
-    phases: list[tuple[list[InferenceResult], list[InferenceResult], int]] = []
-    for budget_ms in (None, "0"):
+    """`options.isolation_rounds` rounds of every topology, taken in turn, each on a fresh
+    namespace and fleet (no backlog left from the last), an idle window then a loaded one:
+    the machine's drift over the run reaches every side alike. Samples are pooled."""
+    rounds: dict[str, list[IsolationRound]] = {name: [] for name in TOPOLOGIES}
+    plan = [(name, False) for _ in range(options.isolation_rounds) for name in TOPOLOGIES]
+    for index, (name, budget_off) in enumerate([*plan, (next(iter(TOPOLOGIES)), True)]):
         deployment = deployment.fresh()
         tenants: dict[str, dict[str, object]] = {
             "interactive": {"lane": "realtime"},
             "backfill": {"lane": "bulk"},
         }
         asyncio.run(set_tenants(deployment, tenants))
-        env = {} if budget_ms is None else {"CONVEYOR_LANES__LATENCY_BUDGET_MS": budget_ms}
-        with deployment.fleet({}, {stage: env for stage in STAGES}):
-            phases.append(
-                asyncio.run(
-                    _isolation_run(deployment, texts, capacity_per_s, options, budget_ms is None)
-                )
-            )
-    (idle, loaded, offered), (_, unbudgeted, _) = phases
-    return IsolationResult(capacity_per_s, idle, loaded, offered, unbudgeted)
+        env = {"CONVEYOR_LANES__LATENCY_BUDGET_MS": "0"} if budget_off else {}
+        workers = [(stage, {**pool, **env}) for stage, pool in TOPOLOGIES[name]]
+        with deployment.fleet({}, workers=workers):
+            round_ = asyncio.run(_isolation_round(deployment, texts, capacity_per_s, options))
+        print(
+            f"  round {index + 1}, {name}{', budget off' if budget_off else ''}: realtime P99 "
+            f"idle {_p99(round_.idle):.1f} ms, under 3x bulk {_p99(round_.loaded):.1f} ms",
+            flush=True,
+        )
+        if budget_off:
+            without_budget = round_
+        else:
+            rounds[name].append(round_)
+    return IsolationResult(
+        capacity_per_s,
+        [Isolation(name, found) for name, found in rounds.items()],
+        without_budget,
+    )
 
 
-async def _isolation_run(
-    deployment: Deployment,
-    texts: Sequence[str],
-    capacity_per_s: float,
-    options: Options,
-    with_idle: bool,
-) -> tuple[list[InferenceResult], list[InferenceResult], int]:
+async def _isolation_round(
+    deployment: Deployment, texts: Sequence[str], capacity_per_s: float, options: Options
+) -> IsolationRound:
     async with Client(deployment.stack.config.kafka_bootstrap, deployment.topics) as client:
         realtime = sentence_requests(texts, "interactive")
-        bulk = sentence_requests(texts, "backfill")
         await closed_loop(client, realtime, 256, 64)  # warm-up
         rate = 0.1 * capacity_per_s
-        idle = await paced(client, realtime, rate, options.isolation_s) if with_idle else []
-        if idle:
-            print(f"  realtime idle P99 {percentiles(latencies_ms(idle))[2]:.1f} ms", flush=True)
-        flood = asyncio.create_task(offer(client, bulk, 3 * capacity_per_s, options.isolation_s))
-        loaded = await paced(client, realtime, rate, options.isolation_s)
-        offered = await flood
-        p99 = percentiles(latencies_ms(loaded))[2]
-        print(f"  realtime under 3x bulk P99 {p99:.1f} ms (budget {with_idle})", flush=True)
-        return idle, loaded, offered
+        idle = await paced(client, realtime, rate, options.isolation_s)
+        with BulkTenant(deployment, texts, 3 * capacity_per_s, options.isolation_s) as bulk:
+            await asyncio.to_thread(bulk.wait_started)
+            loaded = await paced(client, realtime, rate, options.isolation_s)
+            offered = await asyncio.to_thread(bulk.offered)
+        return IsolationRound(idle, loaded, offered)
+
+
+class BulkTenant:
+    """The bulk tenant's client in a process of its own, as another tenant's client is: its
+    publishing never shares an event loop with the realtime client's."""
+
+    def __init__(
+        self, deployment: Deployment, texts: Sequence[str], rate_per_s: float, duration_s: float
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._started = context.Event()
+        self._sent: multiprocessing.SimpleQueue[int] = context.SimpleQueue()
+        self._process = context.Process(
+            target=_flood,
+            args=(
+                deployment.stack.config.kafka_bootstrap,
+                deployment.prefix,
+                list(texts),
+                rate_per_s,
+                duration_s,
+                self._started,
+                self._sent,
+            ),
+            name="bulk-tenant",
+        )
+
+    def __enter__(self) -> BulkTenant:
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+    def wait_started(self) -> None:
+        if not self._started.wait(60):
+            raise RuntimeError("the bulk tenant's client did not start")
+
+    def offered(self) -> int:
+        """Requests the bulk tenant published, once it is done."""
+        sent = self._sent.get()
+        self._process.join()
+        return sent
+
+
+def _flood(
+    bootstrap: str,
+    prefix: str,
+    texts: list[str],
+    rate_per_s: float,
+    duration_s: float,
+    started: EventLike,
+    sent: multiprocessing.SimpleQueue[int],
+) -> None:
+    async def run() -> int:
+        async with Client(bootstrap, Topics(prefix)) as client:
+            started.set()
+            return await offer(client, sentence_requests(texts, "backfill"), rate_per_s, duration_s)
+
+    sent.put(asyncio.run(run()))
 
 
 # ---- (3) fairness ------------------------------------------------------------------------
@@ -335,33 +459,61 @@ def batching_table(rows: Sequence[BatchingRow]) -> list[str]:
 
 
 def isolation_table(result: IsolationResult) -> list[str]:
-    idle, loaded = percentiles(result.idle_ms), percentiles(result.loaded_ms)
-    unbudgeted_ms = latencies_ms(result.loaded_without_budget)
-    unbudgeted = percentiles(unbudgeted_ms)
-    verdict = "met" if result.ratio <= ISOLATION_TARGET else "missed"
-    return [
-        "| realtime tenant at 0.1 C | requests | P50 (ms) | P95 (ms) | P99 (ms) |",
-        "|---|---:|---:|---:|---:|",
-        f"| idle system | {len(result.idle_ms)} | {idle[0]:.1f} | {idle[1]:.1f} | {idle[2]:.1f} |",
-        f"| bulk tenant offering 3 C ({result.bulk_offered:,} requests) | "
-        f"{len(result.loaded_ms)} | {loaded[0]:.1f} | {loaded[1]:.1f} | {loaded[2]:.1f} |",
-        f"| the same, latency budget off | {len(unbudgeted_ms)} | {unbudgeted[0]:.1f} "
-        f"| {unbudgeted[1]:.1f} | {unbudgeted[2]:.1f} |",
+    unbudgeted = result.without_budget
+    lines = [
+        "| topology | realtime tenant at 0.1 C | requests | P50 (ms) | P95 (ms) | P99 (ms) "
+        "| P99 loaded / idle |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for found in result.topologies:
+        idle, loaded = percentiles(found.idle_ms), percentiles(found.loaded_ms)
+        offered = sum(r.bulk_offered for r in found.rounds)
+        verdict = "met" if found.ratio <= ISOLATION_TARGET else "missed"
+        lines += [
+            f"| {found.topology} | idle system | {len(found.idle_ms)} | {idle[0]:.1f} "
+            f"| {idle[1]:.1f} | {idle[2]:.1f} | |",
+            f"| {found.topology} | bulk tenant offering 3 C ({offered:,} requests) "
+            f"| {len(found.loaded_ms)} | {loaded[0]:.1f} | {loaded[1]:.1f} | {loaded[2]:.1f} "
+            f"| **{found.ratio:.2f}x** ({verdict}; rounds "
+            + ", ".join(f"{r.ratio:.2f}x" for r in found.rounds)
+            + ") |",
+        ]
+    off_idle, off_loaded = (
+        percentiles(latencies_ms(unbudgeted.idle)),
+        percentiles(latencies_ms(unbudgeted.loaded)),
+    )
+    lines += [
+        f"| {next(iter(TOPOLOGIES))}, latency budget off (one round) | bulk at 3 C "
+        f"({unbudgeted.bulk_offered:,} requests) | {len(unbudgeted.loaded)} "
+        f"| {off_loaded[0]:.1f} | {off_loaded[1]:.1f} | {off_loaded[2]:.1f} "
+        f"| {unbudgeted.ratio:.2f}x (idle P99 {off_idle[2]:.1f}) |",
         "",
-        f"C = {result.capacity_per_s:,.0f} tasks/s. P99 under load / P99 idle = "
-        f"**{result.ratio:.2f}x** (target <= {ISOLATION_TARGET}x: {verdict}); with the "
-        f"latency budget off (`lanes.latency_budget_ms=0`) "
-        f"{unbudgeted[2] / idle[2]:.2f}x.",
+        f"C = {result.capacity_per_s:,.0f} tasks/s; target: P99 loaded / idle <= "
+        f"{ISOLATION_TARGET}x. {len(result.topologies[0].rounds)} rounds of each topology, "
+        "taken in turn, each a fresh namespace and fleet with an idle window then a loaded "
+        "one, samples pooled; the bulk tenant publishes from a process of its own. Lane "
+        "pools: a realtime inference and postprocess worker beside one of each for the other "
+        "lanes at `worker.nice` 10 (one preprocess worker serves every lane).",
         "",
         "Where a realtime task's time goes (medians, ms; `_queue`: from a worker's intake to "
         "its batch; the rest is Kafka hops and records waiting in Kafka before intake):",
         "",
         "| realtime tenant | " + " | ".join(TIMING_KEYS) + " | end to end |",
         "|---|" + "---:|" * (len(TIMING_KEYS) + 1),
-        _timing_row("idle system", result.idle),
-        _timing_row("bulk at 3 C", result.loaded),
-        _timing_row("bulk at 3 C, budget off", result.loaded_without_budget),
     ]
+    for found in result.topologies:
+        lines += [
+            _timing_row(f"{found.topology}: idle", found.idle),
+            _timing_row(f"{found.topology}: bulk at 3 C", found.loaded),
+            _timing_row(f"{found.topology}: slowest 5 % under bulk", _slowest(found.loaded, 0.05)),
+        ]
+    lines.append(_timing_row("latency budget off: bulk at 3 C", unbudgeted.loaded))
+    return lines
+
+
+def _slowest(results: Sequence[InferenceResult], fraction: float) -> list[InferenceResult]:
+    ordered = sorted(results, key=lambda r: r.completed_at_ms - r.submitted_at_ms)
+    return ordered[int(len(ordered) * (1 - fraction)) :]
 
 
 def _timing_row(label: str, results: Sequence[InferenceResult]) -> str:
@@ -404,12 +556,14 @@ def plot(rows: Sequence[BatchingRow], isolation: IsolationResult) -> list[str]:
     tail.set(xlabel="max_batch_size", ylabel="P99 latency (ms)", title="Latency at 256 in flight")
     batching = save(fig, "lanes_batching")
     fig, (cdf,) = figure(1)
-    for label, values in (
-        ("idle", isolation.idle_ms),
-        ("bulk at 3x capacity", isolation.loaded_ms),
-    ):
-        ordered = np.sort(np.asarray(values))
-        cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=label)
+    for found in isolation.topologies:
+        for label, values in (("idle", found.idle_ms), ("bulk at 3x capacity", found.loaded_ms)):
+            ordered = np.sort(np.asarray(values))
+            cdf.plot(
+                ordered,
+                np.arange(1, len(ordered) + 1) / len(ordered),
+                label=f"{found.topology}: {label}",
+            )
     cdf.set(xlabel="realtime latency (ms)", ylabel="fraction of requests", title="Isolation")
     cdf.legend()
     isolation_png = save(fig, "lanes_isolation")
@@ -454,6 +608,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--sizes", default=",".join(map(str, BATCH_SIZES)), help="max_batch_size values of (1)"
     )
+    parser.add_argument(
+        "--isolation-only",
+        type=float,
+        metavar="C",
+        help="measure (2) alone with this capacity (tasks/s), print it, write nothing",
+    )
     args = parser.parse_args(argv)
     options = Options(quick=args.quick)
     with contextlib.ExitStack() as stack:
@@ -466,6 +626,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         native = stack.enter_context(private_stack(root / "stack"))
         pids = {s.name: s.pid for s in native.status() if s.pid is not None}
         deployment = Deployment(native, repository, root / "logs", pids)
+        if args.isolation_only:
+            isolation = measure_isolation(deployment, texts, args.isolation_only, options)
+            print("\n".join(isolation_table(isolation)))
+            return
         print("batching gain", flush=True)
         sizes = tuple(int(n) for n in args.sizes.split(","))
         rows = measure_batching(deployment, texts, options, sizes)

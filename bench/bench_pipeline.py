@@ -147,9 +147,13 @@ class Deployment:
 
     @contextlib.contextmanager
     def fleet(
-        self, counts: dict[str, int], extra_env: dict[str, dict[str, str]] | None = None
+        self,
+        counts: dict[str, int],
+        extra_env: dict[str, dict[str, str]] | None = None,
+        workers: Sequence[tuple[str, dict[str, str]]] = (),
     ) -> Iterator[WorkerFleet]:
-        """Topics created, workers started and ready; every worker stopped on exit."""
+        """Topics created, workers started and ready; every worker stopped on exit. `workers`
+        (stage, environment) pairs, when given, are started instead of `counts`."""
         settings = load_settings(
             kafka={"bootstrap": self.stack.config.kafka_bootstrap, "topic_prefix": self.prefix}
         )
@@ -157,7 +161,9 @@ class Deployment:
         env = {**self.env, "CONVEYOR_LOG_LEVEL": "INFO"}  # wait_ready reads "assigned" lines
         fleet = WorkerFleet(env, self.log_dir / self.prefix)
         try:
-            for stage in STAGES:
+            for stage, env in workers:
+                fleet.start(stage, 1, env)
+            for stage in STAGES if not workers else ():
                 fleet.start(stage, counts.get(stage, 1), (extra_env or {}).get(stage))
             fleet.wait_ready(timeout_s=120)
             yield fleet

@@ -97,17 +97,19 @@ class Topics:
             self.control,
         )
 
-    def inputs_of(self, stage: str) -> tuple[str, ...]:
-        """The topics a stage reads (one per lane between stages), highest lane first."""
-        return {
-            "preprocess": (self.requests,),
-            "inference": self.preprocessed,
-            "postprocess": self.inferred,
-        }[stage]
+    def inputs_of(self, stage: str, lanes: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """The topics a stage reads (one per lane between stages), highest lane first; of
+        `lanes` only, when given (a lane pool)."""
+        if stage == "preprocess":
+            return (self.requests,)
+        topic_of = self.preprocessed_of if stage == "inference" else self.inferred_of
+        return tuple(topic_of(lane) for lane in LANES if not lanes or lane in lanes)
 
-    def group_of(self, stage: str) -> str:
-        """The consumer group every replica of a stage joins."""
-        return f"{self.prefix}.{stage}"
+    def group_of(self, stage: str, lanes: tuple[str, ...] = ()) -> str:
+        """The consumer group every replica of a stage (of one lane pool) joins."""
+        if not lanes or set(lanes) == set(LANES):
+            return f"{self.prefix}.{stage}"
+        return f"{self.prefix}.{stage}." + "+".join(lane for lane in LANES if lane in lanes)
 
 
 def _lane(lane: str) -> str:

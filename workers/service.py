@@ -25,7 +25,7 @@ from workers.ledger.quota import TenantQuota
 from workers.models.events import ModelEvents
 from workers.models.lifecycle import ModelLifecycle
 from workers.models.repository import ModelRepository
-from workers.models.runtime import ModelRuntime, RuntimeOptions
+from workers.models.runtime import ModelRuntime
 from workers.models.shadow import ShadowRunner
 from workers.models.watcher import RepositoryWatcher
 from workers.names import RedisKeys, Topics
@@ -51,19 +51,6 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return connect_redis(settings.redis, resilient=True)
 
 
-def runtime_options(settings: Settings) -> RuntimeOptions:
-    r = settings.runtime
-    return RuntimeOptions(
-        providers=r.providers,
-        intra_op_threads=r.intra_op_threads,
-        inter_op_threads=r.inter_op_threads,
-        graph_optimization=r.graph_optimization,
-        io_binding=r.io_binding,
-        allow_spinning=r.allow_spinning,
-        compute_nice=r.compute_nice,
-    )
-
-
 async def ensure_pipeline_topics(settings: Settings) -> None:
     topics = Topics(settings.kafka.topic_prefix)
     k = settings.kafka
@@ -74,10 +61,14 @@ async def ensure_pipeline_topics(settings: Settings) -> None:
 
 async def run_worker(stage_name: StageName, settings: Settings) -> None:
     """Run one stage until SIGTERM/SIGINT; a second SIGINT exits at once."""
+    w = settings.worker
+    if w.lanes and stage_name == "preprocess":
+        raise ValueError("worker.lanes: preprocess serves every lane (requests have none yet)")
+    if w.nice:
+        os.nice(w.nice)  # before any thread starts: every one inherits it
     topics = Topics(settings.kafka.topic_prefix)
     repository = ModelRepository(settings.model_repository)
     limits = settings.limits.decode_limits()
-    w = settings.worker
     o = settings.observability
     keys = RedisKeys(settings.redis.key_prefix)
     metrics = WorkerMetrics(stage_name, o.tenant_label_cap)
@@ -113,6 +104,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         )
         stage: Stage
         admission = None
+        group = topics.group_of(stage_name, w.lanes)
         if stage_name == "preprocess":
             admission = Admission(directory, RateQuota(redis, keys), quota, settings.lanes)
             stage = PreprocessStage(
@@ -130,18 +122,18 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 stack, settings, topics, repository, metrics, redis, keys, instance
             )
         else:
-            stage = PostprocessStage(topics, repository, limits, w.max_batch_size, w.max_wait_ms)
+            stage = PostprocessStage(
+                topics, repository, limits, w.max_batch_size, w.max_wait_ms, w.lanes
+            )
         transactional_id = None
         if w.delivery == "exactly_once":
-            transactional_id = f"{topics.group_of(stage_name)}.{w.instance_id or instance}"
+            transactional_id = f"{group}.{w.instance_id or instance}"
         producer = make_producer(
             settings.kafka, stage_name, transactional_id, w.transaction_timeout_ms
         )
         await start_client(producer, settings.kafka)
         stack.push_async_callback(producer.stop)
-        consumer = make_consumer(
-            settings.kafka, stage_name, topics.group_of(stage_name), w.instance_id
-        )
+        consumer = make_consumer(settings.kafka, stage_name, group, w.instance_id)
         await start_client(consumer, settings.kafka)
         stack.push_async_callback(consumer.stop)
         claims = ClaimCheck(
@@ -159,7 +151,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 ledger,
                 telemetry,
                 claims,
-                topics.group_of(stage_name),
+                group,
                 admission,
                 quota,
                 settings.lanes,
@@ -195,9 +187,7 @@ async def _inference_stage(
     """The inference stage with its model lifecycle: versions loaded and checked before the
     runner takes a record, the folder watched, control commands applied, shadows compared."""
     m = settings.models
-    runtime = await stack.enter_async_context(
-        ModelRuntime(runtime_options(settings), settings.runtime.concurrent_runs)
-    )
+    runtime = await stack.enter_async_context(ModelRuntime.from_settings(settings.runtime))
     events = ModelEvents(metrics, instance, redis, keys.model_events())
     lifecycle = await stack.enter_async_context(ModelLifecycle(repository, runtime, m, events))
     shadow = await stack.enter_async_context(ShadowRunner(lifecycle, runtime, metrics))
@@ -217,6 +207,7 @@ async def _inference_stage(
         lifecycle=lifecycle,
         shadow=shadow,
         partitions_per_tenant=settings.lanes.partitions_per_tenant,
+        lanes=settings.worker.lanes,
     )
 
 

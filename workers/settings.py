@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from schemas import DecodeLimits
+from workers.names import LANES
 
 
 class _Group(BaseModel):
@@ -160,8 +161,19 @@ class WorkerSettings(_Group):
     """Tries of a record whose batch failed transiently (out of memory, timeout)."""
     max_in_flight: int = Field(default=4096, ge=1)
     """Records taken from Kafka and not yet finished; intake pauses at this bound."""
-    batches_in_flight: int = Field(default=2, ge=1)
-    """Batches a stage processes at once (the next batch is prepared while one runs)."""
+    batches_in_flight: int = Field(default=3, ge=1)
+    """Batches a stage processes at once: one more than the inference worker's
+    `runtime.concurrent_runs`, so the next batch is ready when a model thread frees."""
+    lanes: tuple[str, ...] = ()
+    """Lanes this worker serves (inference and postprocess; preprocess reads the requests,
+    which have no lane yet); empty: every lane. Workers serving the same lanes form one
+    consumer group (a lane pool, `<prefix>.<stage>.<lane>+<lane>` unless every lane), so a
+    deployment can give the top lane workers of its own, e.g. at a better CPU priority than
+    the pool serving the others (`nice`). Every lane must be served by some pool."""
+    nice: int = Field(default=0, ge=0, le=19)
+    """Nice value added to the whole worker process at start (its event loop and every
+    thread it starts). A pool serving only low lanes runs best at 10 on cores it shares
+    with a top-lane pool: the kernel then gives the top lane's work the cores first."""
     max_batch_size: int | None = Field(default=None, ge=1)
     """Override of the batch size (inference: the model config's; other stages: 256)."""
     max_wait_ms: float | None = Field(default=None, ge=0)
@@ -174,6 +186,15 @@ class WorkerSettings(_Group):
     """First delay when Kafka or Redis refuses a write; doubles up to 5 s, forever."""
     claim_check_threshold_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Tensors larger than this travel between stages through Redis, not Kafka."""
+
+    @model_validator(mode="after")
+    def _known_lanes(self) -> WorkerSettings:
+        unknown = [lane for lane in self.lanes if lane not in LANES]
+        if unknown:
+            raise ValueError(f"lanes {unknown} are none of {', '.join(LANES)}")
+        if len(set(self.lanes)) != len(self.lanes):
+            raise ValueError(f"lanes {list(self.lanes)} name a lane twice")
+        return self
 
 
 class LimitsSettings(_Group):
@@ -268,7 +289,10 @@ class RuntimeSettings(_Group):
     )
     """ONNX Runtime execution providers in order of preference; missing ones are skipped."""
     intra_op_threads: int = Field(default=0, ge=0)
-    """Threads inside one operator; 0 lets ONNX Runtime use every core."""
+    """Threads inside one model run; 0: the worker's cores shared out among
+    `concurrent_runs` (at least 1 each). On a CPU a run of one thread per core is the one
+    whose priority is exact (`compute_nice`), and on 2 cores two single-threaded runs at once
+    measured 277 MiniLM seq/s against 224 for one run on both (batch 32, BENCHMARKS.md)."""
     inter_op_threads: int = Field(default=1, ge=0)
     """Threads across operators."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
@@ -282,18 +306,25 @@ class RuntimeSettings(_Group):
     default is on, which buys a little latency on cores of its own; off by default because
     the workers share cores with the broker and each other, and a spinning pool takes their
     CPU while a realtime task crosses the other stages (BENCHMARKS.md, lanes)."""
-    compute_nice: int = Field(default=0, ge=0, le=19)
-    """Nice value added to the threads that run models (ONNX Runtime's pool inherits it).
-    A model run is the one long CPU-bound job in the system; at a lower CPU priority it
-    takes whatever the stages' I/O loops, the broker and Redis leave, so on cores shared
-    with them a realtime task crossing the other stages waits less for a bulk batch's
-    compute (10 cut the loaded realtime P99 by about a quarter on 2 shared cores) but the
-    model gets less of the CPU (about 15 % less MiniLM throughput there). On cores of its
-    own it changes nothing; 0 (default) leaves the priority alone."""
-    concurrent_runs: int = Field(default=1, ge=1)
-    """Model runs at once. ONNX Runtime already spreads one run over `intra_op_threads`, so
-    on CPU a second concurrent run only contends for the same cores; batches still overlap
-    their host work (decode, delivery, ledger) with the run in progress."""
+    compute_nice: int = Field(default=10, ge=0, le=19)
+    """Nice value added to the general model threads and the loader (ONNX Runtime's pool,
+    with `intra_op_threads` > 1, inherits it); express threads keep the worker's own. A bulk
+    model run is the one long CPU-bound job in the system: at a lower CPU priority it takes
+    what the realtime run, the stages' I/O loops, the broker and Redis leave, so on shared
+    cores a realtime task waits less for bulk compute anywhere in the pipeline. On cores of
+    its own it changes nothing; 0 leaves the priority alone."""
+    concurrent_runs: int = Field(default=2, ge=1)
+    """General model threads: batches of any lane run on this many at once, highest lane
+    first. Two keep the model busy while one run's inputs and outputs are handled, and on a
+    CPU they share the cores (`intra_op_threads`)."""
+    express_runs: int = Field(default=1, ge=0)
+    """Model threads beyond `concurrent_runs` that run only batches of the top lane, at the
+    worker's own CPU priority: a realtime batch starts at once beside the bulk runs in
+    progress, and the kernel gives it the cores first (`compute_nice`)."""
+
+    def threads_per_run(self, cores: int) -> int:
+        """`intra_op_threads`, or the cores shared out among the general runs."""
+        return self.intra_op_threads or max(1, cores // self.concurrent_runs)
 
 
 class ModelSettings(_Group):

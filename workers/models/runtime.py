@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,9 @@ import onnxruntime as ort
 
 from workers.models.executor import PriorityExecutor
 from workers.models.repository import ModelVersion
+
+if TYPE_CHECKING:
+    from workers.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,26 @@ class RuntimeOptions:
     """Intra-op threads busy-wait for work (ORT's default is on; see RuntimeSettings)."""
     compute_nice: int = 0
     """Nice value added to the threads that load and run models (see RuntimeSettings)."""
+
+    @classmethod
+    def from_settings(cls, settings: RuntimeSettings, cores: int | None = None) -> RuntimeOptions:
+        """The options `settings` give on `cores` (default: this process's)."""
+        return cls(
+            providers=settings.providers,
+            intra_op_threads=settings.threads_per_run(cores or available_cores()),
+            inter_op_threads=settings.inter_op_threads,
+            graph_optimization=settings.graph_optimization,
+            io_binding=settings.io_binding,
+            allow_spinning=settings.allow_spinning,
+            compute_nice=settings.compute_nice,
+        )
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def choose_providers(preferred: tuple[str, ...], available: list[str]) -> list[str]:
@@ -120,29 +143,45 @@ class OnnxModel:
 class ModelRuntime:
     """Loads model versions on first use and runs batches off the event loop."""
 
-    def __init__(self, options: RuntimeOptions, concurrent_runs: int = 1) -> None:
+    def __init__(
+        self, options: RuntimeOptions, concurrent_runs: int = 1, express_runs: int = 0
+    ) -> None:
         self.options = options
         self._models: dict[tuple[str, int], OnnxModel] = {}
         self._loading: dict[tuple[str, int], asyncio.Future[OnnxModel]] = {}
         self._executor: PriorityExecutor | None = None
         self._loader: ThreadPoolExecutor | None = None
         self._concurrent_runs = concurrent_runs
+        self._express_runs = express_runs
+
+    @classmethod
+    def from_settings(cls, settings: RuntimeSettings) -> ModelRuntime:
+        return cls(
+            RuntimeOptions.from_settings(settings),
+            settings.concurrent_runs,
+            settings.express_runs,
+        )
 
     async def start(self) -> None:
         if self._executor is not None:
             raise RuntimeError("ModelRuntime already started")
-        # Threads a session makes inherit their maker's nice value, so lowering it on the
-        # threads that make and run sessions lowers ORT's whole pool, not the event loop.
-        nice = (self.options.compute_nice,)
+        nice = self.options.compute_nice
+        # Express threads (top-lane runs only) keep the event loop's priority; the general
+        # ones and the loader run at `compute_nice`. Threads a session makes inherit their
+        # maker's nice value, and sessions are made on the loader, so ONNX Runtime's own
+        # pool (intra_op_threads > 1) runs at `compute_nice` too.
         self._executor = PriorityExecutor(
-            self._concurrent_runs, "onnx", initializer=_lower_priority, initargs=nice
+            self._concurrent_runs,
+            "onnx",
+            express=self._express_runs,
+            initializer=lambda express: _lower_priority(0 if express else nice),
         )
         # Loads (hot swaps) get a thread of their own: a slow load never queues a batch.
         self._loader = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="onnx-load",
             initializer=_lower_priority,
-            initargs=nice,
+            initargs=(nice,),
         )
 
     async def stop(self) -> None:
@@ -169,8 +208,8 @@ class ModelRuntime:
         if key in self._models:
             return self._models[key]
         if key not in self._loading:
-            self._loading[key] = asyncio.wrap_future(
-                self._require_executor().submit(0, OnnxModel, version, self.options)
+            self._loading[key] = asyncio.get_running_loop().run_in_executor(
+                self._require_loader(), OnnxModel, version, self.options
             )
         try:
             model = await asyncio.shield(self._loading[key])
@@ -187,9 +226,9 @@ class ModelRuntime:
 
     async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking load-side work (reading a graph, a session) on the loader thread."""
-        if self._loader is None:
-            raise RuntimeError("ModelRuntime is not started")
-        return await asyncio.get_running_loop().run_in_executor(self._loader, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._require_loader(), function, *args
+        )
 
     async def run(
         self, model: OnnxModel, feeds: dict[str, Array], *, priority: int = 0
@@ -209,6 +248,11 @@ class ModelRuntime:
 
     async def infer(self, version: ModelVersion, feeds: dict[str, Array]) -> dict[str, Array]:
         return await self.run(await self.model(version), feeds)
+
+    def _require_loader(self) -> ThreadPoolExecutor:
+        if self._loader is None:
+            raise RuntimeError("ModelRuntime is not started")
+        return self._loader
 
     def _require_executor(self) -> PriorityExecutor:
         if self._executor is None:

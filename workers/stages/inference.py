@@ -58,11 +58,12 @@ class InferenceStage(AnswersFailures):
         lifecycle: ModelLifecycle,
         shadow: ShadowRunner | None = None,
         partitions_per_tenant: int = 2,
+        lanes: tuple[str, ...] = (),
     ) -> None:
         self.metrics = metrics or WorkerMetrics("inference")
         self._announced: set[tuple[str, int]] = set()
         self.topics = topics
-        self.input_topics = topics.preprocessed
+        self.input_topics = topics.inputs_of(self.name, lanes)
         self.repository = repository
         self.runtime = runtime
         self.limits = limits

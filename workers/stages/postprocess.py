@@ -40,9 +40,10 @@ class PostprocessStage(AnswersFailures):
         limits: DecodeLimits,
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
+        lanes: tuple[str, ...] = (),
     ) -> None:
         self.topics = topics
-        self.input_topics = topics.inferred
+        self.input_topics = topics.inputs_of(self.name, lanes)
         self.repository = repository
         self.limits = limits
         self._window = BatchWindow(

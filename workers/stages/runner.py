@@ -46,8 +46,6 @@ _MAX_BACKOFF_S = 5.0
 # itself allows max_poll_interval_ms.
 _REVOKE_WAIT_S = 30.0
 _POLL_TIMEOUT_MS = 100
-# Per poll; lanes pause on their own bounds (`flow`), which one poll may overshoot by this.
-_MAX_POLL_RECORDS = 500
 
 
 class Stage(Protocol):
@@ -243,9 +241,10 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             self._pause_and_resume()
             assignment = self.consumer.assignment()
             # Poll even while all is paused: the group evicts a consumer that stops polling.
-            batches = await self.consumer.getmany(
-                timeout_ms=_POLL_TIMEOUT_MS, max_records=_MAX_POLL_RECORDS
-            )
+            # At most `kafka.max_poll_records` a poll: every record is decoded before the loop
+            # runs anything else, and lanes pause on their own bounds (`flow`), which one poll
+            # may overshoot by that much.
+            batches = await self.consumer.getmany(timeout_ms=_POLL_TIMEOUT_MS)
             for records in batches.values():
                 for record in records:
                     self._take(record)

@@ -89,15 +89,18 @@ def test_shutdown_runs_what_was_queued_then_refuses() -> None:
         executor.submit(0, print)
 
 
-def test_initializer_runs_on_each_thread_and_its_failure_is_not_fatal() -> None:
-    names: list[str] = []
+def test_initializer_runs_on_each_thread_told_whether_it_is_express() -> None:
+    seen: list[tuple[str, bool]] = []
     executor = PriorityExecutor(
-        2, "init", initializer=lambda: names.append(threading.current_thread().name)
+        2,
+        "init",
+        express=1,
+        initializer=lambda express: seen.append((threading.current_thread().name, express)),
     )
     executor.shutdown()
-    assert sorted(names) == ["init-0", "init-1"]
+    assert sorted(seen) == [("init-0", False), ("init-1", False), ("init-express-0", True)]
 
-    def broken() -> None:
+    def broken(express: bool) -> None:
         raise OSError("no permission")
 
     executor = PriorityExecutor(1, "broken", initializer=broken)
@@ -105,6 +108,69 @@ def test_initializer_runs_on_each_thread_and_its_failure_is_not_fatal() -> None:
     executor.shutdown()
 
 
+def test_a_top_call_starts_on_an_express_thread_while_every_general_thread_is_busy() -> None:
+    executor = PriorityExecutor(1, "test", express=1)
+    _, release = _blocked_general(executor)
+    ran_on = executor.submit(0, lambda: threading.current_thread().name).result(WAIT_S)
+    assert ran_on == "test-express-0"
+    release.set()
+    executor.shutdown()
+
+
+def test_an_express_thread_never_takes_a_lower_call() -> None:
+    executor = PriorityExecutor(1, "test", express=1)
+    _, release = _blocked_general(executor)
+    lower = executor.submit(1, lambda: threading.current_thread().name)
+    # The express thread is idle, but the lower call waits for the general thread.
+    assert executor.submit(0, lambda: "top").result(WAIT_S) == "top"
+    assert not lower.done()
+    release.set()
+    assert lower.result(WAIT_S) == "test-0"
+    executor.shutdown()
+
+
+def test_top_calls_use_general_threads_too_when_the_express_ones_are_busy() -> None:
+    executor = PriorityExecutor(1, "test", express=1)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait(WAIT_S)
+        return threading.current_thread().name
+
+    first = executor.submit(0, hold)
+    assert started.wait(WAIT_S)
+    second = executor.submit(0, lambda: threading.current_thread().name)
+    assert second.result(WAIT_S) == "test-0"
+    release.set()
+    assert first.result(WAIT_S) == "test-express-0"
+    executor.shutdown()
+
+
+def test_shutdown_waits_for_calls_queued_for_every_kind_of_thread() -> None:
+    executor = PriorityExecutor(1, "test", express=1)
+    _, release = _blocked_general(executor)
+    queued = [executor.submit(priority, lambda p=priority: p) for priority in (2, 0, 1, 0)]
+    release.set()
+    executor.shutdown()
+    assert [f.result(0) for f in queued] == [2, 0, 1, 0]
+
+
+def _blocked_general(executor: PriorityExecutor) -> tuple[threading.Event, threading.Event]:
+    """Occupy the executor's only general thread (with a lower call) until `release`."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(WAIT_S)
+
+    executor.submit(1, hold)
+    assert started.wait(WAIT_S)
+    return started, release
+
+
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         PriorityExecutor(0, "none")
+    with pytest.raises(ValueError, match="express must be >= 0, got -1"):
+        PriorityExecutor(1, "none", express=-1)

@@ -213,3 +213,45 @@ async def test_compute_nice_zero_leaves_priority_alone() -> None:
     options = dataclasses.replace(CPU_ONLY, compute_nice=0)
     async with ModelRuntime(options) as runtime:
         assert await runtime.off_loop(_own_nice) == _own_nice()
+
+
+class _NiceProbe:
+    """Stands in for an OnnxModel: a run reports the nice value of the thread it ran on,
+    and the first run with `hold` set waits for `release` (to keep a thread busy)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.holding = threading.Event()
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        if feeds.get("hold"):
+            self.holding.set()
+            self.release.wait(5)
+        return {"nice": np.array(_own_nice())}
+
+
+async def test_express_runs_keep_the_loop_priority_while_general_runs_are_lowered() -> None:
+    loop_nice = _own_nice()
+    options = dataclasses.replace(CPU_ONLY, compute_nice=3)
+    probe = _NiceProbe()
+    async with ModelRuntime(options, concurrent_runs=1, express_runs=1) as runtime:
+        model: Any = probe
+        bulk = asyncio.ensure_future(runtime.timed_run(model, {"hold": True}, priority=2))
+        assert await asyncio.to_thread(probe.holding.wait, 5)
+        # The only general thread is busy with bulk: the realtime run starts on the express one.
+        realtime, _ = await runtime.timed_run(model, {}, priority=0)
+        assert int(realtime["nice"]) == loop_nice
+        probe.release.set()
+        lowered, _ = await bulk
+        assert int(lowered["nice"]) == min(19, loop_nice + 3)
+
+
+def test_runtime_from_settings_shares_the_cores_among_general_runs() -> None:
+    from workers.settings import RuntimeSettings
+
+    settings = RuntimeSettings(concurrent_runs=2, express_runs=1)
+    assert runtime_module.RuntimeOptions.from_settings(settings, cores=2).intra_op_threads == 1
+    assert runtime_module.RuntimeOptions.from_settings(settings, cores=16).intra_op_threads == 8
+    pinned = RuntimeSettings(intra_op_threads=3)
+    assert runtime_module.RuntimeOptions.from_settings(pinned, cores=16).intra_op_threads == 3
+    assert runtime_module.available_cores() >= 1
