@@ -224,7 +224,7 @@ class _NiceProbe:
         self.holding = threading.Event()
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        if feeds.get("hold"):
+        if "hold" in feeds:
             self.holding.set()
             self.release.wait(5)
         return {"nice": np.array(_own_nice())}
@@ -236,7 +236,7 @@ async def test_express_runs_keep_the_loop_priority_while_general_runs_are_lowere
     probe = _NiceProbe()
     async with ModelRuntime(options, concurrent_runs=1, express_runs=1) as runtime:
         model: Any = probe
-        bulk = asyncio.ensure_future(runtime.timed_run(model, {"hold": True}, priority=2))
+        bulk = asyncio.ensure_future(runtime.timed_run(model, {"hold": np.array(True)}, priority=2))
         assert await asyncio.to_thread(probe.holding.wait, 5)
         # The only general thread is busy with bulk: the realtime run starts on the express one.
         realtime, _ = await runtime.timed_run(model, {}, priority=0)
