@@ -355,7 +355,9 @@ async def measure(
         )
         for batch_size in options.batch_sizes:
             feeds = bench_model.feeds_for(tokenizer, texts[:batch_size])
-            raw = bench_model.measure_raw(raw_model, feeds, options.raw_duration_s)
+            raw = bench_model.measure_raw(
+                raw_model, feeds, options.raw_duration_s, concurrent=settings.concurrent_runs
+            )
             stage = InferenceStage(
                 topics,
                 repository,
@@ -699,14 +701,15 @@ def isolation_table(result: IsolationResult, options: IsolationOptions, command:
     idle_p99 = result.idle.percentiles()[2]
     lines = [
         f"`{MODEL_NAME}`, one {SEQUENCE_TOKENS}-token sentence per task; providers "
-        f"`{','.join(options.providers)}`, intra-op threads {options.threads or 'all'}. "
+        f"`{','.join(options.providers)}`, {_threads(options)}. "
         "The inference runner's scheduling path in one process, no Kafka, no other process "
         "competing for the CPU: `LaneBatcher` built as `StageRunner` builds it (min shares "
         f"from `LaneSettings`, `row_cap_of` from a `LatencyBudget` of {result.budget_ms:g} ms "
         "told every put's lane and every batch's rows and model time), a batch formed once "
         f"a slot takes it (`batches_in_flight` {WorkerSettings().batches_in_flight} plus "
-        f"{LaneSettings().express_batches} express for realtime; model runs one at a time, "
-        "highest lane first), the model's window "
+        f"{LaneSettings().express_batches} express for realtime; model runs on the general "
+        "threads highest lane first, realtime ones also on the express thread), the model's "
+        "window "
         f"(`max_batch_size` {w.max_batch_size}, `max_wait_ms` {w.max_wait_ms:g}).",
         f"Capacity C = {result.capacity.bulk_per_s:,.0f} tasks/s (bulk alone, saturated, "
         f"{options.capacity_s:g} s; mean batch {result.capacity.mean_batch:.1f}). Realtime: "
@@ -753,16 +756,26 @@ def _verdict(tally: Tally, idle_p99: float) -> str:
 # ---- report --------------------------------------------------------------------------------
 
 
+def _threads(options: Options | IsolationOptions) -> str:
+    settings = runtime_settings(options.providers, options.threads, options.runtime)
+    per_run = RuntimeOptions.from_settings(settings).intra_op_threads
+    return (
+        f"{settings.concurrent_runs} general model runs at once of {per_run} intra-op "
+        f"thread(s) each, {settings.express_runs} express"
+    )
+
+
 def table(rows: Sequence[Row], options: Options, command: str) -> str:
     base = next((r.tasks_per_s for r in rows if r.max_batch_size == 1), None)
     lines = [
         f"`{MODEL_NAME}` (pooling in graph), one {SEQUENCE_TOKENS}-token sentence per task; "
-        f"providers `{','.join(options.providers)}`, intra-op threads "
-        f"{options.threads or 'all'}, `batches_in_flight` {WorkerSettings().batches_in_flight}, "
+        f"providers `{','.join(options.providers)}`, {_threads(options)}, "
+        f"`batches_in_flight` {WorkerSettings().batches_in_flight}, "
         f"`max_wait_ms` {MAX_WAIT_MS:g}. Closed loop of {options.concurrency} tasks "
         f"outstanding, {options.duration_s:g} s per size after warm-up; latency is decode + put "
         "to outputs encoded (P50 is about outstanding / throughput: a full queue, not idle "
-        "latency). Raw: the same batch back to back on a session with the same options.",
+        "latency). Raw: the same batch back to back on a session with the same options, on "
+        "as many threads at once as the worker's general runs.",
         f"Machine: {bench_model.machine_description(options.providers)}.",
         f"Command: `{command}`",
         "",
@@ -815,7 +828,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--providers", default="CPUExecutionProvider")
     parser.add_argument("--batch-sizes", type=_ints, default=BATCH_SIZES)
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0 = all")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads per run; 0: cores / runs"
+    )
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="tasks outstanding")
     parser.add_argument("--duration-s", type=float, default=10.0, help="window per size")
     parser.add_argument("--quick", action="store_true", help="short windows, for a smoke test")

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,19 +149,30 @@ def feeds_for(tokenizer: Tokenizer, texts: Sequence[str]) -> Feeds:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def measure_raw(model: OnnxModel, feeds: Feeds, duration_s: float, min_runs: int = 3) -> RawResult:
-    """Run the same batch back to back for ``duration_s`` (after warm-up); seq/s and ms/batch."""
+def measure_raw(
+    model: OnnxModel, feeds: Feeds, duration_s: float, min_runs: int = 3, concurrent: int = 1
+) -> RawResult:
+    """Run the same batch back to back for ``duration_s`` (after warm-up) on ``concurrent``
+    threads at once; seq/s over all of them and ms per batch."""
     for _ in range(3):
         model.run(feeds)
-    runs = 0
+    counts = [0] * concurrent
     started = time.perf_counter()
-    elapsed = 0.0
-    while runs < min_runs or elapsed < duration_s:
-        model.run(feeds)
-        runs += 1
-        elapsed = time.perf_counter() - started
+
+    def loop(index: int) -> None:
+        while counts[index] < min_runs or time.perf_counter() - started < duration_s:
+            model.run(feeds)
+            counts[index] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrent)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    runs = sum(counts)
     batch, seq = feeds["input_ids"].shape
-    return RawResult(seq, batch, elapsed / runs * 1000, batch * runs / elapsed)
+    return RawResult(seq, batch, elapsed / runs * concurrent * 1000, batch * runs / elapsed)
 
 
 def table(results: Sequence[RawResult], providers: Sequence[str], threads: int) -> str:
