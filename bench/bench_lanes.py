@@ -70,11 +70,18 @@ class Options:
 
     @property
     def isolation_s(self) -> float:
-        return 6.0 if self.quick else 15.0
+        return 6.0 if self.quick else 12.0
 
     @property
     def isolation_rounds(self) -> int:
-        return 1 if self.quick else 3
+        return 1 if self.quick else 4
+
+    @property
+    def settle_s(self) -> float:
+        """Paced realtime traffic before the idle window, not measured: the first seconds
+        after a fleet starts (groups settling, first batches of every shape) are no idle
+        system's steady state."""
+        return 2.0 if self.quick else 4.0
 
     @property
     def fairness_s(self) -> float:
@@ -264,6 +271,16 @@ class Isolation:
     def ratio(self) -> float:
         return _p99(self.loaded) / _p99(self.idle)
 
+    @property
+    def median_round_ratio(self) -> float:
+        return statistics.median(r.ratio for r in self.rounds)
+
+    @property
+    def met(self) -> bool:
+        """Pooled and round by round (the median): a lone stall in one window moves the
+        pooled P99 of that side, and a target must not be met by noise."""
+        return max(self.ratio, self.median_round_ratio) <= ISOLATION_TARGET
+
 
 @dataclass(frozen=True)
 class IsolationResult:
@@ -320,6 +337,7 @@ async def _isolation_round(
         realtime = sentence_requests(texts, "interactive")
         await closed_loop(client, realtime, 256, 64)  # warm-up
         rate = 0.1 * capacity_per_s
+        await paced(client, realtime, rate, options.settle_s)
         idle = await paced(client, realtime, rate, options.isolation_s)
         with BulkTenant(deployment, texts, 3 * capacity_per_s, options.isolation_s) as bulk:
             await asyncio.to_thread(bulk.wait_started)
@@ -468,13 +486,14 @@ def isolation_table(result: IsolationResult) -> list[str]:
     for found in result.topologies:
         idle, loaded = percentiles(found.idle_ms), percentiles(found.loaded_ms)
         offered = sum(r.bulk_offered for r in found.rounds)
-        verdict = "met" if found.ratio <= ISOLATION_TARGET else "missed"
+        verdict = "met" if found.met else "missed"
         lines += [
             f"| {found.topology} | idle system | {len(found.idle_ms)} | {idle[0]:.1f} "
             f"| {idle[1]:.1f} | {idle[2]:.1f} | |",
             f"| {found.topology} | bulk tenant offering 3 C ({offered:,} requests) "
             f"| {len(found.loaded_ms)} | {loaded[0]:.1f} | {loaded[1]:.1f} | {loaded[2]:.1f} "
-            f"| **{found.ratio:.2f}x** ({verdict}; rounds "
+            f"| **{found.ratio:.2f}x** pooled, median of rounds "
+            f"**{found.median_round_ratio:.2f}x** ({verdict}; rounds "
             + ", ".join(f"{r.ratio:.2f}x" for r in found.rounds)
             + ") |",
         ]
@@ -489,9 +508,11 @@ def isolation_table(result: IsolationResult) -> list[str]:
         f"| {unbudgeted.ratio:.2f}x (idle P99 {off_idle[2]:.1f}) |",
         "",
         f"C = {result.capacity_per_s:,.0f} tasks/s; target: P99 loaded / idle <= "
-        f"{ISOLATION_TARGET}x. {len(result.topologies[0].rounds)} rounds of each topology, "
-        "taken in turn, each a fresh namespace and fleet with an idle window then a loaded "
-        "one, samples pooled; the bulk tenant publishes from a process of its own. Lane "
+        f"{ISOLATION_TARGET}x, met only if both the pooled ratio and the median of the rounds' "
+        f"ratios are. {len(result.topologies[0].rounds)} rounds of each topology, taken in "
+        "turn, each a fresh namespace and fleet, a few seconds of unmeasured realtime traffic, "
+        "an idle window, then a loaded one; the bulk tenant publishes from a process of its "
+        "own. Lane "
         "pools: a realtime inference and postprocess worker beside one of each for the other "
         "lanes at `worker.nice` 10 (one preprocess worker serves every lane).",
         "",
