@@ -219,8 +219,20 @@ async def _batching_run(
 
 REALTIME_POOL = {"CONVEYOR_WORKER__LANES": '["realtime"]'}
 LOWER_POOL = {"CONVEYOR_WORKER__LANES": '["standard", "bulk"]', "CONVEYOR_WORKER__NICE": "10"}
+SINGLE_RUN_THREADS = {
+    "CONVEYOR_RUNTIME__INTRA_OP_THREADS": str(os.cpu_count() or 1),
+    "CONVEYOR_RUNTIME__CONCURRENT_RUNS": "1",
+    "CONVEYOR_RUNTIME__EXPRESS_RUNS": "0",
+    "CONVEYOR_RUNTIME__COMPUTE_NICE": "0",
+    "CONVEYOR_WORKER__BATCHES_IN_FLIGHT": "2",
+}
 TOPOLOGIES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
     "one worker per stage": tuple((stage, {}) for stage in STAGES),
+    "one worker per stage, one model thread pool": (
+        ("preprocess", {}),
+        ("inference", SINGLE_RUN_THREADS),
+        ("postprocess", {}),
+    ),
     "lane pools": (
         ("preprocess", {}),
         ("inference", REALTIME_POOL),
@@ -229,8 +241,10 @@ TOPOLOGIES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
         ("postprocess", LOWER_POOL),
     ),
 }
-"""How the isolation rounds deploy the workers: every lane in one worker per stage, or a
-realtime pool beside a pool for the other lanes at nice 10 (`worker.lanes`, `worker.nice`)."""
+"""How the isolation rounds deploy the workers: every lane in one worker per stage (with the
+default model threads, and for reference with one run at a time on every core, no express
+thread and no nice: the model threads before express runs), or a realtime pool beside a pool
+for the other lanes at nice 10 (`worker.lanes`, `worker.nice`)."""
 
 
 @dataclass(frozen=True)
@@ -512,9 +526,11 @@ def isolation_table(result: IsolationResult) -> list[str]:
         f"ratios are. {len(result.topologies[0].rounds)} rounds of each topology, taken in "
         "turn, each a fresh namespace and fleet, a few seconds of unmeasured realtime traffic, "
         "an idle window, then a loaded one; the bulk tenant publishes from a process of its "
-        "own. Lane "
-        "pools: a realtime inference and postprocess worker beside one of each for the other "
-        "lanes at `worker.nice` 10 (one preprocess worker serves every lane).",
+        "own. One model thread pool: the inference worker's model runs as before express "
+        "threads (one run at a time on every core, `runtime.express_runs` 0, "
+        "`compute_nice` 0, 2 batches in flight). Lane pools: a realtime inference and "
+        "postprocess worker beside one of each for the other lanes at `worker.nice` 10 (one "
+        "preprocess worker serves every lane).",
         "",
         "Where a realtime task's time goes (medians, ms; `_queue`: from a worker's intake to "
         "its batch; the rest is Kafka hops and records waiting in Kafka before intake):",
@@ -599,8 +615,8 @@ def report(
 ) -> str:
     command = ".venv/bin/python -m bench.bench_lanes" + (" --quick" if options.quick else "")
     lines = [
-        f"Reproduce: `{command}` ({os.cpu_count()} cores; Kafka, Redis, one worker per stage "
-        f"and the client on the same machine; MiniLM, one {SEQUENCE_TOKENS}-token sentence "
+        f"Reproduce: `{command}` ({os.cpu_count()} cores; Kafka, Redis, the workers (one per "
+        f"stage unless said) and the clients on the same machine; MiniLM, one {SEQUENCE_TOKENS}-token sentence "
         "per request, CPU).",
         "",
         f"**Batching gain** (closed loop, {CONCURRENCY} requests outstanding; latency is "
