@@ -616,8 +616,8 @@ def report(
     command = ".venv/bin/python -m bench.bench_lanes" + (" --quick" if options.quick else "")
     lines = [
         f"Reproduce: `{command}` ({os.cpu_count()} cores; Kafka, Redis, the workers (one per "
-        f"stage unless said) and the clients on the same machine; MiniLM, one {SEQUENCE_TOKENS}-token sentence "
-        "per request, CPU).",
+        "stage unless said) and the clients on the same machine; MiniLM, one "
+        f"{SEQUENCE_TOKENS}-token sentence per request, CPU).",
         "",
         f"**Batching gain** (closed loop, {CONCURRENCY} requests outstanding; latency is "
         "submitted to completed, server clocks):",
