@@ -3,9 +3,9 @@
 A stage keeps `batches_in_flight` batches going so host work (ledger reads, encoding,
 delivery) overlaps the model run. With every slot taken by bulk batches, a realtime task
 could not even form its batch until one of them finished, and would then queue behind the
-next one already formed. An express slot, taken first by a batch whose highest lane is the
-top lane, lets it form at once of top-lane rows only; the inference worker then runs it on an
-express model thread beside the bulk runs in progress (`workers.models.executor`).
+next one already formed. An express slot, usable only by a batch whose highest lane is the
+top lane, lets it form at once; the model's priority gate then runs it right after the run
+in progress (`workers.models.gate`).
 """
 
 from __future__ import annotations
@@ -36,22 +36,20 @@ class BatchSlots:
 
     def admit(self, lane: str) -> str | None:
         """The lowest lane a batch whose highest lane is `lane` may take rows from now; None:
-        no slot. A top-lane batch takes an express slot first: of top-lane rows only, it runs
-        on an express model thread at once, instead of sharing a general run (and its lower
-        CPU priority) with bulk rows. Any other batch takes a general slot, rows of every lane."""
-        if lane == self.top_lane and self._used["express"] < self.express:
-            return self.top_lane
+        no slot. A general slot takes any lane; an express batch only top-lane rows: it is
+        room beyond `batches_in_flight`, and lower lanes' rows would only slow it down."""
         if self._used["general"] < self.general:
             return self.lanes[-1]
+        if lane == self.top_lane and self._used["express"] < self.express:
+            return self.top_lane
         return None
 
     def take(self, lane: str) -> SlotKind:
-        """The slot `admit` offered a batch whose highest lane is `lane`."""
-        kind: SlotKind
-        if lane == self.top_lane and self._used["express"] < self.express:
+        """A slot for a batch whose highest lane is `lane` (general ones first)."""
+        if self._used["general"] < self.general:
+            kind: SlotKind = "general"
+        elif self.admit(lane) is not None:
             kind = "express"
-        elif self._used["general"] < self.general:
-            kind = "general"
         else:
             raise RuntimeError(f"no batch slot free for a batch of lane {lane!r}")
         self._used[kind] += 1

@@ -7,33 +7,24 @@ import pytest
 from workers.stages.slots import BatchSlots
 
 
-def test_a_top_lane_batch_takes_the_express_slot_first_other_lanes_general_ones() -> None:
+def test_general_slots_go_first_then_express_for_the_top_lane_only() -> None:
     slots = BatchSlots(general=2, express=1)
-    assert slots.admit("realtime") == "realtime"  # express: realtime rows only
-    assert slots.take("realtime") == "express"
-    assert slots.admit("realtime") == "bulk"  # express taken: a general slot, every lane
-    assert slots.admit("bulk") == "bulk"
+    assert slots.admit("bulk") == "bulk"  # a general slot: rows of every lane
     assert slots.take("bulk") == "general"
     assert slots.take("realtime") == "general"
     assert slots.admit("bulk") is None
     assert slots.admit("standard") is None
+    assert slots.admit("realtime") == "realtime"  # express: realtime rows only
+    assert slots.take("realtime") == "express"
     assert slots.admit("realtime") is None
     assert slots.in_flight == 3
     with pytest.raises(RuntimeError, match="no batch slot free for a batch of lane 'bulk'"):
         slots.take("bulk")
 
 
-def test_with_the_general_slots_taken_only_the_top_lane_may_start() -> None:
-    slots = BatchSlots(general=1, express=1)
-    assert slots.take("bulk") == "general"
-    assert slots.admit("standard") is None
-    assert slots.admit("realtime") == "realtime"
-    assert slots.take("realtime") == "express"
-
-
 def test_given_back_slots_admit_again() -> None:
     slots = BatchSlots(general=1, express=1)
-    express, general = slots.take("realtime"), slots.take("realtime")
+    general, express = slots.take("realtime"), slots.take("realtime")
     slots.give_back(general)
     assert slots.admit("bulk") == "bulk"
     slots.give_back(express)
