@@ -292,7 +292,8 @@ class RuntimeSettings(_Group):
     """Threads inside one model run; 0: the worker's cores shared out among
     `concurrent_runs` (at least 1 each). On a CPU a run of one thread per core is the one
     whose priority is exact (`compute_nice`), and on 2 cores two single-threaded runs at once
-    measured 277 MiniLM seq/s against 224 for one run on both (batch 32, BENCHMARKS.md)."""
+    made 251-269 MiniLM seq/s against 187-220 for one run on both (batch 32; BENCHMARKS.md,
+    Pipeline (b))."""
     inter_op_threads: int = Field(default=1, ge=0)
     """Threads across operators."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
