@@ -13,15 +13,18 @@ from workers.models.executor import PriorityExecutor
 WAIT_S = 5
 
 
-def _blocked(executor: PriorityExecutor) -> tuple[threading.Event, threading.Event]:
-    """Occupy the executor's only thread until the returned `release` is set."""
+def _blocked(
+    executor: PriorityExecutor, priority: int = 0
+) -> tuple[threading.Event, threading.Event]:
+    """Occupy the executor's only general thread (a call of `priority` > 0 never goes to an
+    express one) until the returned `release` is set."""
     started, release = threading.Event(), threading.Event()
 
     def hold() -> None:
         started.set()
         release.wait(WAIT_S)
 
-    executor.submit(0, hold)
+    executor.submit(priority, hold)
     assert started.wait(WAIT_S)
     return started, release
 
@@ -110,7 +113,7 @@ def test_initializer_runs_on_each_thread_told_whether_it_is_express() -> None:
 
 def test_a_top_call_starts_on_an_express_thread_while_every_general_thread_is_busy() -> None:
     executor = PriorityExecutor(1, "test", express=1)
-    _, release = _blocked_general(executor)
+    _, release = _blocked(executor, priority=1)
     ran_on = executor.submit(0, lambda: threading.current_thread().name).result(WAIT_S)
     assert ran_on == "test-express-0"
     release.set()
@@ -119,7 +122,7 @@ def test_a_top_call_starts_on_an_express_thread_while_every_general_thread_is_bu
 
 def test_an_express_thread_never_takes_a_lower_call() -> None:
     executor = PriorityExecutor(1, "test", express=1)
-    _, release = _blocked_general(executor)
+    _, release = _blocked(executor, priority=1)
     lower = executor.submit(1, lambda: threading.current_thread().name)
     # The express thread is idle, but the lower call waits for the general thread.
     assert executor.submit(0, lambda: "top").result(WAIT_S) == "top"
@@ -149,24 +152,11 @@ def test_top_calls_use_general_threads_too_when_the_express_ones_are_busy() -> N
 
 def test_shutdown_waits_for_calls_queued_for_every_kind_of_thread() -> None:
     executor = PriorityExecutor(1, "test", express=1)
-    _, release = _blocked_general(executor)
+    _, release = _blocked(executor, priority=1)
     queued = [executor.submit(priority, lambda p=priority: p) for priority in (2, 0, 1, 0)]
     release.set()
     executor.shutdown()
     assert [f.result(0) for f in queued] == [2, 0, 1, 0]
-
-
-def _blocked_general(executor: PriorityExecutor) -> tuple[threading.Event, threading.Event]:
-    """Occupy the executor's only general thread (with a lower call) until `release`."""
-    started, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        started.set()
-        release.wait(WAIT_S)
-
-    executor.submit(1, hold)
-    assert started.wait(WAIT_S)
-    return started, release
 
 
 def test_workers_must_be_positive() -> None:
