@@ -226,8 +226,10 @@ SINGLE_RUN_THREADS = {
     "CONVEYOR_RUNTIME__COMPUTE_NICE": "0",
     "CONVEYOR_WORKER__BATCHES_IN_FLIGHT": "2",
 }
+PER_STAGE = "one worker per stage"
+"""The topology of the latency-budget-off round."""
 TOPOLOGIES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
-    "one worker per stage": tuple((stage, {}) for stage in STAGES),
+    PER_STAGE: tuple((stage, {}) for stage in STAGES),
     "one worker per stage, one model thread pool": (
         ("preprocess", {}),
         ("inference", SINGLE_RUN_THREADS),
@@ -317,7 +319,7 @@ def measure_isolation(
     the machine's drift over the run reaches every side alike. Samples are pooled."""
     rounds: dict[str, list[IsolationRound]] = {name: [] for name in TOPOLOGIES}
     plan = [(name, False) for _ in range(options.isolation_rounds) for name in TOPOLOGIES]
-    for index, (name, budget_off) in enumerate([*plan, (next(iter(TOPOLOGIES)), True)]):
+    for index, (name, budget_off) in enumerate([*plan, (PER_STAGE, True)]):
         deployment = deployment.fresh()
         tenants: dict[str, dict[str, object]] = {
             "interactive": {"lane": "realtime"},
@@ -516,7 +518,7 @@ def isolation_table(result: IsolationResult) -> list[str]:
         percentiles(latencies_ms(unbudgeted.loaded)),
     )
     lines += [
-        f"| {next(iter(TOPOLOGIES))}, latency budget off (one round) | bulk at 3 C "
+        f"| {PER_STAGE}, latency budget off (one round) | bulk at 3 C "
         f"({unbudgeted.bulk_offered:,} requests) | {len(unbudgeted.loaded)} "
         f"| {off_loaded[0]:.1f} | {off_loaded[1]:.1f} | {off_loaded[2]:.1f} "
         f"| {unbudgeted.ratio:.2f}x (idle P99 {off_idle[2]:.1f}) |",

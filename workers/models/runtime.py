@@ -60,8 +60,8 @@ class RuntimeOptions:
     device_id: int = 0
     allow_spinning: bool = False
     """Intra-op threads busy-wait for work (ORT's default is on; see RuntimeSettings)."""
-    compute_nice: int = 0
-    """Nice value added to the threads that load and run models (see RuntimeSettings)."""
+    compute_nice: int = 10
+    """Nice value added to the general model threads and the loader (see RuntimeSettings)."""
 
     @classmethod
     def from_settings(cls, settings: RuntimeSettings, cores: int | None = None) -> RuntimeOptions:
