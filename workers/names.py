@@ -106,8 +106,10 @@ class Topics:
         return tuple(topic_of(lane) for lane in LANES if not lanes or lane in lanes)
 
     def group_of(self, stage: str, lanes: tuple[str, ...] = ()) -> str:
-        """The consumer group every replica of a stage (of one lane pool) joins."""
-        if not lanes or set(lanes) == set(LANES):
+        """The consumer group every replica of a stage (of one lane pool) joins. Preprocess
+        pools share one group: a tenant's requests topic moves between them, with its
+        committed offsets, when the tenant changes class (`lanes.intake`)."""
+        if stage == "preprocess" or not lanes or set(lanes) == set(LANES):
             return f"{self.prefix}.{stage}"
         return f"{self.prefix}.{stage}." + "+".join(lane for lane in LANES if lane in lanes)
 

@@ -62,8 +62,6 @@ async def ensure_pipeline_topics(settings: Settings) -> None:
 async def run_worker(stage_name: StageName, settings: Settings) -> None:
     """Run one stage until SIGTERM/SIGINT; a second SIGINT exits at once."""
     w = settings.worker
-    if w.lanes and stage_name == "preprocess":
-        raise ValueError("worker.lanes: preprocess serves every lane (requests have none yet)")
     if w.nice:
         os.nice(w.nice)  # before any thread starts: every one inherits it
     topics = Topics(settings.kafka.topic_prefix)
@@ -116,6 +114,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 tenant_topics=settings.kafka.tenant_topics,
                 partitions_per_tenant=settings.lanes.partitions_per_tenant,
                 lane_of_tenant=directory.lane,
+                lanes=w.lanes,
             )
         elif stage_name == "inference":
             stage = await _inference_stage(

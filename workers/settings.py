@@ -165,11 +165,13 @@ class WorkerSettings(_Group):
     """Batches a stage processes at once: one more than the inference worker's
     `runtime.concurrent_runs`, so the next batch is ready when a model thread frees."""
     lanes: tuple[str, ...] = ()
-    """Lanes this worker serves (inference and postprocess; preprocess reads the requests,
-    which have no lane yet); empty: every lane. Workers serving the same lanes form one
-    consumer group (a lane pool, `<prefix>.<stage>.<lane>+<lane>` unless every lane), so a
-    deployment can give the top lane workers of its own, e.g. at a better CPU priority than
-    the pool serving the others (`nice`). Every lane must be served by some pool."""
+    """Lanes this worker serves; empty: every lane. Inference and postprocess workers serving
+    the same lanes form one consumer group (a lane pool, `<prefix>.<stage>.<lane>+<lane>`
+    unless every lane), so a deployment can give the top lane workers of its own, e.g. at a
+    better CPU priority than the pool serving the others (`nice`). A preprocess pool needs
+    `kafka.tenant_topics`: it reads the request topics of the tenants whose class is one of
+    its lanes, followed as the registry changes (all preprocess pools share the group
+    `<prefix>.preprocess`). Every lane must be served by some pool."""
     nice: int = Field(default=0, ge=0, le=19)
     """Nice value added to the whole worker process at start (its event loop and every
     thread it starts). A pool serving only low lanes runs best at 10 on cores it shares

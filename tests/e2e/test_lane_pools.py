@@ -1,5 +1,6 @@
 """Lane pools (`worker.lanes`, `worker.nice`): a realtime pool and a pool for the other lanes,
-each its own consumer group, serve one pipeline together on the real broker and Redis."""
+each its own consumer group (preprocess pools: one group, reading tenants' topics by class),
+serve one pipeline together on the real broker and Redis."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from schemas import InferenceResult
 from tests.e2e.conftest import Pipeline
@@ -15,6 +17,7 @@ from tests.e2e.helpers import tiny_request
 from tests.e2e.test_lanes import registry  # noqa: F401  (fixture)
 from workers.client import Client
 from workers.lanes.registry import TenantRegistry
+from workers.tenants import add_tenant
 
 pytestmark = pytest.mark.e2e
 
@@ -85,8 +88,103 @@ async def test_a_realtime_pool_and_a_pool_for_the_rest_serve_their_lanes_only(
     }
 
 
-async def test_preprocess_refuses_a_lane_pool(pipeline: Pipeline) -> None:
+async def test_a_preprocess_pool_without_tenant_topics_refuses_to_start(pipeline: Pipeline) -> None:
     (worker,) = pipeline.fleet.start("preprocess", extra_env=REALTIME)
     returncode = await asyncio.to_thread(worker.process.wait, 60)
     assert returncode != 0
-    assert "preprocess serves every lane" in worker.log()
+    assert "needs kafka.tenant_topics" in worker.log()
+
+
+async def _assigned_topics(bootstrap: str, group: str) -> dict[str, set[str]]:
+    """Each member's assigned topics, by its client id (which ends with its pid)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    (_error, _group, _state, _protocol_type, _protocol, members, *_rest) = described.groups[0]
+    found: dict[str, set[str]] = {}
+    for _member_id, client, _host, _metadata, assignment in members:
+        decoded = ConsumerProtocolMemberAssignment.decode(assignment) if assignment else None
+        found[client] = {topic for topic, _ in decoded.assignment} if decoded else set()
+    return found
+
+
+async def test_preprocess_pools_read_their_tenants_topics_and_follow_a_change_of_class(
+    pipeline: Pipeline,
+    registry: TenantRegistry,  # noqa: F811
+) -> None:
+    await registry.set("urgent", lane="realtime")
+    await registry.set("bulky", lane="bulk")
+    settings = pipeline.settings.model_copy(
+        update={"kafka": pipeline.settings.kafka.model_copy(update={"tenant_topics": True})}
+    )
+    for tenant in ("urgent", "bulky"):
+        await add_tenant(settings, tenant, f"User:{tenant}", None, grant=False)
+    per_tenant = {
+        "CONVEYOR_KAFKA__TENANT_TOPICS": "true",
+        "CONVEYOR_LANES__REFRESH_INTERVAL_S": "0.5",
+    }
+    fleet = pipeline.fleet
+    (realtime,) = fleet.start("preprocess", extra_env={**per_tenant, **REALTIME})
+    (others,) = fleet.start("preprocess", extra_env={**per_tenant, **OTHERS})
+    fleet.start("inference", extra_env=per_tenant)
+    fleet.start("postprocess", extra_env=per_tenant)
+    fleet.wait_ready()
+    topics, bootstrap = pipeline.topics, settings.kafka.bootstrap
+    group = topics.group_of("preprocess")
+
+    async def pools_read() -> dict[str, set[str]]:
+        by_client = await _assigned_topics(bootstrap, group)
+        pools = {"realtime": realtime, "others": others}
+        return {
+            name: set().union(*(t for c, t in by_client.items() if c.endswith(f"-{w.process.pid}")))
+            for name, w in pools.items()
+        }
+
+    async def served(tenant: str, count: int) -> None:
+        async with Client(bootstrap, topics, tenant=tenant) as client:
+            requests = [tiny_request(tenant) for _ in range(count)]
+            await client.submit_many(requests)
+            for request in requests:
+                result = await client.result(request.task_id, timeout_s=120)
+                assert isinstance(result, InferenceResult), result
+                assert result.tenant == tenant
+
+    await asyncio.gather(served("urgent", 20), served("bulky", 20))
+    assert await pools_read() == {
+        "realtime": {topics.requests_of("urgent")},
+        "others": {topics.requests_of("bulky")},
+    }
+
+    # A change of class moves the topic to the other pool, in the running workers.
+    await registry.set("urgent", lane="standard")
+    moved = {
+        "realtime": set(),
+        "others": {topics.requests_of("urgent"), topics.requests_of("bulky")},
+    }
+    async with asyncio.timeout(60):
+        while True:
+            if await pools_read() == moved:
+                break
+            await asyncio.sleep(0.3)
+    await served("urgent", 20)
+    # One group for both pools: the topic's committed offsets moved with it, so the other
+    # pool went on after the first 20 requests instead of reading them again.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                offsets = await admin.list_consumer_group_offsets(group)
+                committed = sum(
+                    meta.offset
+                    for tp, meta in offsets.items()
+                    if tp.topic == topics.requests_of("urgent")
+                )
+                if committed == 40:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()

@@ -20,6 +20,7 @@ from schemas import (
     decode_request,
 )
 from workers.lanes.affinity import lane_record_key
+from workers.lanes.intake import TenantTopicSelector
 from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
@@ -54,11 +55,24 @@ class PreprocessStage(AnswersFailures):
         tenant_topics: bool = False,
         partitions_per_tenant: int = 2,
         lane_of_tenant: Callable[[str], str] | None = None,
+        lanes: tuple[str, ...] = (),
     ) -> None:
         self.topics = topics
         self.input_topics: tuple[str, ...] = (topics.requests,)
-        self.input_pattern: str | None = topics.tenant_requests_pattern if tenant_topics else None
+        self.input_pattern: str | None = None
         """Per-tenant mode: the runner subscribes to every `<prefix>.requests.<tenant>`."""
+        self.input_selector: TenantTopicSelector | None = None
+        """A lane pool in per-tenant mode: the runner follows the topics of its lanes' tenants."""
+        if lanes:
+            if not tenant_topics or lane_of_tenant is None:
+                raise ValueError(
+                    "worker.lanes: a preprocess pool reads the request topics of its lanes' "
+                    "tenants, so it needs kafka.tenant_topics (on the one shared requests "
+                    "topic a request's lane is known only once it has been read)"
+                )
+            self.input_selector = TenantTopicSelector(topics, lanes, lane_of_tenant)
+        elif tenant_topics:
+            self.input_pattern = topics.tenant_requests_pattern
         self.repository = repository
         self.request_limits = limits
         self.limits: DecodeLimits = limits.decode_limits()
@@ -91,7 +105,7 @@ class PreprocessStage(AnswersFailures):
         """Per-tenant mode: the request is the topic's tenant's whatever its payload claims,
         and its answer goes to that tenant's results topic (a payload `reply_to` is ignored,
         so no tenant can have a worker write into another tenant's results)."""
-        if self.input_pattern is None:
+        if not self._tenant_topics:
             return request
         tenant = self.topics.tenant_of(topic)
         if tenant is None:
@@ -99,9 +113,13 @@ class PreprocessStage(AnswersFailures):
         fields: dict[str, object] = {"tenant": tenant, "reply_to": self.topics.results_of(tenant)}
         return dataclasses.replace(request, **fields)  # type: ignore[arg-type]
 
+    @property
+    def _tenant_topics(self) -> bool:
+        return self.input_pattern is not None or self.input_selector is not None
+
     def _identity(self, work: Work) -> TaskIdentity:
         identity = identify_task(work)
-        tenant = self.topics.tenant_of(work.record.topic) if self.input_pattern else None
+        tenant = self.topics.tenant_of(work.record.topic) if self._tenant_topics else None
         if tenant is None:
             return identity
         # Even a request that does not decode is answered on its topic's tenant's results.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -53,7 +53,8 @@ class Stage(Protocol):
 
     name: str
     input_topics: tuple[str, ...]
-    """Highest lane first; a stage with `input_pattern` reads every topic matching it."""
+    """Highest lane first; a stage with `input_pattern` reads every topic matching it, one
+    with `input_selector` (a `TopicSelector`) the topics it picks, followed as they change."""
     topics: Topics
     reaches: Status
     """The state a task is in after this stage; work already there is skipped (redelivery)."""
@@ -65,6 +66,10 @@ class Stage(Protocol):
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work: ...
 
     async def process(self, batch: list[Work]) -> StageOutput: ...
+
+
+TopicSelector = Callable[[Iterable[str]], frozenset[str]]
+"""Of the cluster's topics, those a stage reads (see `lanes.intake`)."""
 
 
 class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -107,6 +112,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_ms / 1000)
         self._blame_to = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
         lanes = lanes or LaneSettings()
+        self._refresh_s = lanes.refresh_interval_s
+        self._subscribed: frozenset[str] = frozenset()
         self._budget = LatencyBudget(lanes.latency_budget_ms, lanes.realtime_active_s)
         self._batcher: LaneBatcher[Work] = LaneBatcher(
             key=_key_of,
@@ -142,7 +149,11 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             raise RuntimeError(f"{self.stage.name} runner already started")
         self._started = True
         pattern = getattr(self.stage, "input_pattern", None)
-        if pattern:  # per-tenant topics: every topic matching it, new ones as they appear
+        select: TopicSelector | None = getattr(self.stage, "input_selector", None)
+        if select is not None:  # a lane pool of tenants' topics: they change with the registry
+            await self._follow(select)
+            self._loops.start(self._follow_forever(select), f"{self.stage.name}-topics")
+        elif pattern:  # per-tenant topics: every topic matching it, new ones as they appear
             self.consumer.subscribe(pattern=pattern, listener=self)
         else:
             self.consumer.subscribe(list(self.stage.input_topics), listener=self)
@@ -234,10 +245,43 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             sorted((tp.topic, tp.partition) for tp in assigned),
         )
 
+    # ---- subscription (lane pools of tenants' topics) -------------------------------------
+
+    async def _follow_forever(self, select: TopicSelector) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._refresh_s):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                await self._follow(select)
+
+    async def _follow(self, select: TopicSelector) -> None:
+        """Subscribe to the topics `select` picks of the cluster's now (the registry may have
+        moved a tenant to another class, or a tenant's topic may be new)."""
+        try:
+            wanted = select(await self.consumer.topics())
+        except KafkaError as exc:
+            log.warning("%s: cannot list topics, subscription kept: %s", self.stage.name, exc)
+            return
+        if wanted == self._subscribed:
+            return
+        if wanted:
+            self.consumer.subscribe(sorted(wanted), listener=self)
+        else:
+            # No tenant of these lanes now: hand back what is assigned, as a rebalance would.
+            await self.on_partitions_revoked(list(self.consumer.assignment()))
+            self.consumer.unsubscribe()
+        log.info("%s: reading %s", self.stage.name, sorted(wanted) or "no topic")
+        self._subscribed = wanted
+
     # ---- intake -----------------------------------------------------------------------
 
     async def _intake(self) -> None:
         while not self._stopping.is_set():
+            if not self.consumer.subscription():  # a lane pool whose lanes have no tenant
+                await asyncio.sleep(_POLL_TIMEOUT_MS / 1000)
+                continue
             self._pause_and_resume()
             assignment = self.consumer.assignment()
             # Poll even while all is paused: the group evicts a consumer that stops polling.

@@ -31,6 +31,13 @@ def test_each_pool_is_a_consumer_group_of_its_own_and_every_lane_is_the_stage_gr
     assert topics.group_of("postprocess", ("standard", "bulk")) == "p.postprocess.standard+bulk"
 
 
+def test_preprocess_pools_share_one_group() -> None:
+    # A tenant's requests topic moves between them with its committed offsets.
+    topics = Topics("p")
+    assert topics.group_of("preprocess", ("realtime",)) == "p.preprocess"
+    assert topics.group_of("preprocess", ("standard", "bulk")) == "p.preprocess"
+
+
 def test_worker_lanes_must_be_known_and_distinct() -> None:
     assert WorkerSettings(lanes=("realtime",)).lanes == ("realtime",)
     with pytest.raises(ValidationError, match="none of realtime, standard, bulk"):
