@@ -41,8 +41,10 @@ from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
 from workers.fleet import STAGES
+from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.lanes.registry import TenantRegistry
 from workers.names import RedisKeys, Topics
+from workers.settings import KafkaSettings
 
 START, END = "<!-- bench:lanes:start -->", "<!-- bench:lanes:end -->"
 BATCH_SIZES = (1, 8, 32, 128)
@@ -218,35 +220,43 @@ async def _batching_run(
 
 
 REALTIME_POOL = {"CONVEYOR_WORKER__LANES": '["realtime"]'}
-LOWER_POOL = {"CONVEYOR_WORKER__LANES": '["standard", "bulk"]', "CONVEYOR_WORKER__NICE": "10"}
-SINGLE_RUN_THREADS = {
-    "CONVEYOR_RUNTIME__INTRA_OP_THREADS": str(os.cpu_count() or 1),
-    "CONVEYOR_RUNTIME__CONCURRENT_RUNS": "1",
-    "CONVEYOR_RUNTIME__EXPRESS_RUNS": "0",
-    "CONVEYOR_RUNTIME__COMPUTE_NICE": "0",
-    "CONVEYOR_WORKER__BATCHES_IN_FLIGHT": "2",
+LOWER_POOL = {
+    "CONVEYOR_WORKER__LANES": '["standard", "bulk"]',
+    "CONVEYOR_WORKER__SCHED_IDLE": "true",
 }
 PER_STAGE = "one worker per stage"
 """The topology of the latency-budget-off round."""
-TOPOLOGIES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
-    PER_STAGE: tuple((stage, {}) for stage in STAGES),
-    "one worker per stage, one model thread pool": (
-        ("preprocess", {}),
-        ("inference", SINGLE_RUN_THREADS),
-        ("postprocess", {}),
+REALTIME_TENANT, BULK_TENANT = "interactive", "backfill"
+
+
+@dataclass(frozen=True)
+class Topology:
+    workers: tuple[tuple[str, dict[str, str]], ...]
+    """(stage, environment) of each worker."""
+    tenant_topics: bool = False
+    """Per-tenant request and result topics (`kafka.tenant_topics`), clients included."""
+
+
+TOPOLOGIES: dict[str, Topology] = {
+    PER_STAGE: Topology(tuple((stage, {}) for stage in STAGES)),
+    "lane pools after preprocess": Topology(
+        (
+            ("preprocess", {}),
+            ("inference", REALTIME_POOL),
+            ("inference", LOWER_POOL),
+            ("postprocess", REALTIME_POOL),
+            ("postprocess", LOWER_POOL),
+        )
     ),
-    "lane pools": (
-        ("preprocess", {}),
-        ("inference", REALTIME_POOL),
-        ("inference", LOWER_POOL),
-        ("postprocess", REALTIME_POOL),
-        ("postprocess", LOWER_POOL),
+    "lane pools at every stage": Topology(
+        tuple((stage, pool) for stage in STAGES for pool in (REALTIME_POOL, LOWER_POOL)),
+        tenant_topics=True,
     ),
 }
-"""How the isolation rounds deploy the workers: every lane in one worker per stage (with the
-default model threads, and for reference with one run at a time on every core, no express
-thread and no nice: the model threads before express runs), or a realtime pool beside a pool
-for the other lanes at nice 10 (`worker.lanes`, `worker.nice`)."""
+"""How the isolation rounds deploy the workers: every lane in one worker per stage; a realtime
+inference and postprocess pool beside a pool for the other lanes at nice 10 (`worker.lanes`,
+`worker.nice`) after one preprocess worker for every request; or pools at every stage, the
+preprocess pools reading their tenants' request topics (`kafka.tenant_topics`)."""
 
 
 @dataclass(frozen=True)
@@ -322,14 +332,20 @@ def measure_isolation(
     for index, (name, budget_off) in enumerate([*plan, (PER_STAGE, True)]):
         deployment = deployment.fresh()
         tenants: dict[str, dict[str, object]] = {
-            "interactive": {"lane": "realtime"},
-            "backfill": {"lane": "bulk"},
+            REALTIME_TENANT: {"lane": "realtime"},
+            BULK_TENANT: {"lane": "bulk"},
         }
         asyncio.run(set_tenants(deployment, tenants))
+        topology = TOPOLOGIES[name]
         env = {"CONVEYOR_LANES__LATENCY_BUDGET_MS": "0"} if budget_off else {}
-        workers = [(stage, {**pool, **env}) for stage, pool in TOPOLOGIES[name]]
+        if topology.tenant_topics:
+            asyncio.run(_add_tenant_topics(deployment, list(tenants)))
+            env["CONVEYOR_KAFKA__TENANT_TOPICS"] = "true"
+        workers = [(stage, {**pool, **env}) for stage, pool in topology.workers]
         with deployment.fleet({}, workers=workers):
-            round_ = asyncio.run(_isolation_round(deployment, texts, capacity_per_s, options))
+            round_ = asyncio.run(
+                _isolation_round(deployment, texts, capacity_per_s, options, topology.tenant_topics)
+            )
         print(
             f"  round {index + 1}, {name}{', budget off' if budget_off else ''}: realtime P99 "
             f"idle {_p99(round_.idle):.1f} ms, under 3x bulk {_p99(round_.loaded):.1f} ms",
@@ -346,16 +362,36 @@ def measure_isolation(
     )
 
 
+async def _add_tenant_topics(deployment: Deployment, tenants: Sequence[str]) -> None:
+    kafka = KafkaSettings(bootstrap=deployment.stack.config.kafka_bootstrap)
+    await ensure_topics(
+        kafka,
+        [
+            TopicSpec(name, kafka.partitions, kafka.replication_factor)
+            for tenant in tenants
+            for name in deployment.topics.tenant_topics(tenant)
+        ],
+    )
+
+
 async def _isolation_round(
-    deployment: Deployment, texts: Sequence[str], capacity_per_s: float, options: Options
+    deployment: Deployment,
+    texts: Sequence[str],
+    capacity_per_s: float,
+    options: Options,
+    tenant_topics: bool,
 ) -> IsolationRound:
-    async with Client(deployment.stack.config.kafka_bootstrap, deployment.topics) as client:
-        realtime = sentence_requests(texts, "interactive")
+    bootstrap = deployment.stack.config.kafka_bootstrap
+    tenant = REALTIME_TENANT if tenant_topics else None
+    async with Client(bootstrap, deployment.topics, tenant=tenant) as client:
+        realtime = sentence_requests(texts, REALTIME_TENANT)
         await closed_loop(client, realtime, 256, 64)  # warm-up
         rate = 0.1 * capacity_per_s
         await paced(client, realtime, rate, options.settle_s)
         idle = await paced(client, realtime, rate, options.isolation_s)
-        with BulkTenant(deployment, texts, 3 * capacity_per_s, options.isolation_s) as bulk:
+        with BulkTenant(
+            deployment, texts, 3 * capacity_per_s, options.isolation_s, tenant_topics
+        ) as bulk:
             await asyncio.to_thread(bulk.wait_started)
             loaded = await paced(client, realtime, rate, options.isolation_s)
             offered = await asyncio.to_thread(bulk.offered)
@@ -367,7 +403,12 @@ class BulkTenant:
     publishing never shares an event loop with the realtime client's."""
 
     def __init__(
-        self, deployment: Deployment, texts: Sequence[str], rate_per_s: float, duration_s: float
+        self,
+        deployment: Deployment,
+        texts: Sequence[str],
+        rate_per_s: float,
+        duration_s: float,
+        tenant_topics: bool,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self._started = context.Event()
@@ -380,6 +421,7 @@ class BulkTenant:
                 list(texts),
                 rate_per_s,
                 duration_s,
+                tenant_topics,
                 self._started,
                 self._sent,
             ),
@@ -412,13 +454,16 @@ def _flood(
     texts: list[str],
     rate_per_s: float,
     duration_s: float,
+    tenant_topics: bool,
     started: EventLike,
     sent: multiprocessing.SimpleQueue[int],
 ) -> None:
     async def run() -> int:
-        async with Client(bootstrap, Topics(prefix)) as client:
+        tenant = BULK_TENANT if tenant_topics else None
+        async with Client(bootstrap, Topics(prefix), tenant=tenant) as client:
             started.set()
-            return await offer(client, sentence_requests(texts, "backfill"), rate_per_s, duration_s)
+            requests = sentence_requests(texts, BULK_TENANT)
+            return await offer(client, requests, rate_per_s, duration_s)
 
     sent.put(asyncio.run(run()))
 
@@ -528,11 +573,11 @@ def isolation_table(result: IsolationResult) -> list[str]:
         f"ratios are. {len(result.topologies[0].rounds)} rounds of each topology, taken in "
         "turn, each a fresh namespace and fleet, a few seconds of unmeasured realtime traffic, "
         "an idle window, then a loaded one; the bulk tenant publishes from a process of its "
-        "own. One model thread pool: the inference worker's model runs as before express "
-        "threads (one run at a time on every core, `runtime.express_runs` 0, "
-        "`compute_nice` 0, 2 batches in flight). Lane pools: a realtime inference and "
-        "postprocess worker beside one of each for the other lanes at `worker.nice` 10 (one "
-        "preprocess worker serves every lane).",
+        "own. Lane pools after preprocess: a realtime inference and postprocess worker beside "
+        "one of each for the other lanes at `worker.nice` 10, one preprocess worker for every "
+        "request on the shared requests topic. Lane pools at every stage: the same, and two "
+        "preprocess pools too, each reading its own tenants' request topics "
+        "(`kafka.tenant_topics`, clients on their tenants' topics).",
         "",
         "Where a realtime task's time goes (medians, ms; `_queue`: from a worker's intake to "
         "its batch; the rest is Kafka hops and records waiting in Kafka before intake):",

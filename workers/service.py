@@ -62,8 +62,11 @@ async def ensure_pipeline_topics(settings: Settings) -> None:
 async def run_worker(stage_name: StageName, settings: Settings) -> None:
     """Run one stage until SIGTERM/SIGINT; a second SIGINT exits at once."""
     w = settings.worker
+    # Before any thread starts: every one inherits both.
     if w.nice:
-        os.nice(w.nice)  # before any thread starts: every one inherits it
+        os.nice(w.nice)
+    if w.sched_idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     topics = Topics(settings.kafka.topic_prefix)
     repository = ModelRepository(settings.model_repository)
     limits = settings.limits.decode_limits()

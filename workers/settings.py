@@ -176,6 +176,12 @@ class WorkerSettings(_Group):
     """Nice value added to the whole worker process at start (its event loop and every
     thread it starts). A pool serving only low lanes runs best at 10 on cores it shares
     with a top-lane pool: the kernel then gives the top lane's work the cores first."""
+    sched_idle: bool = False
+    """Run the whole worker under Linux's SCHED_IDLE policy: it gets a core only when no
+    other task wants it, and gives it up the moment one wakes, where a nice value only
+    shrinks its share. For a pool serving only low lanes beside a top-lane pool on shared
+    cores; it then has no share of its own against the other processes (within the worker the
+    lanes' minimum shares still hold), so give it cores that are idle some of the time."""
     max_batch_size: int | None = Field(default=None, ge=1)
     """Override of the batch size (inference: the model config's; other stages: 256)."""
     max_wait_ms: float | None = Field(default=None, ge=0)

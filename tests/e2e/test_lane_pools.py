@@ -95,6 +95,11 @@ async def test_a_preprocess_pool_without_tenant_topics_refuses_to_start(pipeline
     assert "needs kafka.tenant_topics" in worker.log()
 
 
+def _policies(pid: int) -> set[int]:
+    """The scheduling policies of a process's threads."""
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
 async def _assigned_topics(bootstrap: str, group: str) -> dict[str, set[str]]:
     """Each member's assigned topics, by its client id (which ends with its pid)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -128,10 +133,14 @@ async def test_preprocess_pools_read_their_tenants_topics_and_follow_a_change_of
     }
     fleet = pipeline.fleet
     (realtime,) = fleet.start("preprocess", extra_env={**per_tenant, **REALTIME})
-    (others,) = fleet.start("preprocess", extra_env={**per_tenant, **OTHERS})
+    idle_cpu = {"CONVEYOR_WORKER__SCHED_IDLE": "true"}
+    (others,) = fleet.start("preprocess", extra_env={**per_tenant, **OTHERS, **idle_cpu})
     fleet.start("inference", extra_env=per_tenant)
     fleet.start("postprocess", extra_env=per_tenant)
     fleet.wait_ready()
+    # `worker.sched_idle`: every thread of the pool, started before or after the setting.
+    assert _policies(others.process.pid) == {os.SCHED_IDLE}
+    assert _policies(realtime.process.pid) == {os.SCHED_OTHER}
     topics, bootstrap = pipeline.topics, settings.kafka.bootstrap
     group = topics.group_of("preprocess")
 
