@@ -46,6 +46,19 @@ log = logging.getLogger(__name__)
 StageName = Literal["preprocess", "inference", "postprocess"]
 
 
+def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
+    """`worker.nice` and `worker.sched_idle` for every thread of the process: Linux keeps both
+    per thread, threads started later inherit them, and some start at import already."""
+    if not nice and not sched_idle:
+        return
+    for name in os.listdir("/proc/self/task"):
+        thread = int(name)
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+        if sched_idle:
+            os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A client that rides through a Redis restart: stale pooled connections are retried."""
     return connect_redis(settings.redis, resilient=True)
@@ -62,11 +75,7 @@ async def ensure_pipeline_topics(settings: Settings) -> None:
 async def run_worker(stage_name: StageName, settings: Settings) -> None:
     """Run one stage until SIGTERM/SIGINT; a second SIGINT exits at once."""
     w = settings.worker
-    # Before any thread starts: every one inherits both.
-    if w.nice:
-        os.nice(w.nice)
-    if w.sched_idle:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    _lower_cpu_priority(w.nice, w.sched_idle)
     topics = Topics(settings.kafka.topic_prefix)
     repository = ModelRepository(settings.model_repository)
     limits = settings.limits.decode_limits()
