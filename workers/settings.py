@@ -256,9 +256,16 @@ class LaneSettings(_Group):
     over_quota: Literal["reject", "delay"] = "reject"
     """A task over its tenant's rate quota: REJECTED with QUOTA_EXCEEDED, or held in
     preprocess until the tenant's bucket has a token (at most `max_delay_ms`, then
-    REJECTED)."""
+    REJECTED). Over its cap on tasks in flight: REJECTED, or held until some finish
+    (`cap_retry_ms`)."""
     max_delay_ms: int = Field(default=10_000, ge=0)
     """Longest a task is held for its tenant's rate quota in `delay` mode."""
+    cap_retry_ms: int = Field(default=100, ge=1)
+    """In `delay` mode a task over its tenant's cap on tasks in flight is held, not
+    REJECTED, with no time limit (its deadline still applies): the held ones try again this
+    often. A worker holds at most its partitions' share of `worker.max_in_flight`, then stops
+    reading them, so the rest of a flood waits in Kafka (with per-tenant topics, in its own
+    tenant's topic only) instead of in the lanes."""
     refresh_interval_s: float = Field(default=1.0, gt=0)
     """How often workers re-read the tenant registry: a change applies within this long."""
     min_share_standard: float = Field(default=0.1, ge=0, lt=1)

@@ -167,3 +167,27 @@ async def test_over_quota_tasks_are_delayed_when_configured(
     admitted_ms = sorted(r.timestamps_ms[Status.PREPROCESSED] for r in records if r is not None)
     # One token up front, then one every 100 ms: the sixth is admitted >= 500 ms after the first.
     assert admitted_ms[-1] - admitted_ms[0] >= 450
+
+
+async def test_tasks_over_the_cap_in_flight_wait_instead_when_delayed(
+    pipeline: Pipeline, client: Client, ledger: Ledger, registry: TenantRegistry
+) -> None:
+    await registry.set("narrow", max_in_flight=2)
+    delay = {"CONVEYOR_LANES__OVER_QUOTA": "delay", "CONVEYOR_LANES__CAP_RETRY_MS": "20"}
+    pipeline.fleet.start("preprocess", extra_env=delay)
+    pipeline.fleet.start("inference")
+    pipeline.fleet.start("postprocess")
+    pipeline.fleet.wait_ready()
+    requests: list[InferenceRequest] = [tiny_request("narrow") for _ in range(12)]
+    await client.submit_many(requests)
+    for request in requests:  # none REJECTED: each waited for room
+        assert isinstance(await client.result(request.task_id, timeout_s=60), InferenceResult)
+    spans = []
+    for request in requests:
+        record = await ledger.get(request.task_id)
+        assert record is not None
+        spans.append((record.timestamps_ms[Status.PREPROCESSED], record.timestamps_ms[Status.DONE]))
+    # Admission counts a task before it is PREPROCESSED and releases it after it is DONE, so
+    # the ledger's spans never overlap more than the cap allows.
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most <= 2

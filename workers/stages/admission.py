@@ -5,13 +5,17 @@ default policy or are REJECTED with UNKNOWN_TENANT, by configuration), its lane 
 tenant's class; a request may ask for a lower lane, never a higher one) and its default
 deadline, then its rate quota (a token bucket shared by every replica: over it, a request is
 REJECTED with QUOTA_EXCEEDED, or held until its token is due, by configuration), then its
-cap on tasks in flight. Each step is one Redis round trip for the whole batch.
+cap on tasks in flight (over it: REJECTED, or in `delay` mode held until the tenant has room,
+its records then waiting in Kafka once the worker holds its partitions' share). Each step is
+one Redis round trip for the whole batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from schemas import ContractError, ErrorCode, InferenceRequest
 from workers.lanes.rate import RateQuota
@@ -22,6 +26,19 @@ from workers.settings import LaneSettings
 from workers.stages.work import Work
 
 
+@dataclass
+class Holds:
+    """What admission holds back in `delay` mode instead of refusing."""
+
+    delayed: list[tuple[Work, float]] = field(default_factory=list)
+    """Over the rate quota: each with the seconds until its booked token is due."""
+    at_cap: list[Work] = field(default_factory=list)
+    """Over the tenant's cap on tasks in flight: to try again once some have finished."""
+
+    def __contains__(self, work: Work) -> bool:
+        return any(w is work for w, _ in self.delayed) or any(w is work for w in self.at_cap)
+
+
 class Admission:
     def __init__(
         self,
@@ -29,15 +46,24 @@ class Admission:
         rate: RateQuota,
         pending: TenantQuota,
         settings: LaneSettings,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = directory
         self.rate = rate
         self.pending = pending
         self.settings = settings
+        self._clock = clock
+        self._full_until: dict[str, float] = {}
+        """Tenants found at their cap lately (delay mode): their requests are held without
+        asking Redis until then, so a flooding tenant costs no round trip per request."""
 
-    async def admit(self, items: list[Work]) -> list[tuple[Work, float]]:
+    def is_full(self, tenant: str) -> bool:
+        """Found at its cap on tasks in flight within the last `cap_retry_ms` (delay mode)."""
+        return self._full_until.get(tenant, 0.0) > self._clock()
+
+    async def admit(self, items: list[Work]) -> Holds:
         """Refuse what must be refused (`work.error`), place the rest in their lanes; returns
-        the records to hold back, with how long (rate quota in `delay` mode)."""
+        what to hold back (`delay` mode)."""
         placed: list[tuple[Work, TenantPolicy]] = []
         for work in items:
             if work.error is not None or not isinstance(work.message, InferenceRequest):
@@ -53,12 +79,12 @@ class Admission:
                 continue
             _place(work, policy)
             placed.append((work, policy))
-        later = await self._take_rate_tokens(placed)
-        held = {id(work) for work, _ in later}
-        await self._take_pending_slots(
-            [(w, p) for w, p in placed if w.error is None and id(w) not in held]
+        holds = Holds(delayed=await self._take_rate_tokens(placed))
+        delayed = {id(work) for work, _ in holds.delayed}
+        holds.at_cap = await self._take_pending_slots(
+            [(w, p) for w, p in placed if w.error is None and id(w) not in delayed]
         )
-        return later
+        return holds
 
     async def _take_rate_tokens(
         self, placed: list[tuple[Work, TenantPolicy]]
@@ -86,21 +112,36 @@ class Admission:
                 )
         return later
 
-    async def _take_pending_slots(self, placed: list[tuple[Work, TenantPolicy]]) -> None:
+    async def _take_pending_slots(self, placed: list[tuple[Work, TenantPolicy]]) -> list[Work]:
+        """Returns the records held at their tenant's cap (delay mode)."""
+        held: list[Work] = []
+        delay = self.settings.over_quota == "delay"
+        if delay:
+            now = self._clock()
+            self._full_until = {t: u for t, u in self._full_until.items() if u > now}
+            held = [w for w, _ in placed if w.message.tenant in self._full_until]
+            placed = [(w, p) for w, p in placed if w.message.tenant not in self._full_until]
         if not placed:
-            return
+            return held
         caps = [p.max_in_flight for _, p in placed]
         admitted = await self.pending.admit(
             [(w.message.tenant, w.message.task_id) for w, _ in placed], caps
         )
         for (work, policy), ok in zip(placed, admitted, strict=True):
-            if not ok:
-                cap = policy.max_in_flight or self.pending.max_pending
-                work.error = ContractError(
-                    ErrorCode.QUOTA_EXCEEDED,
-                    f"tenant {work.message.tenant!r} has {cap} tasks in flight, the most "
-                    "allowed; retry when some finish",
-                )
+            if ok:
+                continue
+            tenant = work.message.tenant
+            if delay:
+                held.append(work)
+                self._full_until[tenant] = self._clock() + self.settings.cap_retry_ms / 1000
+                continue
+            cap = policy.max_in_flight or self.pending.max_pending
+            work.error = ContractError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"tenant {tenant!r} has {cap} tasks in flight, the most allowed; retry when "
+                "some finish",
+            )
+        return held
 
 
 def _place(work: Work, policy: TenantPolicy) -> None:

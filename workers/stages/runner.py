@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from functools import partial
 from typing import Protocol, TypeVar
@@ -46,6 +47,7 @@ _MAX_BACKOFF_S = 5.0
 # itself allows max_poll_interval_ms.
 _REVOKE_WAIT_S = 30.0
 _POLL_TIMEOUT_MS = 100
+_AT_CAP_RETRY_BATCH = 256
 
 
 class Stage(Protocol):
@@ -131,6 +133,10 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self.paused: set[TopicPartition] = set()
         self._delayed: set[asyncio.TimerHandle] = set()
+        self._at_cap: deque[Work] = deque()
+        """Records held at their tenant's cap on tasks in flight (`lanes.over_quota` delay);
+        unfinished, so their partitions pause once they hold their share."""
+        self._cap_retry_s = lanes.cap_retry_ms / 1000
         self._slots = BatchSlots(settings.batches_in_flight, lanes.express_batches)
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -160,6 +166,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._loops.start(self._intake(), f"{self.stage.name}-intake")
         self._loops.start(self._dispatch(), f"{self.stage.name}-dispatch")
         self._loops.start(self._commit_loop(), f"{self.stage.name}-commit")
+        if self.admission is not None:
+            self._loops.start(self._retry_at_cap(), f"{self.stage.name}-at-cap")
         self.telemetry.serving = True
 
     def request_stop(self) -> None:
@@ -181,6 +189,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         for timer in self._delayed:  # delayed records stay unfinished: the next owner reads them
             timer.cancel()
         self._delayed.clear()
+        self._at_cap.clear()  # so do the ones held at their tenant's cap
         self._batcher.close()
         finished = await self._loops.wait(self.settings.shutdown_grace_s)
         finished = await self._batches.wait(self.settings.shutdown_grace_s) and finished
@@ -218,6 +227,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._generation += 1
         self.paused -= lost  # a partition assigned again starts unpaused
         dropped = self._batcher.remove_if(lambda work: work.partition in lost)
+        kept = [w for w in self._at_cap if w.partition not in lost]
+        dropped += len(self._at_cap) - len(kept)
+        self._at_cap = deque(kept)
         finished = await self._batches.wait(max(self.settings.shutdown_grace_s, _REVOKE_WAIT_S))
         # A batch still running past that wait must not deliver once the next owner starts.
         await self.delivery.settle()
@@ -349,12 +361,12 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             fresh = await self._skip_finished(items)
             await self._resolve_claims(fresh)
             if self.admission is not None:
-                later = await self._retry(partial(self.admission.admit, fresh), "ledger")
-                for work, delay_s in later:
+                holds = await self._retry(partial(self.admission.admit, fresh), "ledger")
+                for work, delay_s in holds.delayed:
                     self._delay(work, delay_s)
-                held = {id(work) for work, _ in later}
-                items = [w for w in items if id(w) not in held]
-                fresh = [w for w in fresh if id(w) not in held]
+                self._at_cap.extend(holds.at_cap)
+                items = [w for w in items if w not in holds]
+                fresh = [w for w in fresh if w not in holds]
             started = time.perf_counter()
             with tracing.active().batch(
                 self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
@@ -420,6 +432,36 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             except ContractError as error:
                 work.error = error
 
+    async def _retry_at_cap(self) -> None:
+        """Every `lanes.cap_retry_ms`, the oldest records held at their tenant's cap on tasks
+        in flight go back to the batcher, a batch's worth at a time, to be admitted again."""
+        while True:
+            try:
+                async with asyncio.timeout(self._cap_retry_s):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                pass
+            self._release_at_cap()
+
+    def _release_at_cap(self) -> None:
+        admission = self.admission
+        if admission is None:
+            return
+        still: deque[Work] = deque()
+        released = 0
+        while self._at_cap and released < _AT_CAP_RETRY_BATCH:
+            work = self._at_cap.popleft()
+            if work.generation != self._generation:
+                continue
+            if admission.is_full(work.tenant):  # found at its cap a moment ago: not yet
+                still.append(work)
+                continue
+            self._batcher.put(work)
+            released += 1
+        still.extend(self._at_cap)
+        self._at_cap = still
+
     def _delay(self, work: Work, delay_s: float) -> None:
         """Queue a record again after `delay_s` (its tenant's rate quota); its offset stays
         unfinished meanwhile, so a crash or rebalance hands it on instead of losing it."""
@@ -470,12 +512,20 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.telemetry.sample(
                 self.consumer,
                 self.offsets.unfinished(),
-                self._batcher.queued_by_tenant(),
+                self._queued_by_tenant(),
                 {self._flow.lane_of(tp) for tp in self.paused},
             )
 
     async def _commit(self) -> None:
         await self.delivery.commit()
+
+    def _queued_by_tenant(self) -> dict[tuple[str, str], int]:
+        """Work waiting in this worker, batcher and holds at a cap alike."""
+        queued = dict(self._batcher.queued_by_tenant())
+        for work in self._at_cap:
+            key = (work.lane, work.tenant)
+            queued[key] = queued.get(key, 0) + 1
+        return queued
 
 
 def _traceparent(work: Work) -> str | None:
