@@ -223,6 +223,9 @@ REALTIME_POOL = {"CONVEYOR_WORKER__LANES": '["realtime"]'}
 LOWER_POOL = {
     "CONVEYOR_WORKER__LANES": '["standard", "bulk"]',
     "CONVEYOR_WORKER__SCHED_IDLE": "true",
+    # Fewer, larger produce requests: less of the broker's time (shared with the top lane)
+    # per bulk record, at a cost in latency only bulk pays.
+    "CONVEYOR_KAFKA__LINGER_MS": "20",
 }
 PER_STAGE = "one worker per stage"
 """The topology of the latency-budget-off round."""
@@ -235,8 +238,14 @@ class Topology:
     """(stage, environment) of each worker."""
     tenant_topics: bool = False
     """Per-tenant request and result topics (`kafka.tenant_topics`), clients included."""
+    bulk_max_in_flight: int = 0
+    """The bulk tenant's cap on tasks in flight, over which its requests wait (in Kafka)
+    for room (`lanes.over_quota` delay); 0: no cap of its own."""
 
 
+EVERY_STAGE_POOLS = tuple((stage, pool) for stage in STAGES for pool in (REALTIME_POOL, LOWER_POOL))
+BULK_MAX_IN_FLIGHT = 512
+"""About 3 s of the bulk pool's work: enough queued in its lanes to fill every batch."""
 TOPOLOGIES: dict[str, Topology] = {
     PER_STAGE: Topology(tuple((stage, {}) for stage in STAGES)),
     "lane pools after preprocess": Topology(
@@ -248,15 +257,16 @@ TOPOLOGIES: dict[str, Topology] = {
             ("postprocess", LOWER_POOL),
         )
     ),
-    "lane pools at every stage": Topology(
-        tuple((stage, pool) for stage in STAGES for pool in (REALTIME_POOL, LOWER_POOL)),
-        tenant_topics=True,
+    "lane pools at every stage": Topology(EVERY_STAGE_POOLS, tenant_topics=True),
+    "lane pools at every stage, bulk capped in flight": Topology(
+        EVERY_STAGE_POOLS, tenant_topics=True, bulk_max_in_flight=BULK_MAX_IN_FLIGHT
     ),
 }
 """How the isolation rounds deploy the workers: every lane in one worker per stage; a realtime
-inference and postprocess pool beside a pool for the other lanes at nice 10 (`worker.lanes`,
-`worker.nice`) after one preprocess worker for every request; or pools at every stage, the
-preprocess pools reading their tenants' request topics (`kafka.tenant_topics`)."""
+inference and postprocess pool beside a pool for the other lanes under SCHED_IDLE
+(`worker.lanes`, `worker.sched_idle`) after one preprocess worker for every request; or pools
+at every stage, the preprocess pools reading their tenants' request topics
+(`kafka.tenant_topics`), and that again with the bulk tenant's backlog in the lanes capped."""
 
 
 @dataclass(frozen=True)
@@ -331,13 +341,15 @@ def measure_isolation(
     plan = [(name, False) for _ in range(options.isolation_rounds) for name in TOPOLOGIES]
     for index, (name, budget_off) in enumerate([*plan, (PER_STAGE, True)]):
         deployment = deployment.fresh()
+        topology = TOPOLOGIES[name]
         tenants: dict[str, dict[str, object]] = {
             REALTIME_TENANT: {"lane": "realtime"},
-            BULK_TENANT: {"lane": "bulk"},
+            BULK_TENANT: {"lane": "bulk", "max_in_flight": topology.bulk_max_in_flight},
         }
         asyncio.run(set_tenants(deployment, tenants))
-        topology = TOPOLOGIES[name]
         env = {"CONVEYOR_LANES__LATENCY_BUDGET_MS": "0"} if budget_off else {}
+        if topology.bulk_max_in_flight:
+            env["CONVEYOR_LANES__OVER_QUOTA"] = "delay"
         if topology.tenant_topics:
             asyncio.run(_add_tenant_topics(deployment, list(tenants)))
             env["CONVEYOR_KAFKA__TENANT_TOPICS"] = "true"
@@ -574,10 +586,12 @@ def isolation_table(result: IsolationResult) -> list[str]:
         "turn, each a fresh namespace and fleet, a few seconds of unmeasured realtime traffic, "
         "an idle window, then a loaded one; the bulk tenant publishes from a process of its "
         "own. Lane pools after preprocess: a realtime inference and postprocess worker beside "
-        "one of each for the other lanes at `worker.nice` 10, one preprocess worker for every "
-        "request on the shared requests topic. Lane pools at every stage: the same, and two "
-        "preprocess pools too, each reading its own tenants' request topics "
-        "(`kafka.tenant_topics`, clients on their tenants' topics).",
+        "one of each for the other lanes under `worker.sched_idle` (and `kafka.linger_ms` "
+        "20), one preprocess worker for every request on the shared requests topic. Lane "
+        "pools at every stage: the same, and two preprocess pools too, each reading its own "
+        "tenants' request topics (`kafka.tenant_topics`, clients on their tenants' topics). "
+        f"Bulk capped in flight: the bulk tenant's `max_in_flight` {BULK_MAX_IN_FLIGHT} with "
+        "`lanes.over_quota` delay, so the rest of its flood waits in its requests topic.",
         "",
         "Where a realtime task's time goes (medians, ms; `_queue`: from a worker's intake to "
         "its batch; the rest is Kafka hops and records waiting in Kafka before intake):",

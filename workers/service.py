@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -51,12 +53,30 @@ def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
     per thread, threads started later inherit them, and some start at import already."""
     if not nice and not sched_idle:
         return
+    if sched_idle:
+        _idle_autogroup()
     for name in os.listdir("/proc/self/task"):
         thread = int(name)
         if nice:
             os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
         if sched_idle:
             os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _idle_autogroup() -> None:
+    """Where the kernel groups tasks by session (`sched_autogroup_enabled`), it shares the CPU
+    between sessions first and honours SCHED_IDLE only within one: a broker or Redis started
+    in a session of its own would wait out an idle worker's slice. A session of the worker's
+    own at autogroup nice 19 makes it idle against them too."""
+    autogroup = Path("/proc/self/autogroup")
+    if not autogroup.exists():
+        return
+    with contextlib.suppress(PermissionError):  # already a session (or group) leader
+        os.setsid()
+    try:
+        autogroup.write_text("19")
+    except OSError as exc:
+        log.warning("worker.sched_idle: autogroup nice not set (%s)", exc)
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:

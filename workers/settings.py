@@ -181,7 +181,10 @@ class WorkerSettings(_Group):
     other task wants it, and gives it up the moment one wakes, where a nice value only
     shrinks its share. For a pool serving only low lanes beside a top-lane pool on shared
     cores; it then has no share of its own against the other processes (within the worker the
-    lanes' minimum shares still hold), so give it cores that are idle some of the time."""
+    lanes' minimum shares still hold), so give it cores that are idle some of the time.
+    Where the kernel groups tasks by session (autogroups), the worker also starts a session
+    of its own at autogroup nice 19, so it is idle against a broker or Redis in other
+    sessions too; a terminal's Ctrl-C then no longer reaches it (SIGTERM does)."""
     max_batch_size: int | None = Field(default=None, ge=1)
     """Override of the batch size (inference: the model config's; other stages: 256)."""
     max_wait_ms: float | None = Field(default=None, ge=0)

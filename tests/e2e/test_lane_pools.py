@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -95,6 +96,12 @@ async def test_a_preprocess_pool_without_tenant_topics_refuses_to_start(pipeline
     assert "needs kafka.tenant_topics" in worker.log()
 
 
+def _autogroup_nice(pid: int) -> int | None:
+    """The nice value of the process's autogroup; None where the kernel has none."""
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    return int(autogroup.read_text().split()[-1]) if autogroup.exists() else None
+
+
 def _policies(pid: int) -> set[int]:
     """The scheduling policies of a process's threads."""
     return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
@@ -141,6 +148,10 @@ async def test_preprocess_pools_read_their_tenants_topics_and_follow_a_change_of
     # `worker.sched_idle`: every thread of the pool, started before or after the setting.
     assert _policies(others.process.pid) == {os.SCHED_IDLE}
     assert _policies(realtime.process.pid) == {os.SCHED_OTHER}
+    if (nice := _autogroup_nice(others.process.pid)) is not None:
+        # A kernel grouping by session: the pool is idle against the other sessions too.
+        assert nice == 19
+        assert os.getsid(others.process.pid) == others.process.pid
     topics, bootstrap = pipeline.topics, settings.kafka.bootstrap
     group = topics.group_of("preprocess")
 
