@@ -35,8 +35,8 @@ class Holds:
     at_cap: list[Work] = field(default_factory=list)
     """Over the tenant's cap on tasks in flight: to try again once some have finished."""
 
-    def __contains__(self, work: Work) -> bool:
-        return any(w is work for w, _ in self.delayed) or any(w is work for w in self.at_cap)
+    def works(self) -> list[Work]:
+        return [w for w, _ in self.delayed] + self.at_cap
 
 
 class Admission:

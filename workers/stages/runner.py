@@ -365,8 +365,9 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 for work, delay_s in holds.delayed:
                     self._delay(work, delay_s)
                 self._at_cap.extend(holds.at_cap)
-                items = [w for w in items if w not in holds]
-                fresh = [w for w in fresh if w not in holds]
+                held = {id(work) for work in holds.works()}
+                items = [w for w in items if id(w) not in held]
+                fresh = [w for w in fresh if id(w) not in held]
             started = time.perf_counter()
             with tracing.active().batch(
                 self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
