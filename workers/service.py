@@ -55,8 +55,8 @@ def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
         return
     if sched_idle:
         _idle_autogroup()
-    for name in os.listdir("/proc/self/task"):
-        thread = int(name)
+    tasks = Path("/proc/self/task")  # without /proc (not Linux): the calling thread only
+    for thread in [int(name) for name in os.listdir(tasks)] if tasks.exists() else [0]:
         if nice:
             os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
         if sched_idle:
