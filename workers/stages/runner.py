@@ -209,6 +209,15 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def _still_running_after(self, seconds: float) -> bool:
+        """Waits `seconds`; False as soon as a stop is requested."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+            return False
+        except TimeoutError:
+            return True
+
     def _crash(self, error: BaseException) -> None:
         if self._crashed is None:
             self._crashed = error
@@ -260,13 +269,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- subscription (lane pools of tenants' topics) -------------------------------------
 
     async def _follow_forever(self, select: TopicSelector) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._refresh_s):
-                    await self._stopping.wait()
-                return
-            except TimeoutError:
-                await self._follow(select)
+        while await self._still_running_after(self._refresh_s):
+            await self._follow(select)
 
     async def _follow(self, select: TopicSelector) -> None:
         """Subscribe to the topics `select` picks of the cluster's now (the registry may have
@@ -436,13 +440,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _retry_at_cap(self) -> None:
         """Every `lanes.cap_retry_ms`, the oldest records held at their tenant's cap on tasks
         in flight go back to the batcher, a batch's worth at a time, to be admitted again."""
-        while True:
-            try:
-                async with asyncio.timeout(self._cap_retry_s):
-                    await self._stopping.wait()
-                return
-            except TimeoutError:
-                pass
+        while await self._still_running_after(self._cap_retry_s):
             self._release_at_cap()
 
     def _release_at_cap(self) -> None:
