@@ -173,9 +173,10 @@ class WorkerSettings(_Group):
     its lanes, followed as the registry changes (all preprocess pools share the group
     `<prefix>.preprocess`). Every lane must be served by some pool."""
     nice: int = Field(default=0, ge=0, le=19)
-    """Nice value added to the whole worker process at start (its event loop and every
-    thread it starts). A pool serving only low lanes runs best at 10 on cores it shares
-    with a top-lane pool: the kernel then gives the top lane's work the cores first."""
+    """Nice value added to every thread of the worker at start (and so to every thread it
+    starts later). For a pool serving only low lanes on cores it shares with a top-lane
+    pool, e.g. 10: the kernel then gives the top lane's work a larger share of the cores;
+    `sched_idle` gives it them whenever it wants them."""
     sched_idle: bool = False
     """Run the whole worker under Linux's SCHED_IDLE policy: it gets a core only when no
     other task wants it, and gives it up the moment one wakes, where a nice value only
