@@ -185,7 +185,9 @@ async def test_canary_split_follows_task_ids_and_shadow_metrics_are_exported(
     assert all(isinstance(r, InferenceResult) for r in results)
     routed = {r.task_id: r.model_version for r in results if isinstance(r, InferenceResult)}
     assert routed == {r.task_id: table.route(r.task_id) for r in requests}
-    assert abs(list(routed.values()).count(2) / 600 - 0.3) < 0.06
+    # Random task ids: the share itself is the table's, tested on fixed ids in
+    # tests/unit/models/test_routing.py (a bound on 600 random ids fails now and then).
+    assert set(routed.values()) == {1, 2}
     scrape = await inference_metrics(services, pipeline)
     assert 'conveyor_shadow_max_abs_diff_count{model="tiny-classifier",version="3"}' in scrape
     assert 'conveyor_shadow_cosine_similarity_bucket{le="1.0",model="tiny-classifier"' in scrape
