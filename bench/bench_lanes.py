@@ -41,10 +41,10 @@ from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
 from workers.fleet import STAGES
-from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.lanes.registry import TenantRegistry
 from workers.names import RedisKeys, Topics
-from workers.settings import KafkaSettings
+from workers.settings import load_settings
+from workers.tenants import add_tenant
 
 START, END = "<!-- bench:lanes:start -->", "<!-- bench:lanes:end -->"
 BATCH_SIZES = (1, 8, 32, 128)
@@ -375,15 +375,14 @@ def measure_isolation(
 
 
 async def _add_tenant_topics(deployment: Deployment, tenants: Sequence[str]) -> None:
-    kafka = KafkaSettings(bootstrap=deployment.stack.config.kafka_bootstrap)
-    await ensure_topics(
-        kafka,
-        [
-            TopicSpec(name, kafka.partitions, kafka.replication_factor)
-            for tenant in tenants
-            for name in deployment.topics.tenant_topics(tenant)
-        ],
+    settings = load_settings(
+        kafka={
+            "bootstrap": deployment.stack.config.kafka_bootstrap,
+            "topic_prefix": deployment.prefix,
+        }
     )
+    for tenant in tenants:  # the private stack has no ACLs: the topics only
+        await add_tenant(settings, tenant, f"User:{tenant}", None, grant=False)
 
 
 async def _isolation_round(
