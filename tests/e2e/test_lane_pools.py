@@ -16,6 +16,7 @@ from schemas import InferenceResult
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import tiny_request
 from tests.e2e.test_lanes import registry  # noqa: F401  (fixture)
+from tests.offsets import committed_offsets
 from workers.client import Client
 from workers.lanes.registry import TenantRegistry
 from workers.tenants import add_tenant
@@ -27,13 +28,8 @@ OTHERS = {"CONVEYOR_WORKER__LANES": '["standard", "bulk"]', "CONVEYOR_WORKER__NI
 
 
 async def _committed_topics(bootstrap: str, group: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return {tp.topic for tp, meta in offsets.items() if meta.offset > 0}
-    finally:
-        await admin.close()
+    offsets = await committed_offsets(bootstrap, group)
+    return {tp.topic for tp, offset in offsets.items() if offset > 0}
 
 
 async def test_a_realtime_pool_and_a_pool_for_the_rest_serve_their_lanes_only(
@@ -192,19 +188,12 @@ async def test_preprocess_pools_read_their_tenants_topics_and_follow_a_change_of
     await served("urgent", 20)
     # One group for both pools: the topic's committed offsets moved with it, so the other
     # pool went on after the first 20 requests instead of reading them again.
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                offsets = await admin.list_consumer_group_offsets(group)
-                committed = sum(
-                    meta.offset
-                    for tp, meta in offsets.items()
-                    if tp.topic == topics.requests_of("urgent")
-                )
-                if committed == 40:
-                    break
-                await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
+    async with asyncio.timeout(30):
+        while True:
+            offsets = await committed_offsets(bootstrap, group)
+            committed = sum(
+                offset for tp, offset in offsets.items() if tp.topic == topics.requests_of("urgent")
+            )
+            if committed == 40:
+                break
+            await asyncio.sleep(0.2)

@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import Status
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import results_per_task, settled_states, tiny_request
+from tests.offsets import committed_offsets
 from workers.client import Client
 from workers.kafka.admin import partitions_of
 from workers.ledger import Ledger
@@ -34,16 +34,6 @@ async def _end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[TopicPar
         return dict(await consumer.end_offsets(partitions))
     finally:
         await consumer.stop()
-
-
-async def _committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return {tp: meta.offset for tp, meta in offsets.items()}
-    finally:
-        await admin.close()
 
 
 async def test_offsets_stay_right_across_forced_rebalances(
@@ -84,7 +74,7 @@ async def test_offsets_stay_right_across_forced_rebalances(
     group = pipeline.topics.group_of("inference")
     async with asyncio.timeout(30):
         while True:  # the remaining worker commits on its next beat
-            committed = await _committed(bootstrap, group)
+            committed = await committed_offsets(bootstrap, group)
             if all(committed.get(tp, 0) == end for tp, end in ends.items() if end > 0):
                 break
             await asyncio.sleep(0.2)
