@@ -339,8 +339,10 @@ class NativeStack:
 
     def _jvm_options(self) -> list[str]:
         logs = self._kafka.directory / "logs"
+        # The heap starts at its full size, as Kafka's own scripts start it: one that starts
+        # small grows under load through extra young collections, each a pause for every client.
         return [
-            f"-Xms{min(256, self.config.kafka_heap_mb)}m",
+            f"-Xms{self.config.kafka_heap_mb}m",
             f"-Xmx{self.config.kafka_heap_mb}m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
