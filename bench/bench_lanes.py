@@ -749,6 +749,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=",".join(TOPOLOGIES),
         help=f"with --isolation-only: which of {', '.join(TOPOLOGIES)} (comma-separated)",
     )
+    parser.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="the workers' ONNX Runtime providers, comma-separated (default: CPU)",
+    )
     parser.add_argument("--rounds", type=int, help="isolation rounds of each topology")
     parser.add_argument("--window-s", type=float, help="length of each isolation window")
     args = parser.parse_args(argv)
@@ -768,7 +773,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         texts = bench_model.sentences(tokenizer, SEQUENCE_TOKENS, 512)
         native = stack.enter_context(private_stack(root / "stack"))
         pids = {s.name: s.pid for s in native.status() if s.pid is not None}
-        deployment = Deployment(native, repository, root / "logs", pids)
+        providers = tuple(name.strip() for name in args.providers.split(","))
+        deployment = Deployment(native, repository, root / "logs", pids, providers=providers)
         if args.isolation_only:
             capacity = args.capacity or _capacity(deployment, texts, options)
             print(f"isolation at C = {capacity:,.0f} tasks/s", flush=True)

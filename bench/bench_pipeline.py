@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import resource
 import socket
@@ -125,6 +126,8 @@ class Deployment:
     stack_pids: dict[str, int]
     """Process (group) ids of the broker and Redis, read once: `status()` cannot run in a loop."""
     prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """The workers' `runtime.providers`."""
 
     def fresh(self) -> Deployment:
         """The same stack under a new prefix: new topics, nothing left over from a run."""
@@ -139,7 +142,7 @@ class Deployment:
             "CONVEYOR_KAFKA__TOPIC_PREFIX": self.prefix,
             "CONVEYOR_REDIS__KEY_PREFIX": f"{self.prefix}:",
             "CONVEYOR_MODEL_REPOSITORY": str(self.repository),
-            "CONVEYOR_RUNTIME__PROVIDERS": '["CPUExecutionProvider"]',
+            "CONVEYOR_RUNTIME__PROVIDERS": json.dumps(list(self.providers)),
             "CONVEYOR_LOG_LEVEL": "WARNING",
         }
 

