@@ -25,7 +25,9 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -693,9 +695,9 @@ def report(
     rows: Sequence[BatchingRow],
     isolation: IsolationResult,
     fairness: FairnessResult,
-    options: Options,
+    arguments: Sequence[str],
 ) -> str:
-    command = ".venv/bin/python -m bench.bench_lanes" + (" --quick" if options.quick else "")
+    command = shlex.join([".venv/bin/python", "-m", "bench.bench_lanes", *arguments])
     lines = [
         f"Reproduce: `{command}` ({os.cpu_count()} cores; Kafka, Redis, the workers (one per "
         "stage unless said) and the clients on the same machine; MiniLM, one "
@@ -788,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         isolation = measure_isolation(deployment, texts, capacity, options)
         print("fairness", flush=True)
         fairness = measure_fairness(deployment, texts, capacity, options)
-    block = report(rows, isolation, fairness, options)
+    block = report(rows, isolation, fairness, sys.argv[1:] if argv is None else argv)
     print(block)
     write_section(block, args.out, START, END, "Lanes, fairness and dynamic batching")
 
