@@ -344,7 +344,7 @@ def measure_isolation(
     texts: Sequence[str],
     capacity_per_s: float,
     options: Options,
-    topologies: Sequence[str] = tuple(TOPOLOGIES),
+    topologies: Sequence[str],
 ) -> IsolationResult:
     """`options.isolation_rounds` rounds of each of `topologies`, taken in turn, each on a
     fresh namespace and fleet (no backlog left from the last), an idle window then a loaded
@@ -749,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--topologies",
         default=",".join(TOPOLOGIES),
-        help=f"with --isolation-only: which of {', '.join(TOPOLOGIES)} (comma-separated)",
+        help=f"isolation topologies, of {', '.join(TOPOLOGIES)} (comma-separated)",
     )
     parser.add_argument(
         "--providers",
@@ -787,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = measure_batching(deployment, texts, options, sizes)
         capacity = next(r.tasks_per_s for r in rows if r.max_batch_size == CAPACITY_BATCH_SIZE)
         print("isolation", flush=True)
-        isolation = measure_isolation(deployment, texts, capacity, options)
+        isolation = measure_isolation(deployment, texts, capacity, options, topologies)
         print("fairness", flush=True)
         fairness = measure_fairness(deployment, texts, capacity, options)
     block = report(rows, isolation, fairness, sys.argv[1:] if argv is None else argv)

