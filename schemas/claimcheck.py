@@ -19,12 +19,13 @@ import numpy as np
 from redis.asyncio import Redis
 
 from schemas.errors import ContractError, ErrorCode
+from schemas.frames import Frame
 from schemas.messages import Message
 from schemas.tensors import TensorRef, TensorValue, datatype_of, wire_dtype
 
 __all__ = ["ClaimCheck", "claim_key"]
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound=Message | Frame)
 
 
 def claim_key(key_prefix: str, claim_id: str) -> str:
@@ -123,7 +124,7 @@ def _rebuild(ref: TensorRef, raw: Any, path: str) -> TensorValue:
     return np.frombuffer(raw, dtype=dtype).reshape(ref.shape)
 
 
-def _tensors(message: Message) -> Mapping[str, TensorValue]:
+def _tensors(message: Message | Frame) -> Mapping[str, TensorValue]:
     if not message.TENSORS:
         return {}
     tensors: Mapping[str, TensorValue] = getattr(message, message.TENSORS)

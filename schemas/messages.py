@@ -424,6 +424,15 @@ class InferenceResult(_Message):
         }
         return cls._derive(carried, changes)
 
+    @classmethod
+    def of_task(
+        cls, carried: Mapping[str, Any], outputs: Mapping[str, TensorValue], **options: Any
+    ) -> Self:
+        """The result of one task of a decoded frame: ``carried`` holds fields the frame's
+        decoder checked already (identity, submission time, model), so only ``outputs`` and
+        ``options`` are checked here."""
+        return cls._derive(carried, {"outputs": outputs, **options})
+
 
 @_compiled
 @dataclass(frozen=True, slots=True, eq=False)

@@ -187,6 +187,9 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 quota,
                 settings.lanes,
                 directory.weight,
+                # Below any broker's default record limit (1 MiB), with headroom for the
+                # record's key, headers and batch framing: a frame splits, never bounces.
+                max_record_bytes=min(settings.kafka.max_message_bytes, 1 << 20) - (64 << 10),
             )
         )
         _install_signals(runner)

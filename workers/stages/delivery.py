@@ -46,6 +46,8 @@ class FatalDelivery(RuntimeError):
 class Delivery(Protocol):
     skips_redeliveries: bool
     """Whether the ledger may be trusted to skip work already past this stage."""
+    cuts_frames: bool
+    """Whether a frame larger than a batch may be cut into parts batched apart."""
 
     async def deliver(
         self,
@@ -72,6 +74,9 @@ async def _send_all(producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> Non
 
 class AtLeastOnce:
     skips_redeliveries = True
+    cuts_frames = True
+    """A frame may be cut into parts that are delivered apart: a crash between them
+    replays the frame, and the ledger skips the parts already delivered."""
 
     def __init__(
         self,
@@ -101,7 +106,8 @@ class AtLeastOnce:
         if transitions:
             await self.retry(lambda: self._record(transitions), "ledger")
         for work in items:
-            self.offsets.finished(work.partition, work.record.offset)
+            if work.finish_part():
+                self.offsets.finished(work.partition, work.record.offset)
         return True
 
     async def _record(self, transitions: list[Transition]) -> None:
@@ -125,6 +131,9 @@ class AtLeastOnce:
 
 class ExactlyOnce:
     skips_redeliveries = False
+    cuts_frames = False
+    """A frame goes whole into one transaction: parts committed apart would be done twice
+    after a crash between them, and nothing here skips them."""
 
     def __init__(
         self,

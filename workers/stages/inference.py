@@ -18,11 +18,10 @@ from schemas import (
     ContractError,
     DecodeLimits,
     ErrorCode,
-    StageMessage,
     Status,
     arrays_of,
-    decode_stage,
 )
+from schemas.frames import Frame, decode_frame, stack_tensors
 from workers.lanes.affinity import lane_record_key
 from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
@@ -34,7 +33,8 @@ from workers.names import LANES, Topics
 from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
 from workers.pipelines.base import Array
-from workers.pipelines.collate import collate, rows_of, split
+from workers.pipelines.collate import split
+from workers.stages.framing import fail_rows
 from workers.stages.identity import AnswersFailures
 from workers.stages.work import DEFAULT_LANE, BatchFailed, StageOutput, Work, internal_error
 
@@ -84,76 +84,110 @@ class InferenceStage(AnswersFailures):
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
         work = Work(record)
         try:
-            message = decode_stage(record.value or b"", record.headers, limits=self.limits)
-            work.message = message
-            work.tenant = message.tenant
-            work.rows = max(1, rows_of(message.tensors))
+            frame = decode_frame(record.value or b"", self.limits)
+            work.message = frame
+            work.tenant = frame.tenant
+            work.rows = max(1, frame.rows)
             work.lane = self.topics.lane_of(record.topic) or DEFAULT_LANE
-            self._place(work, message)
+            self._place(work, frame)
         except ContractError as error:
             work.error = error
         return work
 
-    def _place(self, work: Work, message: StageMessage) -> None:
-        """The batch key (model, version, shape bucket) and the fair-share cost of a task."""
-        model = self.repository.models.get(message.model_name or "")
+    def _place(self, work: Work, frame: Frame) -> None:
+        """The batch key (model, version pin, shape bucket) and the fair-share cost of a frame."""
+        model = self.repository.models.get(frame.model_name or "")
         config = model.batching if model else BatchingConfig()
-        length = _sequence_length(message, model.inputs[0].name if model and model.inputs else None)
-        work.batch_key = (message.model_name, message.model_version, config.bucket_of(length))
+        first = model.inputs[0].name if model and model.inputs else None
+        tensor = frame.tensors.get(first) if first else None
+        shape: tuple[int, ...] = tuple(getattr(tensor, "shape", ()))
+        length = int(shape[1]) if len(shape) >= 2 else 1
+        work.batch_key = (frame.model_name, frame.model_version, config.bucket_of(length))
         work.cost = work.rows * max(1, length) if config.cost == "tokens" else work.rows
 
     async def process(self, batch: list[Work]) -> StageOutput:
         output = StageOutput()
-        live: list[Work] = []
+        live: list[tuple[Work, Frame]] = []
         now_ms = int(time.time() * 1000)
         for work in batch:
-            message: StageMessage | None = work.message
-            if work.error is not None or message is None:
-                self._fail(output, work, work.error or internal_error(ValueError("no message")))
-            elif message.deadline_ms is not None and message.deadline_ms <= now_ms:
+            frame = work.message
+            if work.error is not None or not isinstance(frame, Frame):
+                self._fail(output, work, work.error or internal_error(ValueError("no frame")))
+                continue
+            expired = [
+                i for i, ms in enumerate(frame.deadline_ms) if ms is not None and ms <= now_ms
+            ]
+            if expired:
                 error = ContractError(
                     ErrorCode.DEADLINE_EXCEEDED,
-                    f"deadline_ms {message.deadline_ms} passed before inference (now {now_ms})",
+                    f"deadline_ms passed before inference (now {now_ms})",
                     "deadline_ms",
                 )
-                self._fail(output, work, error, Status.EXPIRED)
-            else:
-                live.append(work)
+                self._fail_rows(output, work, frame, expired, error, Status.EXPIRED)
+                gone = set(expired)
+                frame = frame.take([i for i in range(len(frame)) if i not in gone])
+            if len(frame):
+                live.append((work, frame))
         if live:
             await self.lifecycle.wait_open()  # a budget swap pauses intake here, briefly
             routed = self._route(output, live)
             try:
-                for lease, group in routed:
-                    await self._infer(output, group, lease)
+                for lease, parts in routed:
+                    await self._infer(output, parts, lease)
             finally:
                 # Every lease goes back, also those of groups a failed group kept from running.
                 for lease, _ in routed:
                     self.lifecycle.release(lease)
         return output
 
+    def _fail_rows(
+        self,
+        output: StageOutput,
+        work: Work,
+        frame: Frame,
+        rows: list[int],
+        error: ContractError,
+        status: Status = Status.FAILED,
+    ) -> None:
+        fail_rows(
+            output,
+            work,
+            frame,
+            rows,
+            error,
+            stage=self.name,
+            results_topic=self.topics.results,
+            dlq_topic=self.topics.dlq,
+            status=status,
+        )
+
     def _route(
-        self, output: StageOutput, batch: list[Work]
-    ) -> list[tuple[LoadedVersion, list[Work]]]:
+        self, output: StageOutput, live: list[tuple[Work, Frame]]
+    ) -> list[tuple[LoadedVersion, list[tuple[Work, Frame]]]]:
         """Group tasks by the version each routes to and lease those versions, in one step
-        without awaiting, so no swap can fall between a task's routing and its lease."""
-        groups: dict[tuple[str, int], list[Work]] = {}
-        for work in batch:
-            message: StageMessage = work.message
-            try:
-                if message.model_name is None:
-                    raise ContractError(
-                        ErrorCode.UNKNOWN_MODEL_VERSION,
-                        "stage message names no model",
-                        "model_name",
-                    )
-                version = self.lifecycle.route(
-                    message.model_name, message.task_id, message.model_version
+        without awaiting, so no swap can fall between a task's routing and its lease. A frame
+        whose tasks route to several versions (a canary split) is cut into one part each."""
+        groups: dict[tuple[str, int], list[tuple[Work, Frame]]] = {}
+        for work, frame in live:
+            name = frame.model_name
+            if name is None:
+                error = ContractError(
+                    ErrorCode.UNKNOWN_MODEL_VERSION, "frame names no model", "model_name"
                 )
-            except ContractError as error:
-                self._fail(output, work, error)
+                self._fail_rows(output, work, frame, list(range(len(frame))), error)
                 continue
-            groups.setdefault((message.model_name, version), []).append(work)
-        routed: list[tuple[LoadedVersion, list[Work]]] = []
+            by_version: dict[int, list[int]] = {}
+            for i, task_id in enumerate(frame.task_ids):
+                try:
+                    version = self.lifecycle.route(name, task_id, frame.model_version)
+                except ContractError as error:
+                    self._fail_rows(output, work, frame, [i], error)
+                    continue
+                by_version.setdefault(version, []).append(i)
+            for version, rows in by_version.items():
+                part = frame if len(rows) == len(frame) else frame.take(rows)
+                groups.setdefault((name, version), []).append((work, part))
+        routed: list[tuple[LoadedVersion, list[tuple[Work, Frame]]]] = []
         try:
             for key, group in groups.items():
                 routed.append((self.lifecycle.acquire(*key), group))
@@ -163,87 +197,92 @@ class InferenceStage(AnswersFailures):
             raise
         return routed
 
-    async def _infer(self, output: StageOutput, batch: list[Work], lease: LoadedVersion) -> None:
+    async def _infer(
+        self, output: StageOutput, parts: list[tuple[Work, Frame]], lease: LoadedVersion
+    ) -> None:
         model = lease.version
+        names = [spec.name for spec in model.config.inputs]
         try:
-            names = [spec.name for spec in model.config.inputs]
-            per_task = [arrays_of(w.message.tensors) for w in batch]
-            feeds = collate([{n: t[n] for n in names} for t in per_task])
+            feeds = stack_tensors([_inputs(frame, names) for _, frame in parts])
         except ContractError as error:
-            for work in batch:
-                self._fail(output, work, error)
+            for work, frame in parts:
+                self._fail_rows(output, work, frame, list(range(len(frame))), error)
             return
         assert lease.model is not None, "a leased version keeps its session"
         # The highest lane in the group decides its place in the queue for the model.
-        priority = min(_LANE_RANK.get(w.lane, len(LANES)) for w in batch)
+        priority = min(_LANE_RANK.get(work.lane, len(LANES)) for work, _ in parts)
         try:
             outputs, run_s = await self.runtime.timed_run(lease.model, feeds, priority=priority)
-            rows = split(outputs, [w.rows for w in batch])
+            per_part = split(outputs, [frame.rows for _, frame in parts])
         except Exception as exc:  # the runner splits the batch to find the culprit
             raise BatchFailed(exc, transient=_out_of_memory(exc)) from exc
         output.model_s += run_s
-        inference_ms = run_s * 1000
         self._observe(model, run_s)
         self.lifecycle.remember(model.name, feeds)
         if self.shadow is not None:
             self.shadow.offer(model.name, model.version, feeds, outputs)
-        self._forward(output, batch, rows, per_task, model, inference_ms)
+        batch_id = f"{model.name}-{model.version}-{uuid.uuid4().hex[:12]}"
+        for (work, frame), part_outputs in zip(parts, per_part, strict=True):
+            self._forward(output, work, frame, part_outputs, model, batch_id, run_s * 1000)
 
     def _forward(
         self,
         output: StageOutput,
-        batch: list[Work],
-        rows: list[dict[str, Array]],
-        per_task: list[dict[str, Array]],
+        work: Work,
+        frame: Frame,
+        outputs: dict[str, Array],
         model: ModelVersion,
+        batch_id: str,
         inference_ms: float,
     ) -> None:
         now_ms = int(time.time() * 1000)
-        batch_id = f"{model.name}-{model.version}-{uuid.uuid4().hex[:12]}"
-        for work, task_outputs, inputs in zip(batch, rows, per_task, strict=True):
-            message: StageMessage = work.message
-            queue_ms = max(0.0, (time.monotonic() - work.received_at) * 1000 - inference_ms)
-            tensors = {
-                **task_outputs,
-                **{name: inputs[name] for name in self._forwarded(message) if name in inputs},
-            }
-            inferred = message.evolve(
-                tensors=tensors,
+        count = len(frame)
+        queue_ms = max(0.0, (time.monotonic() - work.received_at) * 1000 - inference_ms)
+        forwarded = {
+            name: frame.tensors[name]
+            for name in self._forwarded(frame.pipeline)
+            if name in frame.tensors
+        }
+        tracer = tracing.active()
+        inferred = frame.evolve(
+            tensors={**outputs, **forwarded},
+            model_version=model.version,  # the version that ran, not the one requested
+            model_name=model.name,
+            batch_id=batch_id,
+            traceparents=[
+                tracer.forward(self.name, traceparent, task_id)
+                for traceparent, task_id in zip(frame.traceparents, frame.task_ids, strict=True)
+            ],
+            timings_ms={
+                **frame.timings_ms,
+                "inference_queue": [queue_ms] * count,
+                "inference": [inference_ms] * count,
+            },
+        )
+        output.forward(
+            self.topics.inferred_of(work.lane),
+            inferred,
+            key=lane_record_key(frame.tenant, frame.task_ids[0], self.partitions_per_tenant),
+        )
+        output.transitions.extend(
+            Transition(
+                task_id=task_id,
+                state=Status.INFERRED,
+                at_ms=now_ms,
+                tenant=frame.tenant,
+                pipeline=frame.pipeline,
+                stage=self.name,
                 model_name=model.name,
-                model_version=model.version,  # the version that ran, not the one requested
+                model_version=model.version,
                 batch_id=batch_id,
-                traceparent=tracing.active().forward(
-                    self.name, message.traceparent, message.task_id
-                ),
-                timings_ms={
-                    **message.timings_ms,
-                    "inference_queue": queue_ms,
-                    "inference": inference_ms,
-                },
             )
-            output.forward(
-                self.topics.inferred_of(work.lane),
-                inferred,
-                key=lane_record_key(message.tenant, message.task_id, self.partitions_per_tenant),
-            )
-            output.transitions.append(
-                Transition(
-                    task_id=message.task_id,
-                    state=Status.INFERRED,
-                    at_ms=now_ms,
-                    tenant=message.tenant,
-                    pipeline=message.pipeline,
-                    stage=self.name,
-                    model_name=model.name,
-                    model_version=model.version,
-                    batch_id=batch_id,
-                )
-            )
+            for task_id in frame.task_ids
+        )
 
-    def _forwarded(self, message: StageMessage) -> list[str]:
-        """Inputs the task's pipeline hands on to postprocess (one batch may mix pipelines
+    def _forwarded(self, pipeline_name: str) -> list[str]:
+        """Inputs the frame's pipeline hands on to postprocess (one batch may mix pipelines
         of one model)."""
-        pipeline = self.repository.pipelines.get(message.pipeline or "")
+        pipeline = self.repository.pipelines.get(pipeline_name)
         forwarded: list[str] = pipeline.parameters.get("forward_inputs", []) if pipeline else []
         return forwarded
 
@@ -257,11 +296,15 @@ class InferenceStage(AnswersFailures):
             self.metrics.model.labels(model.name, str(model.version)).info({"providers": providers})
 
 
-def _sequence_length(message: StageMessage, input_name: str | None) -> int:
-    """The second dimension of the model's first input (tokens per row); 1 without one."""
-    tensor = message.tensors.get(input_name) if input_name else None
-    shape: tuple[int, ...] = tuple(getattr(tensor, "shape", ()))
-    return int(shape[1]) if len(shape) >= 2 else 1
+def _inputs(frame: Frame, names: list[str]) -> dict[str, Array]:
+    """The model's inputs out of a frame's tensors (claim checks are resolved by now)."""
+    try:
+        picked = {name: frame.tensors[name] for name in names}
+    except KeyError as missing:
+        raise ContractError(
+            ErrorCode.SHAPE_MISMATCH, f"frame lacks the model input {missing}", "tensors"
+        ) from None
+    return arrays_of(picked)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -10,11 +10,14 @@ two smaller ones.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from schemas import ContractError, ErrorCode
+from schemas.frames import Frame
+from workers.stages.framing import fail_rows
 from workers.stages.identity import identify_task
 from workers.stages.work import BatchFailed, StageOutput, Work, fail
 
@@ -59,7 +62,10 @@ async def process_isolating(
         if failure.transient and len(items) == 1 and attempt < policy.max_attempts:
             await sleep(policy.backoff_s * 2 ** (attempt - 1))
             return await process_isolating(process, items, policy, target, sleep, attempt + 1)
-        if len(items) == 1:
+        if len(items) == 1 and _tasks(items[0]) > 1:
+            # A frame of many tasks is split by its rows: one bad task fails alone.
+            items = _halves(items[0])
+        elif len(items) == 1:
             log.warning(
                 "%s: record %s/%s/%s failed alone after %d attempt(s): %s",
                 target.stage,
@@ -77,9 +83,35 @@ async def process_isolating(
         return left.merge(right)
 
 
+def _tasks(work: Work) -> int:
+    return len(work.message) if isinstance(work.message, Frame) else 1
+
+
+def _halves(work: Work) -> list[Work]:
+    frame: Frame = work.message
+    middle = len(frame) // 2
+    return [
+        dataclasses.replace(work, message=part, rows=part.rows)
+        for part in (frame.slice(0, middle), frame.slice(middle, len(frame)))
+    ]
+
+
 def _blame(work: Work, failure: BatchFailed, attempts: int, target: FailureTarget) -> StageOutput:
     output = StageOutput()
     error = ContractError(ErrorCode.INFERENCE_FAILED, str(failure)[:2000])
+    if isinstance(work.message, Frame):
+        fail_rows(
+            output,
+            work,
+            work.message,
+            range(len(work.message)),
+            error,
+            stage=target.stage,
+            results_topic=target.results_topic,
+            dlq_topic=target.dlq_topic,
+            attempts=attempts,
+        )
+        return output
     fail(
         output,
         work,

@@ -12,17 +12,18 @@ from schemas import (
     DecodeLimits,
     ErrorCode,
     InferenceResult,
-    StageMessage,
     Status,
     arrays_of,
-    decode_stage,
 )
+from schemas.frames import Frame, decode_frame
 from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
 from workers.observability import tracing
 from workers.pipelines import postprocessor
+from workers.pipelines.collate import split
+from workers.stages.framing import fail_rows
 from workers.stages.identity import AnswersFailures
 from workers.stages.work import DEFAULT_LANE, Finished, StageOutput, Work, internal_error
 
@@ -56,8 +57,10 @@ class PostprocessStage(AnswersFailures):
     def decode(self, record: ConsumerRecord[bytes, bytes]) -> Work:
         work = Work(record, lane=self.topics.lane_of(record.topic) or DEFAULT_LANE)
         try:
-            work.message = decode_stage(record.value or b"", record.headers, limits=self.limits)
-            work.tenant = work.message.tenant
+            frame = decode_frame(record.value or b"", self.limits)
+            work.message = frame
+            work.tenant = frame.tenant
+            work.rows = max(1, len(frame))
         except ContractError as error:
             work.error = error
         return work
@@ -66,67 +69,113 @@ class PostprocessStage(AnswersFailures):
         output = StageOutput()
         seen: set[str] = set()
         for work in batch:
-            if work.error is not None:
-                self._fail(output, work, work.error)
+            frame = work.message
+            if work.error is not None or not isinstance(frame, Frame):
+                self._fail(output, work, work.error or internal_error(ValueError("no frame")))
                 continue
-            message: StageMessage = work.message
-            if message.task_id in seen:
-                continue  # a redelivered copy in the same batch: answer once
-            seen.add(message.task_id)
-            try:
-                self._postprocess(output, message, _queued_ms(work))
-            except ContractError as error:
-                self._fail(output, work, error)
-            except Exception as exc:  # a bug in a plug-in fails its task, never the worker
-                self._fail(output, work, internal_error(exc))
+            # A redelivered copy in the same batch: answer each task once.
+            fresh = [i for i, task_id in enumerate(frame.task_ids) if task_id not in seen]
+            seen.update(frame.task_ids)
+            if len(fresh) < len(frame):
+                frame = frame.take(fresh)
+            if len(frame):
+                self._postprocess_frame(output, work, frame)
         return output
 
-    def _postprocess(self, output: StageOutput, message: StageMessage, queue_ms: float) -> None:
+    def _postprocess_frame(self, output: StageOutput, work: Work, frame: Frame) -> None:
+        """The whole frame in one postprocess call where its tasks share their parameters;
+        a frame that fails so is answered task by task, so one bad task fails alone."""
+        first = frame.parameters[0]
+        if all(p == first for p in frame.parameters):
+            try:
+                self._postprocess(output, work, frame)
+                return
+            except Exception:  # found out task by task below
+                pass
+        for i in range(len(frame)):
+            row = frame.slice(i, i + 1)
+            try:
+                self._postprocess(output, work, row)
+            except ContractError as error:
+                self._fail_rows(output, work, row, [0], error)
+            except Exception as exc:  # a bug in a plug-in fails its task, never the worker
+                self._fail_rows(output, work, row, [0], internal_error(exc))
+
+    def _fail_rows(
+        self, output: StageOutput, work: Work, frame: Frame, rows: list[int], error: ContractError
+    ) -> None:
+        fail_rows(
+            output,
+            work,
+            frame,
+            rows,
+            error,
+            stage=self.name,
+            results_topic=self.topics.results,
+            dlq_topic=self.topics.dlq,
+        )
+
+    def _postprocess(self, output: StageOutput, work: Work, frame: Frame) -> None:
         started = time.perf_counter()
-        pipeline = self.repository.pipeline(message.pipeline)
-        if message.model_name is None or message.model_version is None:
-            raise ContractError(ErrorCode.INTERNAL, "inferred message names no model", "model_name")
+        pipeline = self.repository.pipeline(frame.pipeline)
+        if frame.model_name is None or frame.model_version is None:
+            raise ContractError(ErrorCode.INTERNAL, "inferred frame names no model", "model_name")
         outputs = postprocessor(pipeline.postprocess)(
-            arrays_of(message.tensors), message.parameters, pipeline
+            arrays_of(frame.tensors), frame.parameters[0], pipeline
         )
+        per_task = split(outputs, frame.row_counts)
         now_ms = int(time.time() * 1000)
-        result = InferenceResult.from_stage(
-            message,
-            outputs,
-            completed_at_ms=now_ms,
-            timings_ms={
-                **message.timings_ms,
-                "postprocess_queue": queue_ms,
-                "postprocess": (time.perf_counter() - started) * 1000,
-            },
-            traceparent=tracing.active().forward(self.name, message.traceparent, message.task_id),
-        )
-        output.forward(
-            message.reply_to or self.topics.results, result, message.content_type, "result"
-        )
-        output.finished.append(
-            Finished(
-                message.pipeline,
-                message.tenant,
-                message.priority or DEFAULT_LANE,
-                Status.DONE,
-                latency_s=max(0.0, (now_ms - message.submitted_at_ms) / 1000),
+        queue_ms = _queued_ms(work)
+        postprocess_ms = (time.perf_counter() - started) * 1000 / max(1, len(frame))
+        tracer = tracing.active()
+        timings = frame.timings_ms
+        for i, task_outputs in enumerate(per_task):
+            task_id = frame.task_ids[i]
+            submitted_at_ms = frame.submitted_at_ms[i]
+            result = InferenceResult.of_task(
+                carried={
+                    "task_id": task_id,
+                    "tenant": frame.tenant,
+                    "pipeline": frame.pipeline,
+                    "submitted_at_ms": submitted_at_ms,
+                    "model_name": frame.model_name,
+                    "model_version": frame.model_version,
+                },
+                outputs=task_outputs,
+                completed_at_ms=now_ms,
+                timings_ms={
+                    **{name: values[i] for name, values in timings.items()},
+                    "postprocess_queue": queue_ms,
+                    "postprocess": postprocess_ms,
+                },
+                traceparent=tracer.forward(self.name, frame.traceparents[i], task_id),
             )
-        )
-        output.transitions.append(
-            Transition(
-                task_id=message.task_id,
-                state=Status.DONE,
-                at_ms=now_ms,
-                tenant=message.tenant,
-                pipeline=message.pipeline,
-                stage=self.name,
-                # Also here: the INFERRED write may lose the race to this one and be ignored.
-                model_name=message.model_name,
-                model_version=message.model_version,
-                batch_id=message.batch_id,
+            output.forward(
+                frame.reply_to[i] or self.topics.results, result, frame.content_types[i], "result"
             )
-        )
+            output.finished.append(
+                Finished(
+                    frame.pipeline,
+                    frame.tenant,
+                    frame.lane,
+                    Status.DONE,
+                    latency_s=max(0.0, (now_ms - submitted_at_ms) / 1000),
+                )
+            )
+            output.transitions.append(
+                Transition(
+                    task_id=task_id,
+                    state=Status.DONE,
+                    at_ms=now_ms,
+                    tenant=frame.tenant,
+                    pipeline=frame.pipeline,
+                    stage=self.name,
+                    # Also here: the INFERRED write may lose the race to this one and be ignored.
+                    model_name=frame.model_name,
+                    model_version=frame.model_version,
+                    batch_id=frame.batch_id,
+                )
+            )
 
 
 def _queued_ms(work: Work) -> float:

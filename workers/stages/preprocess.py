@@ -13,12 +13,12 @@ from schemas import (
     DecodeLimits,
     ErrorCode,
     InferenceRequest,
-    StageMessage,
     Status,
     arrays_of,
     content_type_of,
     decode_request,
 )
+from schemas.tensors import normalize_tensors
 from workers.lanes.affinity import lane_record_key
 from workers.lanes.intake import TenantTopicSelector
 from workers.lanes.scheduler import BatchWindow
@@ -28,6 +28,7 @@ from workers.names import LANES, Topics
 from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
 from workers.settings import LimitsSettings
+from workers.stages.framing import FrameBuilder
 from workers.stages.identity import AnswersFailures, identify_task
 from workers.stages.limits import check_request_inputs
 from workers.stages.work import (
@@ -126,20 +127,32 @@ class PreprocessStage(AnswersFailures):
         return dataclasses.replace(identity, tenant=tenant, reply_to=self.topics.results_of(tenant))
 
     async def process(self, batch: list[Work]) -> StageOutput:
+        """Every request of the batch preprocessed, the good ones forwarded as frames: one
+        per (lane, tenant, pipeline, model, version pin, shape bucket), made of what arrived;
+        nothing waits for a frame to fill."""
         output = StageOutput()
+        frames = FrameBuilder()
         for work in batch:
             if work.error is not None:
                 self._fail(output, work, work.error, _status_of(work.error))
                 continue
             try:
-                self._preprocess(output, work, work.message)
+                self._preprocess(output, frames, work, work.message)
             except ContractError as error:
                 self._fail(output, work, error, _status_of(error))
             except Exception as exc:  # a bug in a plug-in fails its task, never the worker
                 self._fail(output, work, internal_error(exc))
+        for frame in frames.frames():
+            output.forward(
+                self.topics.preprocessed_of(frame.lane),
+                frame,
+                key=lane_record_key(frame.tenant, frame.task_ids[0], self.partitions_per_tenant),
+            )
         return output
 
-    def _preprocess(self, output: StageOutput, work: Work, request: InferenceRequest) -> None:
+    def _preprocess(
+        self, output: StageOutput, frames: FrameBuilder, work: Work, request: InferenceRequest
+    ) -> None:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         if request.deadline_ms is not None and request.deadline_ms <= now_ms:
@@ -152,27 +165,37 @@ class PreprocessStage(AnswersFailures):
         tensors = self._preprocessor(pipeline.preprocess)(
             arrays_of(request.inputs), request.parameters, pipeline, model
         )
-        content_type = content_type_of(work.record.headers, work.record.value or b"")
-        message = StageMessage.from_request(
-            request,
-            content_type,
-            tensors,
-            model_name=model.name,
+        checked = arrays_of(normalize_tensors(tensors, "tensors"))
+        content_type = request.response_content_type or content_type_of(
+            work.record.headers, work.record.value or b""
+        )
+        # Admission wrote the lane into `priority` (the tenant's class, or a lower one asked for).
+        lane = request.priority if request.priority in LANES else DEFAULT_LANE
+        config = model.config
+        first = config.inputs[0].name if config.inputs else None
+        shape: tuple[int, ...] = tuple(getattr(checked.get(first) if first else None, "shape", ()))
+        bucket = config.batching.bucket_of(int(shape[1]) if len(shape) >= 2 else 1)
+        frames.add(
             # Only a pin travels on: an unpinned task is routed by the inference worker's
             # policy (latest, canary) when it runs, not by what preprocess saw as latest.
+            (lane, request.tenant, request.pipeline, request.model_version, bucket, *checked),
+            task_id=request.task_id,
+            tenant=request.tenant,
+            pipeline=request.pipeline,
+            lane=lane,
+            model_name=model.name,
             model_version=request.model_version,
+            submitted_at_ms=request.submitted_at_ms,
+            deadline_ms=request.deadline_ms,
+            reply_to=request.reply_to,
+            content_type=content_type,
             traceparent=tracing.active().forward(self.name, request.traceparent, request.task_id),
+            parameters=request.parameters,
             timings_ms={
                 "preprocess_queue": max(0.0, (time.monotonic() - work.received_at) * 1000),
                 "preprocess": (time.perf_counter() - started) * 1000,
             },
-        )
-        # Admission wrote the lane into `priority` (the tenant's class, or a lower one asked for).
-        lane = request.priority if request.priority in LANES else DEFAULT_LANE
-        output.forward(
-            self.topics.preprocessed_of(lane),
-            message,
-            key=lane_record_key(request.tenant, request.task_id, self.partitions_per_tenant),
+            tensors=checked,
         )
         output.transitions.append(
             Transition(

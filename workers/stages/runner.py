@@ -9,6 +9,8 @@ it produced is durable, and a crash at any point replays work instead of losing 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
@@ -22,6 +24,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from schemas import ClaimCheck, ContractError, Status
+from schemas.frames import Frame
 from workers.kafka.offsets import OffsetTracker
 from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
 from workers.ledger import Ledger, reached
@@ -36,7 +39,7 @@ from workers.stages.flow import FlowControl
 from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.stages.slots import BatchSlots, SlotKind
 from workers.stages.telemetry import StageTelemetry
-from workers.stages.work import StageOutput, Work
+from workers.stages.work import DEFAULT_MAX_RECORD_BYTES, StageOutput, Work
 from workers.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -91,8 +94,12 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         quota: TenantQuota | None = None,
         lanes: LaneSettings | None = None,
         weight_of: Callable[[str], float] | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
+        """`max_record_bytes`: frames are split to stay below it (the producer's and the
+        topics' limit)."""
         self.stage = stage
+        self._max_record_bytes = max_record_bytes
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -342,7 +349,37 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         work.generation = self._generation
         self._budget.saw(work.lane)
         self.telemetry.taken(work)
-        self._batcher.put(work)
+        for part in self._parts(work):
+            self._batcher.put(part)
+
+    def _parts(self, work: Work) -> list[Work]:
+        """A frame larger than its key's batch, cut into parts that fit (views, no copies),
+        so a batch never runs past `max_batch_size` because a frame arrived whole."""
+        frame = work.message
+        if not isinstance(frame, Frame) or len(frame) < 2 or not self.delivery.cuts_frames:
+            return [work]
+        max_rows = self.stage.batching(work.batch_key).max_batch_size
+        if work.rows <= max_rows:
+            return [work]
+        cuts = [0]
+        rows = 0
+        for i, count in enumerate(frame.row_counts):
+            if rows and rows + count > max_rows:
+                cuts.append(i)
+                rows = 0
+            rows += count
+        cuts.append(len(frame))
+        shared = [len(cuts) - 1]
+        parts = []
+        for start, stop in itertools.pairwise(cuts):
+            part = frame.slice(start, stop)
+            share = part.rows / max(1, work.rows)
+            parts.append(
+                dataclasses.replace(
+                    work, message=part, rows=part.rows, cost=work.cost * share, parts=shared
+                )
+            )
+        return parts
 
     # ---- batches ----------------------------------------------------------------------
 
@@ -374,7 +411,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 fresh = [w for w in fresh if id(w) not in held]
             started = time.perf_counter()
             with tracing.active().batch(
-                self.stage.name, batch.batch_id, [_traceparent(w) for w in fresh]
+                self.stage.name, batch.batch_id, [tp for w in fresh for tp in _traceparents(w)]
             ):
                 output = (
                     await process_isolating(self.stage.process, fresh, self._policy, self._blame_to)
@@ -385,7 +422,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             # what a bigger batch costs.
             run_s = output.model_s or time.perf_counter() - started
             self._budget.ran(batch.key, sum(w.rows for w in fresh), run_s)
-            outgoing = await output.records(self.claims)
+            outgoing = await output.records(self.claims, self._max_record_bytes)
             delivered = await self.delivery.deliver(
                 items, outgoing, output.transitions, partial(self._still_ours, items)
             )
@@ -410,18 +447,30 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         return all(w.generation == self._generation for w in items)
 
     async def _skip_finished(self, items: list[Work]) -> list[Work]:
-        """Drop redelivered work whose task already got past this stage."""
-        ids = [w.message.task_id for w in items if w.error is None]
+        """Drop redelivered work whose task already got past this stage (for a frame: the
+        tasks of it that did; the rest of the frame goes on)."""
+        ids = [task_id for w in items if w.error is None for task_id in _task_ids(w)]
         if not ids or not self.delivery.skips_redeliveries:
             return items
         states: dict[str, Status | None] = await self._retry(
             lambda: self.ledger.states(ids), "ledger"
         )
-        return [
-            w
-            for w in items
-            if w.error is not None or not reached(states.get(w.message.task_id), self.stage.reaches)
-        ]
+        fresh: list[Work] = []
+        for work in items:
+            if work.error is not None:
+                fresh.append(work)
+                continue
+            left = [
+                i
+                for i, task_id in enumerate(_task_ids(work))
+                if not reached(states.get(task_id), self.stage.reaches)
+            ]
+            if isinstance(work.message, Frame) and 0 < len(left) < len(work.message):
+                part = work.message.take(left)
+                fresh.append(dataclasses.replace(work, message=part, rows=part.rows))
+            elif left:
+                fresh.append(work)
+        return fresh
 
     async def _resolve_claims(self, items: list[Work]) -> None:
         """Fetch claim-checked tensors; a task whose claim is gone fails with the reason."""
@@ -527,9 +576,17 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         return queued
 
 
-def _traceparent(work: Work) -> str | None:
-    traceparent = getattr(work.message, "traceparent", None)
-    return traceparent if isinstance(traceparent, str) else work.header("traceparent")
+def _traceparents(work: Work) -> list[str | None]:
+    message = work.message
+    if isinstance(message, Frame):
+        return message.traceparents
+    traceparent = getattr(message, "traceparent", None)
+    return [traceparent if isinstance(traceparent, str) else work.header("traceparent")]
+
+
+def _task_ids(work: Work) -> list[str]:
+    message = work.message
+    return message.task_ids if isinstance(message, Frame) else [message.task_id]
 
 
 def _key_of(work: Work) -> Hashable:

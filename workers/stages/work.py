@@ -21,6 +21,7 @@ from schemas import (
     key_for,
 )
 from schemas.fields import MSGPACK
+from schemas.frames import Frame, encode_fitted, frame_headers
 from workers.ledger import Transition
 
 Headers = list[tuple[str, bytes]]
@@ -47,6 +48,16 @@ class Work:
     """What fair sharing counts for the record: rows, or tokens for models that count them."""
     admitted: bool = False
     """Admission took the record's rate-quota token already (a delayed record comes back)."""
+    parts: list[int] | None = None
+    """A frame cut into parts at intake: how many parts of the record are unfinished (one
+    list shared by the parts); None for a record taken whole."""
+
+    def finish_part(self) -> bool:
+        """Count this part finished; True when the whole record is (its offset may move)."""
+        if self.parts is None:
+            return True
+        self.parts[0] -= 1
+        return self.parts[0] == 0
 
     @property
     def partition(self) -> TopicPartition:
@@ -85,10 +96,14 @@ class Finished:
     """From the request's submitted_at to now, for answered tasks."""
 
 
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+"""Frames are split below this many bytes unless the runner says otherwise."""
+
+
 @dataclass(frozen=True)
 class _Pending:
     topic: str
-    message: Message
+    message: Message | Frame
     content_type: str
     kind: str
     key: bytes | None = None
@@ -116,7 +131,7 @@ class StageOutput:
     def forward(
         self,
         topic: str,
-        message: Message,
+        message: Message | Frame,
         content_type: str = MSGPACK,
         kind: str = "forward",
         key: bytes | None = None,
@@ -124,12 +139,21 @@ class StageOutput:
         """`key`: the record's Kafka key, when not the task id (see `lanes.affinity`)."""
         self.pending.append(_Pending(topic, message, content_type, kind, key))
 
-    async def records(self, claims: ClaimCheck | None) -> list[Outgoing]:
+    async def records(
+        self, claims: ClaimCheck | None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    ) -> list[Outgoing]:
         """Every record to produce. Tensors between stages above the claim-check threshold
-        go to Redis first; results and errors stay whole for clients without Redis."""
+        go to Redis first; results and errors stay whole for clients without Redis. A frame
+        is split until each part fits `max_record_bytes`."""
         encoded = []
         for item in self.pending:
             message = item.message
+            if isinstance(message, Frame):
+                frame = await claims.offload(message) if claims is not None else message
+                for value, part in encode_fitted(frame, max_record_bytes):
+                    key = item.key or part.task_ids[0].encode("utf-8")
+                    encoded.append(Outgoing(item.topic, key, value, frame_headers(part), item.kind))
+                continue
             if claims is not None and item.kind == "forward":
                 message = await claims.offload(message)
             encoded.append(
