@@ -33,6 +33,7 @@ from schemas import (
 )
 from workers.kafka.admin import partitions_of
 from workers.kafka.clients import Connection, bootstrap_of, connection_options, start_client
+from workers.kafka.produce import Record, produce_all
 from workers.names import Topics
 from workers.tasks import TaskSet
 
@@ -129,22 +130,24 @@ class Client:
         return request.task_id
 
     async def submit_many(self, requests: Iterable[InferenceRequest]) -> list[str]:
+        """Publish many requests at once (one record batch per partition); returns their
+        task ids once the broker acknowledged all of them."""
         producer = self._require_producer()
-        acks = []
+        records: list[Record] = []
         ids = []
         for request in requests:
             if self.reply_to and request.reply_to is None:
                 request = _with_reply_to(request, self.reply_to)
-            acks.append(
-                await producer.send(
+            records.append(
+                (
                     self.requests_topic,
+                    key_for(request),
                     encode(request, self.content_type),
-                    key=key_for(request),
-                    headers=headers_for(request, self.content_type),
+                    headers_for(request, self.content_type),
                 )
             )
             ids.append(request.task_id)
-        await asyncio.gather(*acks)
+        await produce_all(producer, records)
         return ids
 
     async def submit_raw(
@@ -157,11 +160,10 @@ class Client:
         self, records: Iterable[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]
     ) -> None:
         producer = self._require_producer()
-        acks = [
-            await producer.send(self.requests_topic, value, key=key, headers=headers)
-            for value, key, headers in records
-        ]
-        await asyncio.gather(*acks)
+        await produce_all(
+            producer,
+            ((self.requests_topic, key, value, headers) for value, key, headers in records),
+        )
 
     # ---- results ----------------------------------------------------------------------
 

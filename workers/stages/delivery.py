@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
 from workers.kafka.offsets import OffsetTracker
+from workers.kafka.produce import produce_all
 from workers.ledger import Ledger, Transition
 from workers.stages.work import Outgoing, Work
 
@@ -68,8 +69,7 @@ class Delivery(Protocol):
 
 
 async def _send_all(producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> None:
-    acks = [await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outgoing]
-    await asyncio.gather(*acks)
+    await produce_all(producer, ((o.topic, o.key, o.value, o.headers) for o in outgoing))
 
 
 class AtLeastOnce:
@@ -161,7 +161,8 @@ class ExactlyOnce:
             if not still_ours():
                 return False
             for work in items:
-                self.offsets.finished(work.partition, work.record.offset)
+                if work.finish_part():
+                    self.offsets.finished(work.partition, work.record.offset)
 
             async def attempt() -> bool:
                 # Checked before every attempt too: a transaction retried through a broker
