@@ -25,7 +25,7 @@ class ExitCode(IntEnum):
     """The task was answered FAILED, EXPIRED or REJECTED; or what was asked for is not there
     (no such task in the ledger, no policy for the tenant)."""
     USAGE = 2
-    """Bad arguments, settings, or input file; an unknown pipeline or model."""
+    """Bad arguments, settings or input file; no model repository; no ONNX Runtime."""
     UNREACHABLE = 3
     """Kafka or Redis could not be reached (or refused the credentials)."""
     TIMEOUT = 4
@@ -69,6 +69,12 @@ _STACK_HINT = "is the stack up? (conveyor stack up; conveyor stack status)"
 
 
 def _explain_one(error: BaseException, settings: Settings) -> CommandError | None:
+    if isinstance(error, ModuleNotFoundError) and error.name == "onnxruntime":
+        return CommandError(
+            "ONNX Runtime is not installed: pip install 'conveyor[cpu]' (or 'conveyor[gpu]' "
+            "for CUDA; one of the two, never both)",
+            ExitCode.USAGE,
+        )
     k = settings.kafka
     if isinstance(error, KafkaConnectionError | KafkaTimeoutError | NoBrokersAvailable):
         if k.security_protocol == "PLAINTEXT":
