@@ -106,6 +106,8 @@ async def submit(
 
 async def follow_results(settings: Settings, tenant: str | None) -> int:
     async with Client(settings.kafka, Topics(settings.kafka.topic_prefix)) as client:
+        who = f"tenant {tenant}" if tenant else "every tenant"
+        print(f"following results of {who} on {client.results_topic}", file=sys.stderr, flush=True)
         async for result in client.results(tenant):
             print(json.dumps(result_to_json(result)), flush=True)
     return 0

@@ -10,7 +10,12 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NoBrokersAvailable,
+    UnknownTopicOrPartitionError,
+)
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -27,7 +32,8 @@ class ExitCode(IntEnum):
     USAGE = 2
     """Bad arguments, settings or input file; no model repository; no ONNX Runtime."""
     UNREACHABLE = 3
-    """Kafka or Redis could not be reached (or refused the credentials)."""
+    """Kafka or Redis could not be reached (or refused the credentials), or the pipeline's
+    topics do not exist yet (no worker has started)."""
     TIMEOUT = 4
     """No answer within the time asked for (`submit --wait-s`)."""
     PORT_TAKEN = 5
@@ -87,6 +93,13 @@ def _explain_one(error: BaseException, settings: Settings) -> CommandError | Non
             )
         return CommandError(
             f"cannot reach Kafka at {k.bootstrap} (kafka.bootstrap, KAFKA_BOOTSTRAP): {hint}",
+            ExitCode.UNREACHABLE,
+        )
+    if isinstance(error, UnknownTopicOrPartitionError):
+        return CommandError(
+            f"Kafka at {k.bootstrap} has no such topic ({error.args[0] if error.args else error}): "
+            "workers create the pipeline's topics when they start: start one first (conveyor "
+            "worker preprocess), with the same kafka.topic_prefix",
             ExitCode.UNREACHABLE,
         )
     if isinstance(error, RedisAuthenticationError):
