@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from workers.settings import Settings, SettingsError, load_settings
+from workers.exits import CommandError, ExitCode, explain
+from workers.models.repository import RepositoryError
+from workers.settings import DEFAULT_METRICS_PORT, Settings, SettingsError, load_settings
 from workers.stack import NativeStack, StackConfig, StackError
 from workers.stack.secure import ADMIN_USER, KAFKA_MECHANISM, REDIS_USER, SecureAccess
 
@@ -131,7 +133,9 @@ async def _tenant_policies(args: argparse.Namespace, settings: Settings) -> int:
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
     except RedisError as exc:
-        print(f"conveyor: tenant registry unreachable: {exc}", file=sys.stderr)
+        if (known := explain(exc, settings)) is not None:
+            raise known from None
+        print(f"conveyor: tenant registry: {exc}", file=sys.stderr)
         return 1
     finally:
         await client.aclose()
@@ -192,7 +196,14 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from workers.commands import submit
 
-    return asyncio.run(submit(settings, args.tenant, args.pipeline, args.text, args.wait_s))
+    texts = list(args.text)
+    if args.file is not None:
+        from workers.commands import texts_from_file
+
+        texts += texts_from_file(args.file)
+    if not texts:
+        raise CommandError("submit needs texts: arguments, or --file PATH", ExitCode.USAGE)
+    return asyncio.run(submit(settings, args.tenant, args.pipeline, texts, args.wait_s))
 
 
 def _results(args: argparse.Namespace, settings: Settings) -> int:
@@ -218,7 +229,8 @@ def _top(args: argparse.Namespace, settings: Settings) -> int:
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     from workers.observability.http import check
 
-    url = args.url or f"http://127.0.0.1:{settings.observability.metrics_port}"
+    port = settings.observability.metrics_port
+    url = args.url or f"http://127.0.0.1:{DEFAULT_METRICS_PORT if port is None else port}"
     code, body = check(url)
     print(body.strip())
     return code
@@ -307,10 +319,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     handlers["tenants"] = _tenants
 
     submit = commands.add_parser("submit", help="submit texts to a pipeline")
-    submit.add_argument("text", nargs="+")
+    submit.add_argument("text", nargs="*", help="texts of one request")
+    submit.add_argument(
+        "--file", type=Path, default=None, help="more texts, one per line (-: stdin)"
+    )
     submit.add_argument("--tenant", default="cli")
     submit.add_argument("--pipeline", default="text-embedding")
-    submit.add_argument("--wait-s", type=float, default=None, help="wait for the result")
+    submit.add_argument(
+        "--wait-s",
+        type=float,
+        default=None,
+        help="wait this long for the result (exit 1 failed, 4 no result in time)",
+    )
     handlers["submit"] = _submit
 
     results = commands.add_parser("results", help="print results as they arrive")
@@ -342,25 +362,44 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure it expects ends as one line on stderr and an
+    `ExitCode` (README, "Exit codes"). Anything else is a bug and keeps its traceback."""
     parser, handlers = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors: argparse's message and exit 2
     try:
         settings = load_settings()
     except SettingsError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), ExitCode.USAGE)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # aiokafka narrates every join and subscription at INFO; ours is the story worth reading.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.root.level))
+    # A one-shot command says itself what failed, in one line: aiokafka's retries stay quiet.
+    quiet = logging.WARNING if args.command in _LONG_RUNNING else logging.CRITICAL
+    logging.getLogger("aiokafka").setLevel(max(quiet, logging.root.level))
     try:
         return handlers[args.command](args, settings)
+    except CommandError as exc:
+        return _fail(str(exc), exc.code)
     except StackError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), ExitCode.TASK_FAILED)
+    except (RepositoryError, SettingsError) as exc:
+        return _fail(str(exc), ExitCode.USAGE)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
+    except Exception as exc:
+        if (known := explain(exc, settings)) is None:
+            raise
+        return _fail(str(known), known.code)
+
+
+_LONG_RUNNING = {"worker", "demo"}
+"""Commands whose log is worth reading as it goes: aiokafka's warnings stay on."""
+
+
+def _fail(message: str, code: ExitCode) -> int:
+    print(f"conveyor: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

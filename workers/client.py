@@ -84,6 +84,13 @@ class Client:
     async def start(self) -> None:
         if self._producer is not None:
             raise RuntimeError("client already started")
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # a broker that cannot be reached leaves nothing open behind
+            raise
+
+    async def _start(self) -> None:
         self._producer = AIOKafkaProducer(
             **connection_options(self.connection),
             acks="all",

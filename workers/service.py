@@ -35,7 +35,7 @@ from workers.observability import tracing
 from workers.observability.http import ObservabilityServer
 from workers.observability.metrics import WorkerMetrics
 from workers.observability.registry import WorkerAnnouncement
-from workers.settings import Settings
+from workers.settings import DEFAULT_METRICS_PORT, Settings
 from workers.stages.admission import Admission
 from workers.stages.inference import InferenceStage
 from workers.stages.postprocess import PostprocessStage
@@ -104,12 +104,20 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
     metrics = WorkerMetrics(stage_name, o.tenant_label_cap)
     telemetry = StageTelemetry(metrics, stage_name, o.stuck_after_s)
     tracer = tracing.configure(o.otel_enabled, o.otel_exporter, o.otel_endpoint)
-    await ensure_pipeline_topics(settings)
     async with AsyncExitStack() as stack:
         stack.callback(tracer.shutdown)  # last out: after the runner finished its batches
+        # First, so a taken port fails at once; an unset port is only a default, and the
+        # second worker on a host takes a free one (announced below with the real port).
         server = await stack.enter_async_context(
-            ObservabilityServer(metrics.registry, telemetry.health, o.metrics_host, o.metrics_port)
+            ObservabilityServer(
+                metrics.registry,
+                telemetry.health,
+                o.metrics_host,
+                DEFAULT_METRICS_PORT if o.metrics_port is None else o.metrics_port,
+                fallback_to_free=o.metrics_port is None,
+            )
         )
+        await ensure_pipeline_topics(settings)
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
         ledger = await stack.enter_async_context(Ledger(redis, keys, settings.redis.task_ttl_s))

@@ -2,13 +2,15 @@
 
 Sources, highest first: keyword arguments, environment variables (`CONVEYOR_` prefix, `__`
 between levels, e.g. `CONVEYOR_KAFKA__PARTITIONS=8`), the well-known `KAFKA_BOOTSTRAP` and
-`REDIS_URL`, then a TOML file (`CONVEYOR_CONFIG`, default `conveyor.toml` when present).
+`REDIS_URL`, then a TOML file (`CONVEYOR_CONFIG`, default `conveyor.toml` when present; a
+file named that does not exist is an error, an empty `CONVEYOR_CONFIG` reads no file).
 Components never read the environment themselves.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -370,11 +372,18 @@ class ModelSettings(_Group):
     """Rows in the warm-up batch."""
 
 
+DEFAULT_METRICS_PORT = 9400
+"""The workers' /metrics, /livez and /readyz port when `observability.metrics_port` is unset."""
+
+
 class ObservabilitySettings(_Group):
     metrics_host: str = "0.0.0.0"
     """Interface of the worker's HTTP endpoint (/metrics, /livez, /readyz)."""
-    metrics_port: int = Field(default=9400, ge=0, le=65535)
-    """Port of that endpoint; 0 picks a free one (several workers on one host)."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of that endpoint. Unset: `DEFAULT_METRICS_PORT` (9400), or a free port when
+    another process holds it (the second worker on a host), logged in one line and announced
+    in Redis like any endpoint. Set: exactly this port, and a worker whose port is taken
+    exits at once with code 5; 0 takes a free port."""
     tenant_label_cap: int = Field(default=50, ge=1)
     """Tenants named in metric labels; the rest are counted as `other`."""
     stuck_after_s: float = Field(default=30.0, gt=0)
@@ -448,13 +457,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = Path(os.environ.get("CONVEYOR_CONFIG", "conveyor.toml"))
-        return (
-            init_settings,
-            env_settings,
-            _WellKnownEnv(settings_cls),
-            TomlConfigSettingsSource(settings_cls, toml_file=config_file),
-        )
+        named = os.environ.get("CONVEYOR_CONFIG")
+        sources = (init_settings, env_settings, _WellKnownEnv(settings_cls))
+        if named == "":  # set and empty: no file at all
+            return sources
+        config_file = Path(named or "conveyor.toml")
+        if named is not None and not config_file.is_file():  # a typo must not go unnoticed
+            raise SettingsError(f"CONVEYOR_CONFIG names {config_file}, which is not a file")
+        return (*sources, TomlConfigSettingsSource(settings_cls, toml_file=config_file))
 
 
 class _WellKnownEnv(PydanticBaseSettingsSource):
@@ -480,6 +490,9 @@ def load_settings(**overrides: Any) -> Settings:
     """Parse the settings once; errors name the field and the bad value (secrets redacted)."""
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        config_file = os.environ.get("CONVEYOR_CONFIG", "conveyor.toml")
+        raise SettingsError(f"config file {config_file} is not valid TOML: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} "

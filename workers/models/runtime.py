@@ -24,6 +24,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from workers.models.executor import PriorityExecutor
+from workers.models.ort_build import log_build
 from workers.models.repository import ModelVersion
 
 if TYPE_CHECKING:
@@ -165,6 +166,7 @@ class ModelRuntime:
     async def start(self) -> None:
         if self._executor is not None:
             raise RuntimeError("ModelRuntime already started")
+        log_build(self.options.providers)  # one line when CUDA was asked for and is missing
         nice = self.options.compute_nice
         # Express threads (top-lane runs only) keep the event loop's priority; the general
         # ones and the loader run at `compute_nice`. Threads a session makes inherit their

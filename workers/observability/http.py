@@ -6,6 +6,7 @@ liveness is judged from a heartbeat it stamps, not from whether this thread answ
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -15,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from workers.exits import PortTakenError
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +30,25 @@ class Health:
 
 
 class ObservabilityServer:
-    """Serves metrics and health on `host:port` (port 0 picks a free one)."""
+    """Serves metrics and health on `host:port` (port 0 picks a free one).
+
+    A taken port raises `PortTakenError`, or with `fallback_to_free` (the port is only the
+    default, not what the operator asked for) the server takes a free port and says so.
+    """
 
     def __init__(
-        self, registry: CollectorRegistry, health: Callable[[], Health], host: str, port: int
+        self,
+        registry: CollectorRegistry,
+        health: Callable[[], Health],
+        host: str,
+        port: int,
+        *,
+        fallback_to_free: bool = False,
     ) -> None:
         self._registry = registry
         self._health = health
         self._address = (host, port)
+        self._fallback_to_free = fallback_to_free
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -71,13 +85,33 @@ class ObservabilityServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # scrapes every few seconds would drown the worker's log
 
-        self._server = ThreadingHTTPServer(self._address, Handler)
+        host, port = self._address
+        try:
+            self._server = ThreadingHTTPServer(self._address, Handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            if not self._fallback_to_free:
+                raise PortTakenError(
+                    f"metrics port {port} on {host} is taken by another process: set "
+                    "observability.metrics_port (CONVEYOR_OBSERVABILITY__METRICS_PORT) to a "
+                    "free port, 0 for any, or unset it"
+                ) from None
+            self._server = ThreadingHTTPServer((host, 0), Handler)
+            log.warning(
+                "metrics port %d is taken (another worker on this host?): /metrics, /livez "
+                "and /readyz on http://%s:%d instead, announced in Redis (conveyor top)",
+                port,
+                host,
+                self.port,
+            )
+        else:
+            log.info("metrics and health on http://%s:%d", host, self.port)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="observability-http", daemon=True
         )
         self._thread.start()
-        log.info("metrics and health on http://%s:%d", self._address[0], self.port)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -55,7 +55,7 @@ def settings_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, Any]) -> S
             m.delenv(name, raising=False)
         for name in [n for n in os.environ if n.startswith("CONVEYOR_")]:
             m.delenv(name)
-        m.setenv("CONVEYOR_CONFIG", str(REPO / "ops" / "no-such-conveyor.toml"))
+        m.setenv("CONVEYOR_CONFIG", "")  # no config file
         for name, value in env.items():
             m.setenv(name, str(value))
         return load_settings()
