@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas import ErrorCode, ErrorResult, InferenceRequest, InferenceResult, Status
+from schemas.frames import decode_frame
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import read_topic, settled_states, tiny_request
 from tests.services import Services
@@ -30,11 +31,11 @@ async def registry(services: Services, pipeline: Pipeline) -> AsyncIterator[Tena
 
 
 async def _lane_topics_holding(pipeline: Pipeline, task_id: str) -> list[str]:
-    """The preprocessed lane topics that carry `task_id` (its key)."""
+    """The preprocessed lane topics whose frames carry `task_id`."""
     found = []
     for topic in pipeline.topics.preprocessed:
         records = await read_topic(pipeline.settings.kafka.bootstrap, topic)
-        if any(dict(r.headers)["conveyor-task-id"].decode() == task_id for r in records):
+        if any(task_id in decode_frame(r.value or b"").task_ids for r in records):
             found.append(topic)
     return found
 

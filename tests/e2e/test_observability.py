@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import InferenceResult, decode_result, headers_for
+from schemas.frames import decode_frame
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import read_topic, tiny_request
 from tests.services import Services
@@ -138,9 +139,9 @@ async def test_one_trace_id_from_request_headers_to_result_headers(
     between = await read_topic(
         pipeline.settings.kafka.bootstrap, pipeline.topics.inferred_of("standard")
     )
-    assert {trace_id(dict(r.headers)["traceparent"].decode()) for r in between} == {
-        trace_id(parent)
-    }
+    traceparents = [tp for r in between for tp in decode_frame(r.value or b"").traceparents]
+    assert traceparents
+    assert {trace_id(tp) for tp in traceparents if tp is not None} == {trace_id(parent)}
 
 
 async def test_top_shows_every_stage_and_tenant(

@@ -52,13 +52,13 @@ class WorkerMetrics:
         r = self.registry
         self.messages_in = Counter(
             "conveyor_messages_in",
-            "Records consumed from the stage's input topic.",
+            "Tasks consumed from the stage's input topic (a frame counts each of its tasks).",
             ["stage", "lane", "tenant"],
             registry=r,
         )
         self.messages_out = Counter(
             "conveyor_messages_out",
-            "Records produced and acknowledged, by kind of output.",
+            "Tasks produced and acknowledged, by kind of output (a frame counts its tasks).",
             ["stage", "kind"],
             registry=r,
         )

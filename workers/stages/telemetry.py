@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Hashable, Mapping, Set
 
 from aiokafka import AIOKafkaConsumer
@@ -33,27 +34,41 @@ class StageTelemetry:
         tenant = self.metrics.tenant(
             getattr(message, "tenant", None) or work.header("conveyor-tenant")
         )
-        self.metrics.messages_in.labels(self.stage, work.lane, tenant).inc()
+        self.metrics.messages_in.labels(self.stage, work.lane, tenant).inc(work.tasks)
 
     def batch_done(self, batch: Batch[Work], fresh: int, output: StageOutput) -> None:
+        """Counts of a delivered batch, summed per label set first: one `labels()` lookup
+        per distinct label set and batch, not one per task."""
         m = self.metrics
         model = _model_label(batch.key)
         m.batch_size.labels(self.stage, model).observe(batch.size)
         m.batch_wait.labels(self.stage).observe(batch.waited_s)
+        served: dict[tuple[str, str], float] = {}
         for work in batch.items:
-            m.served_cost.labels(self.stage, work.lane, m.tenant(work.tenant)).inc(work.cost)
+            served[work.lane, work.tenant] = served.get((work.lane, work.tenant), 0.0) + work.cost
+        for (lane, tenant), cost in served.items():
+            m.served_cost.labels(self.stage, lane, m.tenant(tenant)).inc(cost)
         if skipped := len(batch.items) - fresh:
             m.redelivered.labels(self.stage).inc(skipped)
+        out: Counter[str] = Counter()
         for outgoing in output.outgoing:
-            m.messages_out.labels(self.stage, outgoing.kind).inc()
+            out[outgoing.kind] += outgoing.tasks
+        for kind, count in out.items():
+            m.messages_out.labels(self.stage, kind).inc(count)
+        completed: Counter[tuple[str, str, str]] = Counter()
+        errors: Counter[tuple[str, str, str]] = Counter()
         for done in output.finished:
             tenant = m.tenant(done.tenant)
             pipeline = done.pipeline or "unknown"
-            m.tasks_completed.labels(pipeline, done.status.value, tenant).inc()
+            completed[pipeline, done.status.value, tenant] += 1
             if done.code is not None:
-                m.errors.labels(self.stage, done.code, done.lane, tenant).inc()
+                errors[done.code, done.lane, tenant] += 1
             if done.latency_s is not None:
                 m.end_to_end.labels(pipeline, tenant).observe(done.latency_s)
+        for labels, count in completed.items():
+            m.tasks_completed.labels(*labels).inc(count)
+        for (code, lane, tenant), count in errors.items():
+            m.errors.labels(self.stage, code, lane, tenant).inc(count)
 
     async def sample(
         self,

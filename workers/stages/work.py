@@ -60,6 +60,11 @@ class Work:
         return self.parts[0] == 0
 
     @property
+    def tasks(self) -> int:
+        """Tasks the record carries: a frame's count, else one."""
+        return len(self.message) if isinstance(self.message, Frame) else 1
+
+    @property
     def partition(self) -> TopicPartition:
         return TopicPartition(self.record.topic, self.record.partition)
 
@@ -81,6 +86,8 @@ class Outgoing:
     headers: Headers
     kind: str = "forward"
     """"forward" (to the next stage), "result", "error" or "dead_letter"."""
+    tasks: int = 1
+    """Tasks the record carries (a frame's count)."""
 
 
 @dataclass(frozen=True)
