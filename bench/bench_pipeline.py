@@ -156,6 +156,7 @@ class Deployment:
         counts: dict[str, int],
         extra_env: dict[str, dict[str, str]] | None = None,
         workers: Sequence[tuple[str, dict[str, str]]] = (),
+        profile_dir: Path | None = None,
     ) -> Iterator[WorkerFleet]:
         """Topics created, workers started and ready; every worker stopped on exit. `workers`
         (stage, environment) pairs, when given, are started instead of `counts`."""
@@ -164,7 +165,7 @@ class Deployment:
         )
         asyncio.run(ensure_pipeline_topics(settings))
         env = {**self.env, "CONVEYOR_LOG_LEVEL": "INFO"}  # wait_ready reads "assigned" lines
-        fleet = WorkerFleet(env, self.log_dir / self.prefix)
+        fleet = WorkerFleet(env, self.log_dir / self.prefix, profile_dir)
         try:
             for stage, env in workers:
                 fleet.start(stage, 1, env)

@@ -25,6 +25,7 @@ from schemas import (
     arrays_of,
     decode_result,
 )
+from schemas.frames import decode_frame
 from tests.chaos.poison_model import FEATURES, NAME, POISON_ABOVE, build_poison_classifier
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import read_topic, settled_states
@@ -137,7 +138,7 @@ async def test_chaos_loses_nothing(
     if mode == "exactly_once":
         for topic in (*pipeline.topics.preprocessed, *pipeline.topics.inferred):
             between = await read_topic(bootstrap, topic)
-            seen = Counter(dict(r.headers)["conveyor-task-id"] for r in between)
+            seen = Counter(t for r in between for t in decode_frame(r.value or b"").task_ids)
             assert max(seen.values(), default=1) == 1, (topic, seen.most_common(3))
         assert max(per_task.values()) == 1, per_task.most_common(3)
     else:

@@ -22,19 +22,30 @@ from workers.names import RedisKeys
 FINAL_STATES = frozenset((Status.DONE, *ERROR_STATUSES))
 
 _ADMIT_LUA = """
-local key, task, now, ttl_ms, cap = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-    tonumber(ARGV[4])
+local key, now, ttl_ms, cap = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl_ms)
-if redis.call('ZSCORE', key, task) then
-    return 1
+local count = redis.call('ZCARD', key)
+local admitted, added = {}, false
+for i = 4, #ARGV do
+    local task = ARGV[i]
+    if redis.call('ZSCORE', key, task) then
+        admitted[i - 3] = 1
+    elseif count >= cap then
+        admitted[i - 3] = 0
+    else
+        redis.call('ZADD', key, now, task)
+        count = count + 1
+        added = true
+        admitted[i - 3] = 1
+    end
 end
-if redis.call('ZCARD', key) >= cap then
-    return 0
+if added then
+    redis.call('PEXPIRE', key, ttl_ms)
 end
-redis.call('ZADD', key, now, task)
-redis.call('PEXPIRE', key, ttl_ms)
-return 1
+return admitted
 """
+"""Admits the tasks ARGV[4..] of one tenant (KEYS[1]) in order, as one call per task would:
+1 admitted (or already), 0 refused at the cap."""
 
 
 class TenantQuota:
@@ -60,23 +71,26 @@ class TenantQuota:
         caps = caps or [0] * len(tasks)
         answers = [True] * len(tasks)
         now_ms = int(time.time() * 1000)
-        capped = [
-            (i, tenant, task_id, cap or self.max_pending)
-            for i, ((tenant, task_id), cap) in enumerate(zip(tasks, caps, strict=True))
-            if (cap or self.max_pending) > 0
-        ]
-        if not capped:
+        # One script call per (tenant, cap), with all of its tasks: a tenant's tasks of a
+        # poll are admitted in one step, not one call each.
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, ((tenant, _), cap) in enumerate(zip(tasks, caps, strict=True)):
+            limit = cap or self.max_pending
+            if limit > 0:
+                groups.setdefault((tenant, limit), []).append(i)
+        if not groups:
             return answers
         async with self._redis.pipeline(transaction=False) as pipe:
-            for _, tenant, task_id, cap in capped:
+            for (tenant, limit), indices in groups.items():
                 await self._admit(
                     keys=[self._keys.pending(tenant)],
-                    args=[task_id, now_ms, self._ttl_ms, cap],
+                    args=[now_ms, self._ttl_ms, limit, *(tasks[i][1] for i in indices)],
                     client=pipe,
                 )
             replies = await pipe.execute()
-        for (i, *_), reply in zip(capped, replies, strict=True):
-            answers[i] = bool(int(reply))
+        for indices, reply in zip(groups.values(), replies, strict=True):
+            for i, admitted in zip(indices, reply, strict=True):
+                answers[i] = bool(int(admitted))
         return answers
 
     async def release(self, transitions: Iterable[Transition]) -> None:
@@ -84,9 +98,12 @@ class TenantQuota:
         finals = [t for t in transitions if t.state in FINAL_STATES and t.tenant]
         if not finals:
             return
+        by_tenant: dict[str, list[str]] = {}
+        for t in finals:
+            by_tenant.setdefault(t.tenant or "", []).append(t.task_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for t in finals:
-                pipe.zrem(self._keys.pending(t.tenant or ""), t.task_id)
+            for tenant, task_ids in by_tenant.items():
+                pipe.zrem(self._keys.pending(tenant), *task_ids)
             await pipe.execute()
 
     async def pending(self, tenant: str) -> int:
