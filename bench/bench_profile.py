@@ -40,7 +40,8 @@ class StageProfile:
     cpu_s: float
     """The process's user+system CPU over the burst (/proc)."""
     busy_s: float
-    """Profiled main-thread time outside the event loop's idle wait."""
+    """Profiled main-thread time outside the event loop's idle wait, the process's whole
+    life (start, warm-up and burst): what the shares are of."""
     top: list[tuple[str, float, int]]
     """(function, own seconds, calls), most own time first."""
 
@@ -120,18 +121,20 @@ def report(stages: Sequence[StageProfile], cpu: dict[str, float], tasks: int) ->
     for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {seconds / tasks * 1e6:,.0f} |")
     for stage in stages:
+        per_task_us = stage.cpu_s / tasks * 1e6
         lines += [
             "",
-            f"**{stage.stage}**: {stage.busy_s / tasks * 1e6:,.1f} us of profiled Python per task "
-            f"({stage.cpu_s / tasks * 1e6:,.1f} us CPU per task from /proc)",
+            f"**{stage.stage}**: {per_task_us:,.1f} us CPU per task (/proc, over the burst); "
+            "the functions with the most own time in its profile, their share of the profiled "
+            "busy time and that share of the CPU per task:",
             "",
-            "| function | own us per task | share of busy | calls per task |",
+            "| function | share of busy | ~us per task | calls per task |",
             "| --- | ---: | ---: | ---: |",
         ]
         for label, seconds, calls in stage.top:
             share = seconds / stage.busy_s if stage.busy_s else 0.0
             lines.append(
-                f"| `{label}` | {seconds / tasks * 1e6:,.2f} | {share:.0%} | {calls / tasks:,.2f} |"
+                f"| `{label}` | {share:.1%} | {share * per_task_us:,.1f} | {calls / tasks:,.2f} |"
             )
     return "\n".join(lines)
 

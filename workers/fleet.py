@@ -123,7 +123,12 @@ class WorkerFleet:
             if worker.alive:
                 worker.process.send_signal(sig)
         for worker in self.workers:
-            self.stop(worker, sig, timeout_s)
+            # Signalled once: a second SIGTERM or SIGINT makes a worker exit at once.
+            try:
+                worker.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
         self.workers.clear()
 
     def __enter__(self) -> WorkerFleet:

@@ -9,6 +9,7 @@ the caller decides whether to retry. Retrying is safe: a repeated transition is 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from importlib import resources
 from types import TracebackType
@@ -23,6 +24,14 @@ from workers.ledger.records import Outcome, TaskRecord, Transition, TransitionRe
 from workers.names import RedisKeys
 
 TRANSITION_LUA = resources.files(__package__).joinpath("transition.lua").read_text("utf-8")
+STATES_LUA = """
+local states = {}
+for i, key in ipairs(KEYS) do
+  states[i] = redis.call('HGET', key, 'state')
+end
+return states
+"""
+"""Every task's stored state in one command (false, so nil in the reply, where none)."""
 
 
 class Ledger:
@@ -38,6 +47,7 @@ class Ledger:
         self._keys = keys
         self._ttl_s = ttl_s
         self._script: AsyncScript | None = None
+        self._states: AsyncScript | None = None
         self._started = False
 
     async def start(self) -> None:
@@ -47,10 +57,12 @@ class Ledger:
         self._started = True
         try:
             await self._redis.script_load(TRANSITION_LUA)
+            await self._redis.script_load(STATES_LUA)
         except BaseException:
             self._started = False
             raise
         self._script = self._redis.register_script(TRANSITION_LUA)
+        self._states = self._redis.register_script(STATES_LUA)
 
     async def stop(self) -> None:
         """Stops accepting calls. Idempotent."""
@@ -83,11 +95,16 @@ class Ledger:
         script = self._running_script()
         if not transitions:
             return []
-        keys = [self._keys.task(t.task_id) for t in transitions]
+        keys: list[str] = []
         args: list[str | int] = [self._ttl_s]
-        for t in transitions:
-            fields = t.fields()
-            args += [t.state.value, t.at_ms, len(fields)]
+        # Runs of transitions alike but for their task (a frame's) share one group: its
+        # state, time and fields go once, not once per task.
+        for _, alike in itertools.groupby(transitions, key=Transition.shared):
+            run = list(alike)
+            first = run[0]
+            fields = first.fields()
+            keys += [self._keys.task(t.task_id) for t in run]
+            args += [first.state.value, first.at_ms, len(run), len(fields)]
             for name, value in fields.items():
                 args += [name, value]
         reply = await script(keys=keys, args=args)
@@ -101,14 +118,13 @@ class Ledger:
         ]
 
     async def states(self, task_ids: Sequence[str]) -> dict[str, Status | None]:
-        """The stored state of each task (None when unknown or expired), in one round trip."""
+        """The stored state of each task (None when unknown or expired), in one command."""
         self._running_script()
         if not task_ids:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hget(self._keys.task(task_id), "state")
-            values: list[bytes | str | None] = await pipe.execute()
+        assert self._states is not None, "registered with the transition script"
+        keys = [self._keys.task(task_id) for task_id in task_ids]
+        values: list[bytes | str | None] = await self._states(keys=keys)
         return {
             task_id: None if value is None else Status(text(value))
             for task_id, value in zip(task_ids, values, strict=True)

@@ -85,6 +85,21 @@ class Transition:
         if isinstance(self.at_ms, bool) or not isinstance(self.at_ms, int) or self.at_ms < 0:
             raise ValueError(f"at_ms must be an int >= 0, got {self.at_ms!r}")
 
+    def shared(self) -> tuple[object, ...]:
+        """Everything but the task: equal for transitions the ledger sends as one group."""
+        return (
+            self.state,
+            self.at_ms,
+            self.tenant,
+            self.pipeline,
+            self.stage,
+            self.error_code,
+            self.error_message,
+            self.model_name,
+            self.model_version,
+            self.batch_id,
+        )
+
     def fields(self) -> dict[str, str]:
         """The descriptive hash fields this transition writes when it applies."""
         is_error = self.error_code is not None or self.state in ERROR_STATUSES

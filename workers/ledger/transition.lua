@@ -1,10 +1,13 @@
 -- Applies a batch of task state transitions atomically and monotonically.
 --
+-- Transitions come in groups that share everything but the task (a frame's tasks reaching
+-- one state at one time with the same fields), so a call carries each shared value once.
 -- KEYS[i]  the task hash of transition i (the same key may appear more than once;
 --          transitions are applied in order, each seeing the ones before it).
 -- ARGV[1]  ttl_s, set on every key a transition is applied to.
--- Then, per transition i, in KEYS order:
---   state, at_ms, n, followed by n field/value pairs written only when the transition applies.
+-- Then, per group, in KEYS order:
+--   state, at_ms, k (tasks in the group: the next k KEYS), n, followed by n field/value pairs
+--   written only when a transition applies.
 --
 -- Rank: ACCEPTED 1 < PREPROCESSED 2 < INFERRED 3 < terminal (DONE, FAILED, EXPIRED, REJECTED) 4.
 --   new rank > stored rank      -> APPLIED: state, <state>_at_ms, updated_at_ms, the pairs,
@@ -27,23 +30,28 @@ if not ttl_s or ttl_s < 1 then
   return redis.error_reply('ERR ledger: ttl_s must be >= 1, got ' .. tostring(ARGV[1]))
 end
 
--- Pass 1: validate every argument and every stored state; remember where each record starts.
+-- Pass 1: validate every argument and every stored state; remember each key's group start.
 local starts = {}
 local a = 2
-for i, key in ipairs(KEYS) do
-  local state, at_ms, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+local i = 1
+while i <= #KEYS do
+  local state, at_ms = ARGV[a], tonumber(ARGV[a + 1])
+  local k, n = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   if not RANK[state] then
-    return redis.error_reply('ERR ledger: unknown state ' .. tostring(state) .. ' for ' .. key)
+    return redis.error_reply('ERR ledger: unknown state ' .. tostring(state) .. ' for ' .. KEYS[i])
   end
-  if not at_ms or not n then
-    return redis.error_reply('ERR ledger: malformed arguments for ' .. key)
+  if not at_ms or not k or not n or k < 1 or i + k - 1 > #KEYS then
+    return redis.error_reply('ERR ledger: malformed arguments for ' .. KEYS[i])
   end
-  local stored = redis.call('HGET', key, 'state')
-  if stored and not RANK[stored] then
-    return redis.error_reply('ERR ledger: stored state ' .. stored .. ' unknown in ' .. key)
+  for j = i, i + k - 1 do
+    local stored = redis.call('HGET', KEYS[j], 'state')
+    if stored and not RANK[stored] then
+      return redis.error_reply('ERR ledger: stored state ' .. stored .. ' unknown in ' .. KEYS[j])
+    end
+    starts[j] = a
   end
-  starts[i] = a
-  a = a + 3 + 2 * n
+  i = i + k
+  a = a + 4 + 2 * n
 end
 if a - 1 ~= #ARGV then
   return redis.error_reply('ERR ledger: expected ' .. (a - 1) .. ' arguments, got ' .. #ARGV)
@@ -53,7 +61,7 @@ end
 local out = {}
 for i, key in ipairs(KEYS) do
   local s = starts[i]
-  local state, at_ms, n = ARGV[s], ARGV[s + 1], tonumber(ARGV[s + 2])
+  local state, at_ms, n = ARGV[s], ARGV[s + 1], tonumber(ARGV[s + 3])
   local stored = redis.call('HGET', key, 'state')
   local stored_rank = stored and RANK[stored] or 0
   if RANK[state] > stored_rank then
@@ -66,7 +74,7 @@ for i, key in ipairs(KEYS) do
         fields[#fields + 1] = at_ms
       end
     end
-    for p = s + 3, s + 2 + 2 * n do
+    for p = s + 4, s + 3 + 2 * n do
       fields[#fields + 1] = ARGV[p]
     end
     redis.call('HSET', key, unpack(fields))
