@@ -42,6 +42,7 @@ from aiokafka import ConsumerRecord
 from bench import bench_model
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, encode, headers_for
+from schemas.frames import decode_frame, encode_frame, frame_headers
 from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
 from workers.models.builders.minilm import MODEL_NAME
 from workers.models.events import ModelEvents
@@ -71,6 +72,8 @@ TITLE = "Inference worker batching gain (in process)"
 GPU_TITLE = "Inference worker batching gain on a GPU (in process)"
 BATCH_SIZES = (1, 8, 32, 128)
 CONCURRENCY = 512
+FRAME_TASKS = 32
+"""Tasks per frame by default: what one poll of a busy tenant brings, cut to a batch."""
 SEQUENCE_TOKENS = 32
 MAX_WAIT_MS = 2.0
 """Only a partial batch waits this long; with CONCURRENCY queued every batch fills at once."""
@@ -108,6 +111,8 @@ class Options:
     batch_sizes: tuple[int, ...]
     threads: int
     concurrency: int
+    frame_tasks: int
+    """Tasks per frame the worker consumes (at most the batch size)."""
     duration_s: float
     raw_duration_s: float
     warmup_min_s: float
@@ -137,10 +142,12 @@ class Row:
 
 
 async def preprocessed_records(
-    repository: ModelRepository, topics: Topics, texts: Sequence[str]
+    repository: ModelRepository, topics: Topics, texts: Sequence[str], frame_tasks: int = 1
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """One record per text, made by the real preprocess stage from a one-text request, as
-    the inference worker would consume it from ``<prefix>.preprocessed.standard``."""
+    """Frames of ``frame_tasks`` texts each, made by the real preprocess stage from one-text
+    requests, as the inference worker would consume them from
+    ``<prefix>.preprocessed.standard`` (preprocess makes one frame of what a poll brought;
+    here the poll's frames are cut to ``frame_tasks``)."""
     preprocess = PreprocessStage(topics, repository, LimitsSettings())
     works = []
     for offset, text in enumerate(texts):
@@ -149,13 +156,19 @@ async def preprocessed_records(
         record = _record(topics.requests, offset, encode(request), None, headers_for(request))
         works.append(preprocess.decode(record))
     output = await preprocess.process(works)
-    outgoing = await output.records(None)
+    outgoing = await output.records(None, max_record_bytes=1 << 30)
     wanted = topics.preprocessed_of("standard")
-    if len(outgoing) != len(texts) or any(o.topic != wanted for o in outgoing):
+    frames = [decode_frame(o.value) for o in outgoing if o.topic == wanted]
+    if sum(len(frame) for frame in frames) != len(texts):
         raise RuntimeError(f"preprocess did not forward every text to {wanted}: {outgoing[:1]}")
-    return [
-        _record(o.topic, offset, o.value, o.key, o.headers) for offset, o in enumerate(outgoing)
-    ]
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    for frame in frames:
+        for start in range(0, len(frame), frame_tasks):
+            part = frame.slice(start, min(start + frame_tasks, len(frame)))
+            value = encode_frame(part)
+            key = part.task_ids[0].encode()
+            records.append(_record(wanted, len(records), value, key, frame_headers(part)))
+    return records
 
 
 def _record(
@@ -200,7 +213,8 @@ class _Meter:
     over: asyncio.Event = field(default_factory=asyncio.Event)
 
     def finished(self, items: Sequence[Work], now: float) -> None:
-        self.done += len(items)
+        tasks = sum(work.tasks for work in items)
+        self.done += tasks
         if self.window_start is None:
             warm = self.done >= self.warmup_tasks and now - self.started >= self.warmup_min_s
             if warm:
@@ -208,9 +222,10 @@ class _Meter:
             return
         if self.window_end is not None:
             return  # draining after the window
-        self.tasks += len(items)
+        self.tasks += tasks
         self.batches += 1
-        self.latencies_s.extend(now - work.received_at for work in items)
+        for work in items:
+            self.latencies_s.extend([now - work.received_at] * work.tasks)
         if now - self.window_start >= self.duration_s:
             self.window_end = now
             self.over.set()
@@ -265,11 +280,12 @@ class ClosedLoop:
             self._room.clear()
             if meter.over.is_set():
                 return
-            count, self._free = self._free, 0
-            for _ in range(count):
+            while self._free > 0:  # whole frames: the last may take it a little below 0
                 record = self.records[self._next % len(self.records)]
                 self._next += 1
-                self.batcher.put(self.stage.decode(record))
+                work = self.stage.decode(record)
+                self._free -= work.tasks
+                self.batcher.put(work)
 
     async def _dispatch(self, group: asyncio.TaskGroup, meter: _Meter) -> None:
         """The runner's ``_dispatch``: a batch forms once a slot would take it."""
@@ -287,7 +303,7 @@ class ClosedLoop:
         finally:
             self.slots.give_back(slot)
             self.batcher.tick()
-            self._free += len(batch.items)
+            self._free += sum(work.tasks for work in batch.items)
             self._room.set()
 
 
@@ -340,7 +356,10 @@ async def measure(
 ) -> list[Row]:
     repository = ModelRepository(repository_root)
     topics = Topics(TOPIC_PREFIX)
-    records = await preprocessed_records(repository, topics, texts)
+    made = {
+        size: await preprocessed_records(repository, topics, texts, min(options.frame_tasks, size))
+        for size in options.batch_sizes
+    }
     settings = runtime_settings(options.providers, options.threads, options.runtime)
     raw_model = OnnxModel(version, RuntimeOptions.from_settings(settings))  # the worker's options
     tokenizer = bench_model.tokenizer_of(version)
@@ -369,7 +388,7 @@ async def measure(
                 lifecycle=lifecycle,
                 partitions_per_tenant=lanes.partitions_per_tenant,
             )
-            loop = ClosedLoop(stage, records, options.concurrency, worker, lanes)
+            loop = ClosedLoop(stage, made[batch_size], options.concurrency, worker, lanes)
             # Two rounds of the loop before the window: every measured task entered a
             # queue already in its steady state, not the initial burst.
             meter = _Meter(2 * options.concurrency, options.warmup_min_s, options.duration_s)
@@ -520,7 +539,7 @@ class OpenLoopWorker:
             if work.lane == "realtime" and start <= work.received_at < end:
                 tally.realtime_ms.append((now - work.received_at) * 1000)
             elif work.lane == "bulk" and start <= now < end:
-                tally.bulk_tasks += 1
+                tally.bulk_tasks += work.tasks
         if start <= now < end:
             tally.batches += 1
             tally.rows += batch.size
@@ -771,7 +790,8 @@ def table(rows: Sequence[Row], options: Options, command: str) -> str:
         f"`{MODEL_NAME}` (pooling in graph), one {SEQUENCE_TOKENS}-token sentence per task; "
         f"providers `{','.join(options.providers)}`, {_threads(options)}, "
         f"`batches_in_flight` {WorkerSettings().batches_in_flight}, "
-        f"`max_wait_ms` {MAX_WAIT_MS:g}. Closed loop of {options.concurrency} tasks "
+        f"`max_wait_ms` {MAX_WAIT_MS:g}. Preprocessed frames of up to {options.frame_tasks} "
+        f"tasks (at most the batch size). Closed loop of {options.concurrency} tasks "
         f"outstanding, {options.duration_s:g} s per size after warm-up; latency is decode + put "
         "to outputs encoded (P50 is about outstanding / throughput: a full queue, not idle "
         "latency). Raw: the same batch back to back on a session with the same options, on "
@@ -832,6 +852,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=0, help="intra-op threads per run; 0: cores / runs"
     )
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="tasks outstanding")
+    parser.add_argument(
+        "--frame-tasks",
+        type=int,
+        default=FRAME_TASKS,
+        help="tasks per preprocessed frame (at most the batch size)",
+    )
     parser.add_argument("--duration-s", type=float, default=10.0, help="window per size")
     parser.add_argument("--quick", action="store_true", help="short windows, for a smoke test")
     parser.add_argument("--source", type=Path, help="MiniLM source folder (bench.gpu_source)")
@@ -857,6 +883,7 @@ def options_of(args: argparse.Namespace) -> Options:
         batch_sizes=tuple(args.batch_sizes),
         threads=args.threads,
         concurrency=args.concurrency,
+        frame_tasks=args.frame_tasks,
         duration_s=1.5 if args.quick else args.duration_s,
         raw_duration_s=0.5 if args.quick else 3.0,
         warmup_min_s=0.5 if args.quick else 1.0,

@@ -1,24 +1,25 @@
-"""Where each stage's CPU per task goes: the three workers under cProfile, one tiny-model burst.
+"""Where each stage's CPU per task goes: py-spy on the three workers during a tiny-model burst.
 
-Run with ``.venv/bin/python -m bench.bench_profile [--tasks N]``. Same private stack and
-worker processes as ``bench_pipeline`` (a), each worker started as
-``python -m cProfile -o <instance>.prof -m workers worker STAGE``. After a warm-up it
-publishes ``--tasks`` requests at once, waits for every result, stops the workers (SIGTERM:
-cProfile writes its stats on the clean exit) and reports, per stage: the process's CPU
-seconds per task from ``/proc`` over the burst, the profiled main thread's busy time per task
-(wall time in functions, the event loop's idle wait in ``epoll.poll`` left out), and the
-functions with the most own time per task. Writes between the ``bench:profile`` markers of
-BENCHMARKS.md. cProfile slows Python code down (about 1.5-2x here): read the shares, not the
-absolute times, and take throughput from ``bench_pipeline``.
+Run with ``.venv/bin/python -m bench.bench_profile [--tasks N]`` (py-spy comes with the
+``bench`` extra: ``pip install -e '.[bench]'``; it needs ptrace, which root has). Same private
+stack and worker processes as ``bench_pipeline`` (a), one per stage. After a warm-up,
+``py-spy record`` attaches to each worker (on-CPU samples only, every thread), the burst of
+``--tasks`` requests is published at once and waited for, and the recorders are stopped.
+Per stage it reports the process's CPU per task from ``/proc`` over the burst and how the
+samples split: by area (the package of the innermost Python frame: our stages, the codec,
+aiokafka, redis-py, asyncio, ...) and by function (own time). Writes between the
+``bench:profile`` markers of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import pstats
+import collections
+import shutil
+import signal
+import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,21 @@ from workers.models.builders import build_tiny_classifier
 
 START, END = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
 TOP_FUNCTIONS = 12
-_IDLE = ("poll' of 'select.epoll", "select' of 'select.epoll")
+SAMPLES_PER_S = 250
+AREAS = (
+    ("workers/stages/", "stages (runner, delivery, stage code)"),
+    ("workers/lanes/", "lanes (batcher, DRR, admission)"),
+    ("workers/ledger/", "ledger"),
+    ("workers/observability/", "metrics and tracing"),
+    ("workers/", "other workers code"),
+    ("schemas/", "codec and validation (schemas)"),
+    ("aiokafka/", "aiokafka"),
+    ("redis/", "redis-py"),
+    ("prometheus_client/", "prometheus-client"),
+    ("asyncio/", "asyncio event loop"),
+    ("numpy/", "numpy"),
+    ("msgpack/", "msgpack"),
+)
 
 
 @dataclass(frozen=True)
@@ -39,55 +54,89 @@ class StageProfile:
     stage: str
     cpu_s: float
     """The process's user+system CPU over the burst (/proc)."""
-    busy_s: float
-    """Profiled main-thread time outside the event loop's idle wait, the process's whole
-    life (start, warm-up and burst): what the shares are of."""
-    top: list[tuple[str, float, int]]
-    """(function, own seconds, calls), most own time first."""
+    samples: int
+    areas: list[tuple[str, int]]
+    top: list[tuple[str, int]]
 
 
-def _label(function: tuple[str, int, str]) -> str:
-    filename, line, name = function
-    if filename == "~":
-        return name
-    parts = Path(filename).parts
-    for root in ("workers", "schemas", "aiokafka", "redis", "msgpack", "numpy", "asyncio"):
-        if root in parts:
-            short = "/".join(parts[parts.index(root) :])
-            return f"{short}:{line} {name}"
-    return f"{Path(filename).name}:{line} {name}"
+def _area(frame: str) -> str:
+    for marker, area in AREAS:
+        if marker in frame:
+            return area
+    return "other (builtins, C extensions, stdlib)"
+
+
+def _function(frame: str) -> str:
+    """``name (path/file.py:line)`` shortened to the path from the package root."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("workers/", "schemas/", "aiokafka/", "redis/", "asyncio/", "msgpack/"):
+        if marker in where:
+            where = marker + where.split(marker, 1)[1]
+            break
+    else:
+        where = Path(where).name
+    return f"{name} ({where})"
+
+
+_IDLE = ("select (selectors.py", "Condition.wait (threading.py", "_worker (thread.py")
+"""Innermost frames of a thread waiting (the event loop's poll, an idle executor thread):
+py-spy's own idle filter lets some through; they are not CPU."""
 
 
 def load_profile(path: Path, stage: str, cpu_s: float) -> StageProfile:
-    stats = pstats.Stats(str(path))
-    rows = stats.stats  # type: ignore[attr-defined]
-    total = 0.0
-    idle = 0.0
-    own: list[tuple[str, float, int]] = []
-    for function, (_, calls, tottime, _, _) in rows.items():
-        label = _label(function)
-        total += tottime
-        if any(mark in label for mark in _IDLE):
-            idle += tottime
+    """Aggregate py-spy's raw (collapsed) stacks: innermost frame owns the sample."""
+    areas: collections.Counter[str] = collections.Counter()
+    functions: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
             continue
-        own.append((label, tottime, calls))
-    own.sort(key=lambda row: -row[1])
-    return StageProfile(stage, cpu_s, total - idle, own[:TOP_FUNCTIONS])
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if any(mark in leaf for mark in _IDLE):
+            continue
+        total += int(count)
+        areas[_area(leaf)] += int(count)
+        functions[_function(leaf)] += int(count)
+    return StageProfile(
+        stage, cpu_s, total, areas.most_common(), functions.most_common(TOP_FUNCTIONS)
+    )
 
 
-async def _burst(deployment: bp.Deployment, fleet: WorkerFleet, tasks: int) -> dict[str, float]:
+def _recorders(fleet: WorkerFleet, out: Path) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    spy = shutil.which("py-spy") or str(Path(bp.__file__).parents[1] / ".venv/bin/py-spy")
+    started = []
+    for worker in fleet.workers:
+        command = [
+            spy, "record", "--format", "raw", "--rate", str(SAMPLES_PER_S),
+            "--output", str(out / f"{worker.stage}.txt"), "--pid", str(worker.process.pid),
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append((worker.stage, process))
+    return started
+
+
+async def _burst(
+    deployment: bp.Deployment, fleet: WorkerFleet, tasks: int, out: Path
+) -> dict[str, float]:
     make = bp.tiny_requests(tasks)
     async with Client(deployment.stack.config.kafka_bootstrap, deployment.topics) as client:
         await bp.burst(client, make, 500, 120)  # warm-up
+        recorders = _recorders(fleet, out)
+        await asyncio.sleep(1.0)  # py-spy attached
         before = bp.cpu_snapshot(deployment.stack_pids, fleet)
-        started = time.perf_counter()
         result = await bp.burst(client, make, tasks, max(120.0, tasks / 100))
-        print(
-            f"  {tasks} tasks in {time.perf_counter() - started:.1f} s "
-            f"({result.tasks_per_s:,.0f} tasks/s under cProfile)",
-            flush=True,
-        )
-        return bp.cpu_delta(before, bp.cpu_snapshot(deployment.stack_pids, fleet))
+        cpu = bp.cpu_delta(before, bp.cpu_snapshot(deployment.stack_pids, fleet))
+        for _, recorder in recorders:
+            recorder.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+        for stage, recorder in recorders:
+            _, err = recorder.communicate(timeout=60)
+            if recorder.returncode not in (0, -signal.SIGINT):
+                raise RuntimeError(f"py-spy on {stage} failed: {err.decode()[-500:]}")
+        print(f"  {tasks} tasks at {result.tasks_per_s:,.0f} tasks/s while sampled", flush=True)
+        return cpu
 
 
 def measure(tasks: int) -> tuple[list[StageProfile], dict[str, float]]:
@@ -98,12 +147,10 @@ def measure(tasks: int) -> tuple[list[StageProfile], dict[str, float]]:
         with bp.private_stack(root / "stack") as stack:
             pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
             deployment = bp.Deployment(stack, repository, root / "logs", pids)
-            profiles = root / "profiles"
-            with deployment.fleet({}, profile_dir=profiles) as fleet:
-                cpu = asyncio.run(_burst(deployment, fleet, tasks))
-            # The fleet's exit stopped the workers: their stats are written now.
+            with deployment.fleet({}) as fleet:
+                cpu = asyncio.run(_burst(deployment, fleet, tasks, root))
             stages = [
-                load_profile(profiles / f"{stage}-0.prof", stage, cpu.get(f"{stage} worker(s)", 0))
+                load_profile(root / f"{stage}.txt", stage, cpu.get(f"{stage} worker(s)", 0.0))
                 for stage in STAGES
             ]
     return stages, cpu
@@ -112,8 +159,9 @@ def measure(tasks: int) -> tuple[list[StageProfile], dict[str, float]]:
 def report(stages: Sequence[StageProfile], cpu: dict[str, float], tasks: int) -> str:
     lines = [
         f"Command: `.venv/bin/python -m bench.bench_profile --tasks {tasks}`; one worker per "
-        "stage, `tiny-classify`, every request published at once, the workers under cProfile "
-        "(main thread only). CPU from /proc over the burst; broker and Redis included for scale.",
+        "stage, `tiny-classify`, every request published at once; py-spy samples each worker "
+        f"{SAMPLES_PER_S} times a second while on CPU (every thread). CPU from /proc over the "
+        "burst.",
         "",
         "| process | CPU ms per 1,000 tasks |",
         "| --- | ---: |",
@@ -124,18 +172,19 @@ def report(stages: Sequence[StageProfile], cpu: dict[str, float], tasks: int) ->
         per_task_us = stage.cpu_s / tasks * 1e6
         lines += [
             "",
-            f"**{stage.stage}**: {per_task_us:,.1f} us CPU per task (/proc, over the burst); "
-            "the functions with the most own time in its profile, their share of the profiled "
-            "busy time and that share of the CPU per task:",
+            f"**{stage.stage}**: {per_task_us:,.1f} us CPU per task; where its samples fall "
+            "(innermost frame), as shares and as that share of the CPU per task:",
             "",
-            "| function | share of busy | ~us per task | calls per task |",
-            "| --- | ---: | ---: | ---: |",
+            "| area | share | ~us per task |",
+            "| --- | ---: | ---: |",
         ]
-        for label, seconds, calls in stage.top:
-            share = seconds / stage.busy_s if stage.busy_s else 0.0
-            lines.append(
-                f"| `{label}` | {share:.1%} | {share * per_task_us:,.1f} | {calls / tasks:,.2f} |"
-            )
+        for area, count in stage.areas:
+            share = count / max(1, stage.samples)
+            lines.append(f"| {area} | {share:.1%} | {share * per_task_us:,.1f} |")
+        lines += ["", "| function (own time) | share | ~us per task |", "| --- | ---: | ---: |"]
+        for function, count in stage.top:
+            share = count / max(1, stage.samples)
+            lines.append(f"| `{function}` | {share:.1%} | {share * per_task_us:,.1f} |")
     return "\n".join(lines)
 
 

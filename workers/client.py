@@ -95,7 +95,8 @@ class Client:
             **connection_options(self.connection),
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            # `submit_many` hands over whole record batches: waiting adds only latency.
+            linger_ms=0,
         )
         await start_client(self._producer, self.connection)
         # read_committed: in exactly-once mode a result of an aborted transaction never counts.

@@ -42,9 +42,6 @@ class WorkerFleet:
     env: dict[str, str]
     """CONVEYOR_* / KAFKA_BOOTSTRAP / REDIS_URL for every worker."""
     log_dir: Path
-    profile_dir: Path | None = None
-    """Where each worker writes its cProfile stats (`<instance>.prof`, on a clean exit);
-    None runs workers unprofiled."""
     workers: list[WorkerProcess] = field(default_factory=list)
     _started: dict[str, int] = field(default_factory=dict)
 
@@ -74,12 +71,8 @@ class WorkerFleet:
     def _spawn(self, stage: str, instance_id: str, extra_env: dict[str, str]) -> WorkerProcess:
         log_path = self.log_dir / f"{instance_id}.log"
         with log_path.open("ab") as log:
-            profile: list[str] = []
-            if self.profile_dir is not None:
-                self.profile_dir.mkdir(parents=True, exist_ok=True)
-                profile = ["-m", "cProfile", "-o", str(self.profile_dir / f"{instance_id}.prof")]
             process = subprocess.Popen(
-                [sys.executable, *profile, "-m", "workers", "worker", stage],
+                [sys.executable, "-m", "workers", "worker", stage],
                 env={
                     **os.environ,
                     **_LOCAL,

@@ -51,8 +51,9 @@ class KafkaSettings(_Group):
     """The group evicts a consumer that does not poll within this interval."""
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     """The group evicts a consumer whose heartbeats stop for this long."""
-    linger_ms: int = Field(default=2, ge=0)
-    """Producer batching delay."""
+    linger_ms: int = Field(default=0, ge=0)
+    """Producer batching delay. 0: stages already hand the producer whole batches (one
+    record batch per partition per delivered batch), so waiting would only add latency."""
     compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] | None = None
     """Producer compression; None sends uncompressed."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
