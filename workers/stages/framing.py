@@ -8,6 +8,8 @@ of a frame that cannot be served without failing the rest of it (`fail_rows`).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -182,3 +184,31 @@ def fail_rows(
                 error_message=message,
             )
         )
+
+
+def cut(work: Work, max_rows: int) -> list[Work]:
+    """A frame record's work cut into parts of at most `max_rows` rows (a task larger than
+    that goes alone), views of the frame, sharing one count of unfinished parts: the record's
+    offset is finished once every part is (`Work.finish_part`). One part: `work` itself."""
+    frame = work.message
+    if not isinstance(frame, Frame) or len(frame) < 2 or work.rows <= max_rows:
+        return [work]
+    cuts = [0]
+    rows = 0
+    for i, count in enumerate(frame.row_counts):
+        if rows and rows + count > max_rows:
+            cuts.append(i)
+            rows = 0
+        rows += count
+    cuts.append(len(frame))
+    shared = [len(cuts) - 1]
+    parts = []
+    for start, stop in itertools.pairwise(cuts):
+        part = frame.slice(start, stop)
+        share = part.rows / max(1, work.rows)
+        parts.append(
+            dataclasses.replace(
+                work, message=part, rows=part.rows, cost=work.cost * share, parts=shared
+            )
+        )
+    return parts

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from workers.stages.admission import Admission
 from workers.stages.budget import LatencyBudget
 from workers.stages.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from workers.stages.flow import FlowControl
+from workers.stages.framing import cut
 from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.stages.slots import BatchSlots, SlotKind
 from workers.stages.telemetry import StageTelemetry
@@ -353,33 +353,11 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             self._batcher.put(part)
 
     def _parts(self, work: Work) -> list[Work]:
-        """A frame larger than its key's batch, cut into parts that fit (views, no copies),
-        so a batch never runs past `max_batch_size` because a frame arrived whole."""
-        frame = work.message
-        if not isinstance(frame, Frame) or len(frame) < 2 or not self.delivery.cuts_frames:
+        """A frame larger than its key's batch, cut into parts that fit (see `framing.cut`);
+        not in exactly-once mode, where a frame goes whole into one transaction."""
+        if not isinstance(work.message, Frame) or not self.delivery.cuts_frames:
             return [work]
-        max_rows = self.stage.batching(work.batch_key).max_batch_size
-        if work.rows <= max_rows:
-            return [work]
-        cuts = [0]
-        rows = 0
-        for i, count in enumerate(frame.row_counts):
-            if rows and rows + count > max_rows:
-                cuts.append(i)
-                rows = 0
-            rows += count
-        cuts.append(len(frame))
-        shared = [len(cuts) - 1]
-        parts = []
-        for start, stop in itertools.pairwise(cuts):
-            part = frame.slice(start, stop)
-            share = part.rows / max(1, work.rows)
-            parts.append(
-                dataclasses.replace(
-                    work, message=part, rows=part.rows, cost=work.cost * share, parts=shared
-                )
-            )
-        return parts
+        return cut(work, self.stage.batching(work.batch_key).max_batch_size)
 
     # ---- batches ----------------------------------------------------------------------
 
