@@ -198,6 +198,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 # Below any broker's default record limit (1 MiB), with headroom for the
                 # record's key, headers and batch framing: a frame splits, never bounces.
                 max_record_bytes=min(settings.kafka.max_message_bytes, 1 << 20) - (64 << 10),
+                every_state=settings.redis.ledger_states == "every",
             )
         )
         _install_signals(runner)

@@ -106,6 +106,11 @@ class RedisSettings(_Group):
     """How long the ledger keeps a task after its last transition."""
     claim_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long a claim-checked tensor waits in Redis for the next stage to read it."""
+    ledger_states: Literal["every", "final"] = "every"
+    """What the ledger records of a task: `every` state it passes (PREPROCESSED and INFERRED
+    too: `conveyor status` shows where a task is), or only its `final` one (DONE, FAILED,
+    EXPIRED, REJECTED, with when it was accepted): two ledger writes per task fewer, and a
+    redelivered frame is then run again (at least once) where the ledger would have skipped it."""
     username: str | None = None
     """Redis ACL user (Redis 6+); None: the default user."""
     password: SecretStr | None = None

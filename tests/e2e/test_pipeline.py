@@ -43,6 +43,25 @@ async def test_requests_from_three_tenants_complete_exactly_once(
     assert all(w.alive for w in pipeline.fleet.workers)
 
 
+async def test_the_ledger_may_keep_final_states_only(
+    pipeline: Pipeline, client: Client, ledger: Ledger
+) -> None:
+    final_only = {"CONVEYOR_REDIS__LEDGER_STATES": "final"}
+    for stage in ("preprocess", "inference", "postprocess"):
+        pipeline.fleet.start(stage, extra_env=final_only)
+    requests = [tiny_request(TENANTS[i % 3]) for i in range(300)]
+
+    ids = await client.submit_many(requests)
+    results = await asyncio.gather(*(client.result(i, timeout_s=120) for i in ids))
+
+    assert all(isinstance(r, InferenceResult) for r in results)
+    assert await settled_states(ledger, ids) == {Status.DONE: 300}
+    records = [await ledger.get(task_id) for task_id in ids[:20]]
+    assert all(
+        r is not None and set(r.timestamps_ms) == {Status.ACCEPTED, Status.DONE} for r in records
+    ), records[:1]
+
+
 async def test_a_request_may_pin_a_model_version(pipeline: Pipeline, client: Client) -> None:
     pipeline.fleet.start_all()
     request_v1 = tiny_request("acme", model_version=1)

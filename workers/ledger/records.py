@@ -85,6 +85,10 @@ class Transition:
         if isinstance(self.at_ms, bool) or not isinstance(self.at_ms, int) or self.at_ms < 0:
             raise ValueError(f"at_ms must be an int >= 0, got {self.at_ms!r}")
 
+    @property
+    def is_final(self) -> bool:
+        return self.state is Status.DONE or self.state in ERROR_STATUSES
+
     def shared(self) -> tuple[object, ...]:
         """Everything but the task: equal for transitions the ledger sends as one group."""
         return (

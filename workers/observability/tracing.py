@@ -31,12 +31,13 @@ def _span_id() -> str:
     return f"{random.getrandbits(64) or 1:016x}"
 
 
-def child_of(traceparent: str | None) -> str:
-    """The context a stage forwards: same trace, new span; a new trace when none is valid."""
+def child_of(traceparent: str | None, span_id: str | None = None) -> str:
+    """The context a stage forwards: same trace, new span (`span_id`, else a fresh one); a
+    new trace when none is valid."""
     match = _TRACEPARENT.match(traceparent or "")
     if match is None or match.group(1) == "0" * 32:
         return new_traceparent()
-    return f"00-{match.group(1)}-{_span_id()}-{match.group(3)}"
+    return f"00-{match.group(1)}-{span_id or _span_id()}-{match.group(3)}"
 
 
 def trace_id(traceparent: str | None) -> str | None:
@@ -49,6 +50,15 @@ class Tracer:
 
     def forward(self, stage: str, traceparent: str | None, task_id: str) -> str:
         return child_of(traceparent)
+
+    def forward_frame(
+        self, stage: str, traceparents: Sequence[str | None], task_ids: Sequence[str]
+    ) -> list[str]:
+        """`forward` for every task of a frame. Without spans one span id serves the whole
+        frame (ids need only be unique within a trace, and each task has a trace of its
+        own): one draw per frame, not per task."""
+        span_id = _span_id()
+        return [child_of(traceparent, span_id) for traceparent in traceparents]
 
     @contextlib.contextmanager
     def batch(
@@ -86,6 +96,15 @@ class OtelTracer(Tracer):
         carrier: dict[str, str] = {}
         self._propagator.inject(carrier, context=trace.set_span_in_context(span))
         return carrier.get("traceparent") or child_of(traceparent)
+
+    def forward_frame(
+        self, stage: str, traceparents: Sequence[str | None], task_ids: Sequence[str]
+    ) -> list[str]:
+        """A real span per task, as `forward`."""
+        return [
+            self.forward(stage, traceparent, task_id)
+            for traceparent, task_id in zip(traceparents, task_ids, strict=True)
+        ]
 
     @contextlib.contextmanager
     def batch(

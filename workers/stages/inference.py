@@ -243,16 +243,14 @@ class InferenceStage(AnswersFailures):
             for name in self._forwarded(frame.pipeline)
             if name in frame.tensors
         }
-        tracer = tracing.active()
         inferred = frame.evolve(
             tensors={**outputs, **forwarded},
             model_version=model.version,  # the version that ran, not the one requested
             model_name=model.name,
             batch_id=batch_id,
-            traceparents=[
-                tracer.forward(self.name, traceparent, task_id)
-                for traceparent, task_id in zip(frame.traceparents, frame.task_ids, strict=True)
-            ],
+            traceparents=tracing.active().forward_frame(
+                self.name, frame.traceparents, frame.task_ids
+            ),
             timings_ms={
                 **frame.timings_ms,
                 "inference_queue": [queue_ms] * count,

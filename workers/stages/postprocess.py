@@ -127,7 +127,7 @@ class PostprocessStage(AnswersFailures):
         now_ms = int(time.time() * 1000)
         queue_ms = _queued_ms(work)
         postprocess_ms = (time.perf_counter() - started) * 1000 / max(1, len(frame))
-        tracer = tracing.active()
+        traceparents = tracing.active().forward_frame(self.name, frame.traceparents, frame.task_ids)
         timings = frame.timings_ms
         for i, task_outputs in enumerate(per_task):
             task_id = frame.task_ids[i]
@@ -148,7 +148,7 @@ class PostprocessStage(AnswersFailures):
                     "postprocess_queue": queue_ms,
                     "postprocess": postprocess_ms,
                 },
-                traceparent=tracer.forward(self.name, frame.traceparents[i], task_id),
+                traceparent=traceparents[i],
             )
             output.forward(
                 frame.reply_to[i] or self.topics.results, result, frame.content_types[i], "result"

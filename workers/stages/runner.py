@@ -95,11 +95,14 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         lanes: LaneSettings | None = None,
         weight_of: Callable[[str], float] | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        every_state: bool = True,
     ) -> None:
         """`max_record_bytes`: frames are split to stay below it (the producer's and the
-        topics' limit)."""
+        topics' limit). `every_state` False: the ledger gets a task's final state only, not
+        the one this stage reaches (`redis.ledger_states`)."""
         self.stage = stage
         self._max_record_bytes = max_record_bytes
+        self._every_state = every_state
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -401,8 +404,12 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             run_s = output.model_s or time.perf_counter() - started
             self._budget.ran(batch.key, sum(w.rows for w in fresh), run_s)
             outgoing = await output.records(self.claims, self._max_record_bytes)
+            transitions = output.transitions
+            if not self._every_state:
+                reaches = self.stage.reaches
+                transitions = [t for t in transitions if t.state is not reaches or t.is_final]
             delivered = await self.delivery.deliver(
-                items, outgoing, output.transitions, partial(self._still_ours, items)
+                items, outgoing, transitions, partial(self._still_ours, items)
             )
             if not delivered:
                 log.info(
@@ -411,7 +418,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                 return
             if self.quota is not None:
                 quota = self.quota
-                await self._retry(partial(quota.release, output.transitions), "ledger")
+                await self._retry(partial(quota.release, transitions), "ledger")
             self.processed += len(fresh)
             self.skipped += len(items) - len(fresh)
             self.telemetry.batch_done(batch, len(fresh), output)

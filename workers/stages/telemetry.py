@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Hashable, Mapping, Set
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
@@ -14,6 +15,9 @@ from workers.observability.gpu import GpuSampler
 from workers.observability.http import Health
 from workers.observability.metrics import WorkerMetrics
 from workers.stages.work import StageOutput, Work
+
+_CACHED_LABELS = 4096
+"""Label children kept per counter: tenants beyond the label cap share `other` anyway."""
 
 
 class StageTelemetry:
@@ -28,13 +32,18 @@ class StageTelemetry:
         """Dependencies whose last call failed ("kafka", "ledger"); cleared on success."""
         self.serving = False
         self.gpu = GpuSampler(metrics) if stage == "inference" else None
+        self._taken: dict[tuple[str, str | None], Any] = {}
 
     def taken(self, work: Work) -> None:
         message = work.message
-        tenant = self.metrics.tenant(
-            getattr(message, "tenant", None) or work.header("conveyor-tenant")
-        )
-        self.metrics.messages_in.labels(self.stage, work.lane, tenant).inc(work.tasks)
+        tenant = getattr(message, "tenant", None) or work.header("conveyor-tenant")
+        counter = self._taken.get((work.lane, tenant))
+        if counter is None:  # a labels() lookup once per lane and tenant, not per record
+            label = self.metrics.tenant(tenant)
+            counter = self.metrics.messages_in.labels(self.stage, work.lane, label)
+            if len(self._taken) < _CACHED_LABELS:
+                self._taken[work.lane, tenant] = counter
+        counter.inc(work.tasks)
 
     def batch_done(self, batch: Batch[Work], fresh: int, output: StageOutput) -> None:
         """Counts of a delivered batch, summed per label set first: one `labels()` lookup
