@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy.typing as npt
 
@@ -23,6 +23,20 @@ class Preprocessor(Protocol):
         pipeline: PipelineConfig,
         model: ModelVersion,
     ) -> dict[str, Array]: ...
+
+
+@runtime_checkable
+class BatchPreprocessor(Preprocessor, Protocol):
+    """A preprocessor that also takes many tasks in one call (a poll's requests of one
+    pipeline and model version): one answer per task, its tensors or the error that fails it
+    alone."""
+
+    def many(
+        self,
+        tasks: Sequence[tuple[Mapping[str, Array], Mapping[str, Any]]],
+        pipeline: PipelineConfig,
+        model: ModelVersion,
+    ) -> list[dict[str, Array] | Exception]: ...
 
 
 class Postprocessor(Protocol):

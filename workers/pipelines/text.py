@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from schemas import ContractError, ErrorCode
 from workers.models.repository import ModelVersion, PipelineConfig
@@ -35,35 +35,45 @@ class Tokenize:
         pipeline: PipelineConfig,
         model: ModelVersion,
     ) -> dict[str, Array]:
-        texts = _texts(
-            require(inputs, "text", "inputs"),
-            parameter({}, pipeline, "max_texts", DEFAULT_MAX_TEXTS),
-        )
+        answer = self.many([(inputs, parameters)], pipeline, model)[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def many(
+        self,
+        tasks: Sequence[tuple[Mapping[str, Array], Mapping[str, Any]]],
+        pipeline: PipelineConfig,
+        model: ModelVersion,
+    ) -> list[dict[str, Array] | Exception]:
+        """Every task's texts in one `encode_batch` (the tokenizer's own threads); a task
+        whose texts are refused fails alone."""
+        max_texts = parameter({}, pipeline, "max_texts", DEFAULT_MAX_TEXTS)
         max_length = int(parameter({}, pipeline, "max_sequence_length", 256))
-        truncate = parameter(parameters, pipeline, "truncate", True)
-        if not isinstance(truncate, bool):
-            raise ContractError(
-                ErrorCode.WRONG_TYPE,
-                f"parameters.truncate must be a boolean, got {truncate!r}",
-                "parameters.truncate",
-            )
-        encodings = self._tokenizer(model.asset(TOKENIZER_FILENAME), max_length).encode_batch(texts)
-        if not truncate:
-            for row, encoding in enumerate(encodings):
-                if encoding.overflowing:
-                    raise ContractError(
-                        ErrorCode.INPUT_TOO_LONG,
-                        f"inputs.text[{row}] is longer than {max_length} tokens "
-                        "and truncate is false",
-                        f"inputs.text[{row}]",
-                    )
-        seq = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), seq), dtype=np.int64)
-        mask = np.zeros((len(encodings), seq), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.attention_mask)] = encoding.attention_mask
-        return {"input_ids": ids, "attention_mask": mask}
+        answers: list[dict[str, Array] | Exception] = []
+        texts: list[str] = []
+        spans: list[tuple[int, int, bool]] = []
+        for inputs, parameters in tasks:
+            try:
+                mine = _texts(require(inputs, "text", "inputs"), max_texts)
+                truncate = _truncate(parameters, pipeline)
+            except ContractError as error:
+                answers.append(error)
+                spans.append((0, 0, True))
+                continue
+            answers.append({})
+            spans.append((len(texts), len(texts) + len(mine), truncate))
+            texts.extend(mine)
+        tokenizer = self._tokenizer(model.asset(TOKENIZER_FILENAME), max_length)
+        encodings = tokenizer.encode_batch(texts) if texts else []
+        for i, (start, stop, truncate) in enumerate(spans):
+            if isinstance(answers[i], Exception):
+                continue
+            try:
+                answers[i] = _tensors(encodings[start:stop], truncate, max_length)
+            except ContractError as error:
+                answers[i] = error
+        return answers
 
     def _tokenizer(self, path: Path, max_length: int) -> Tokenizer:
         key = (path, max_length)
@@ -73,6 +83,37 @@ class Tokenize:
             tokenizer.enable_truncation(max_length=max_length)
             self._tokenizers[key] = tokenizer
         return self._tokenizers[key]
+
+
+def _truncate(parameters: Mapping[str, Any], pipeline: PipelineConfig) -> bool:
+    truncate = parameter(parameters, pipeline, "truncate", True)
+    if not isinstance(truncate, bool):
+        raise ContractError(
+            ErrorCode.WRONG_TYPE,
+            f"parameters.truncate must be a boolean, got {truncate!r}",
+            "parameters.truncate",
+        )
+    return truncate
+
+
+def _tensors(encodings: Sequence[Encoding], truncate: bool, max_length: int) -> dict[str, Array]:
+    """One task's `input_ids` and `attention_mask`, its rows padded to its longest text; a
+    text over `max_length` tokens is INPUT_TOO_LONG unless `truncate`."""
+    if not truncate:
+        for row, encoding in enumerate(encodings):
+            if encoding.overflowing:
+                raise ContractError(
+                    ErrorCode.INPUT_TOO_LONG,
+                    f"inputs.text[{row}] is longer than {max_length} tokens and truncate is false",
+                    f"inputs.text[{row}]",
+                )
+    seq = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), seq), dtype=np.int64)
+    mask = np.zeros((len(encodings), seq), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        mask[row, : len(encoding.attention_mask)] = encoding.attention_mask
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _texts(tensor: Array, max_texts: int) -> list[str]:

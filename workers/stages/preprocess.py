@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 
@@ -23,10 +24,11 @@ from workers.lanes.affinity import lane_record_key
 from workers.lanes.intake import TenantTopicSelector
 from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
-from workers.models.repository import ModelRepository
+from workers.models.repository import ModelRepository, ModelVersion, PipelineConfig
 from workers.names import LANES, Topics
 from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
+from workers.pipelines.base import Array, BatchPreprocessor
 from workers.settings import LimitsSettings
 from workers.stages.framing import FrameBuilder
 from workers.stages.identity import AnswersFailures, identify_task
@@ -129,19 +131,38 @@ class PreprocessStage(AnswersFailures):
     async def process(self, batch: list[Work]) -> StageOutput:
         """Every request of the batch preprocessed, the good ones forwarded as frames: one
         per (lane, tenant, pipeline, model, version pin, shape bucket), made of what arrived;
-        nothing waits for a frame to fill."""
+        nothing waits for a frame to fill. Requests of one pipeline and model version are
+        preprocessed together where the preprocessor can (one `encode_batch` for all their
+        texts)."""
         output = StageOutput()
         frames = FrameBuilder()
+        groups: dict[tuple[str, str, int], list[_Resolved]] = {}
         for work in batch:
-            if work.error is not None:
-                self._fail(output, work, work.error, _status_of(work.error))
-                continue
             try:
-                self._preprocess(output, frames, work, work.message)
+                resolved = self._resolve(work)
             except ContractError as error:
                 self._fail(output, work, error, _status_of(error))
-            except Exception as exc:  # a bug in a plug-in fails its task, never the worker
+                continue
+            except Exception as exc:  # a bug fails its task, never the worker
                 self._fail(output, work, internal_error(exc))
+                continue
+            model = resolved.model
+            groups.setdefault((resolved.pipeline.name, model.name, model.version), []).append(
+                resolved
+            )
+        for group in groups.values():
+            started = time.perf_counter()
+            answers = self._run_preprocessor(group)
+            each_ms = (time.perf_counter() - started) * 1000 / len(group)
+            for resolved, answer in zip(group, answers, strict=True):
+                try:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    self._add(output, frames, resolved, answer, each_ms)
+                except ContractError as error:
+                    self._fail(output, resolved.work, error, _status_of(error))
+                except Exception as exc:  # a bug in a plug-in fails its task, never the worker
+                    self._fail(output, resolved.work, internal_error(exc))
         for frame in frames.frames():
             output.forward(
                 self.topics.preprocessed_of(frame.lane),
@@ -150,10 +171,11 @@ class PreprocessStage(AnswersFailures):
             )
         return output
 
-    def _preprocess(
-        self, output: StageOutput, frames: FrameBuilder, work: Work, request: InferenceRequest
-    ) -> None:
-        started = time.perf_counter()
+    def _resolve(self, work: Work) -> _Resolved:
+        """The request's pipeline and model version, once it is known to be worth it."""
+        if work.error is not None:
+            raise work.error
+        request: InferenceRequest = work.message
         now_ms = int(time.time() * 1000)
         if request.deadline_ms is not None and request.deadline_ms <= now_ms:
             raise ContractError(
@@ -162,9 +184,39 @@ class PreprocessStage(AnswersFailures):
                 "deadline_ms",
             )
         pipeline, model = self.repository.resolve(request.pipeline, request.model_version)
-        tensors = self._preprocessor(pipeline.preprocess)(
-            arrays_of(request.inputs), request.parameters, pipeline, model
-        )
+        return _Resolved(work, request, pipeline, model)
+
+    def _run_preprocessor(self, group: list[_Resolved]) -> list[dict[str, Array] | Exception]:
+        """The group's tensors (or its error) per task: one call for all where the
+        preprocessor takes many tasks at once, else one call each."""
+        first = group[0]
+        function = self._preprocessor(first.pipeline.preprocess)
+        if isinstance(function, BatchPreprocessor):
+            tasks = [(arrays_of(r.request.inputs), r.request.parameters) for r in group]
+            try:
+                return function.many(tasks, first.pipeline, first.model)
+            except Exception as exc:  # the whole call failed: each task on its own below
+                if len(group) == 1:
+                    return [exc]
+        answers: list[dict[str, Array] | Exception] = []
+        for r in group:
+            try:
+                answers.append(
+                    function(arrays_of(r.request.inputs), r.request.parameters, r.pipeline, r.model)
+                )
+            except Exception as exc:  # answered per task by the caller
+                answers.append(exc)
+        return answers
+
+    def _add(
+        self,
+        output: StageOutput,
+        frames: FrameBuilder,
+        resolved: _Resolved,
+        tensors: dict[str, Array],
+        preprocess_ms: float,
+    ) -> None:
+        work, request, model = resolved.work, resolved.request, resolved.model
         checked = arrays_of(normalize_tensors(tensors, "tensors"))
         content_type = request.response_content_type or content_type_of(
             work.record.headers, work.record.value or b""
@@ -193,7 +245,7 @@ class PreprocessStage(AnswersFailures):
             parameters=request.parameters,
             timings_ms={
                 "preprocess_queue": max(0.0, (time.monotonic() - work.received_at) * 1000),
-                "preprocess": (time.perf_counter() - started) * 1000,
+                "preprocess": preprocess_ms,
             },
             tensors=checked,
         )
@@ -201,7 +253,7 @@ class PreprocessStage(AnswersFailures):
             Transition(
                 task_id=request.task_id,
                 state=Status.PREPROCESSED,
-                at_ms=now_ms,
+                at_ms=int(time.time() * 1000),
                 tenant=request.tenant,
                 pipeline=request.pipeline,
                 stage=self.name,
@@ -214,6 +266,16 @@ class PreprocessStage(AnswersFailures):
         if name not in self._preprocessors:
             self._preprocessors[name] = preprocessor(name)
         return self._preprocessors[name]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A request past its first checks, with what it runs on."""
+
+    work: Work
+    request: InferenceRequest
+    pipeline: PipelineConfig
+    model: ModelVersion
 
 
 def _status_of(error: ContractError) -> Status:

@@ -179,3 +179,33 @@ def test_truncate_must_be_a_boolean(minilm_pooled: Served, truncate: object) -> 
 
     assert error.code is ErrorCode.WRONG_TYPE
     assert error.field == "parameters.truncate"
+
+
+def test_many_tasks_in_one_call_answer_as_one_call_each(minilm_pooled: Served) -> None:
+    pipeline, model = minilm_pooled
+    pipeline = _with(pipeline, max_sequence_length=8)
+    tasks: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"text": _texts("Hi", "two texts here")}, {}),
+        ({"text": _texts("word " * 7)}, {"truncate": False}),  # too long: fails alone
+        ({"text": _texts(1)}, {}),  # not text: fails alone
+        ({"text": _texts("word " * 7)}, {}),  # truncated
+        ({"nope": _texts("x")}, {}),
+    ]
+    tokenize = Tokenize()
+
+    answers = tokenize.many(tasks, pipeline, model)
+
+    assert len(answers) == len(tasks)
+    codes = [a.code if isinstance(a, ContractError) else None for a in answers]
+    assert codes == [
+        None,
+        ErrorCode.INPUT_TOO_LONG,
+        ErrorCode.WRONG_TYPE,
+        None,
+        ErrorCode.MISSING_FIELD,
+    ]
+    for (inputs, parameters), answer in zip(tasks, answers, strict=True):
+        if isinstance(answer, dict):
+            alone = tokenize(inputs, parameters, pipeline, model)
+            assert answer.keys() == alone.keys()
+            assert all(np.array_equal(answer[k], alone[k]) for k in alone)
