@@ -31,27 +31,35 @@ from workers.names import RedisKeys
 
 _MARGIN_MS = 1000
 
-# KEYS[1]: the bucket. ARGV: emission interval (µs), burst, max delay (µs). Returns the wait
-# in whole µs: 0 admitted, <= max delay booked, > max delay refused (nothing written).
+# KEYS[1]: the bucket. ARGV: emission interval (µs), burst, max delay (µs), requests n.
+# Takes a token for each of the n requests in order, as n calls would. Returns each wait in
+# whole µs: 0 admitted, <= max delay booked, > max delay refused (nothing written for it).
 _TAKE_LUA = f"""
 local interval, burst, max_delay = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then
     tat = now
 end
-local next_tat = tat + interval
-local wait = math.ceil(next_tat - burst * interval - now)
-if wait > max_delay then
-    return wait
+local waits, moved = {{}}, false
+for i = 1, n do
+    local next_tat = tat + interval
+    local wait = math.ceil(next_tat - burst * interval - now)
+    if wait > max_delay then
+        waits[i] = wait
+    else
+        tat = next_tat
+        moved = true
+        waits[i] = math.max(wait, 0)
+    end
 end
-local ttl_ms = math.ceil((next_tat - now) / 1000) + {_MARGIN_MS}
-redis.call('SET', KEYS[1], string.format('%.17g', next_tat), 'PX', ttl_ms)
-if wait < 0 then
-    return 0
+if moved then
+    local ttl_ms = math.ceil((tat - now) / 1000) + {_MARGIN_MS}
+    redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', ttl_ms)
 end
-return wait
+return waits
 """
 
 
@@ -61,7 +69,8 @@ def bucket_size(rate_per_s: float, burst: int) -> int:
 
 
 class RateQuota:
-    """Takes tokens from tenants' shared buckets, one pipelined round trip per batch."""
+    """Takes tokens from tenants' shared buckets: one round trip per batch, one script call
+    per bucket."""
 
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys) -> None:
         self._redis = redis
@@ -91,15 +100,25 @@ class RateQuota:
         limited = [i for i, (_, rate_per_s, _) in enumerate(requests) if rate_per_s > 0]
         if not limited:
             return waits_ms
+        # One script call per bucket with all of its requests: a tenant's requests of a
+        # batch take their tokens in one step, not one call each.
+        buckets: dict[tuple[str, float, int], list[int]] = {}
+        for i in limited:
+            buckets.setdefault(requests[i], []).append(i)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for i in limited:
-                tenant, rate_per_s, burst = requests[i]
+            for (tenant, rate_per_s, burst), indices in buckets.items():
                 await self._take(
                     keys=[self._keys.rate_bucket(tenant)],
-                    args=[1e6 / rate_per_s, bucket_size(rate_per_s, burst), max_delay_ms * 1000],
+                    args=[
+                        1e6 / rate_per_s,
+                        bucket_size(rate_per_s, burst),
+                        max_delay_ms * 1000,
+                        len(indices),
+                    ],
                     client=pipe,
                 )
             answers = await pipe.execute()
-        for i, wait_us in zip(limited, answers, strict=True):
-            waits_ms[i] = int(wait_us) / 1000
+        for indices, waits_us in zip(buckets.values(), answers, strict=True):
+            for i, wait_us in zip(indices, waits_us, strict=True):
+                waits_ms[i] = int(wait_us) / 1000
         return waits_ms
