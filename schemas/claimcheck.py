@@ -23,7 +23,7 @@ from schemas.frames import Frame
 from schemas.messages import Message
 from schemas.tensors import TensorRef, TensorValue, datatype_of, wire_dtype
 
-__all__ = ["ClaimCheck", "claim_key"]
+__all__ = ["ClaimCheck", "claim_key", "has_claims"]
 
 M = TypeVar("M", bound=Message | Frame)
 
@@ -122,6 +122,11 @@ def _rebuild(ref: TensorRef, raw: Any, path: str) -> TensorValue:
     if ref.nbytes == 0:
         return np.empty(ref.shape, dtype)
     return np.frombuffer(raw, dtype=dtype).reshape(ref.shape)
+
+
+def has_claims(message: Message | Frame) -> bool:
+    """Whether any tensor of `message` is claim-checked (resolving it would fetch)."""
+    return any(isinstance(value, TensorRef) for value in _tensors(message).values())
 
 
 def _tensors(message: Message | Frame) -> Mapping[str, TensorValue]:

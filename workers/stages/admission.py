@@ -12,7 +12,6 @@ one Redis round trip for the whole batch.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -161,5 +160,6 @@ def _place(work: Work, policy: TenantPolicy) -> None:
         submitted_ms = min(request.submitted_at_ms, int(time.time() * 1000))
         deadline_ms = submitted_ms + policy.deadline_ms
     if lane != request.priority or deadline_ms != request.deadline_ms:
-        work.message = dataclasses.replace(request, priority=lane, deadline_ms=deadline_ms)
+        # `evolve` checks the two fields it changes; `replace` would check every field again.
+        work.message = request.evolve(priority=lane, deadline_ms=deadline_ms)
     work.lane = lane

@@ -113,8 +113,7 @@ class PreprocessStage(AnswersFailures):
         tenant = self.topics.tenant_of(topic)
         if tenant is None:
             raise ContractError(ErrorCode.INVALID_VALUE, f"{topic!r} is no tenant's topic")
-        fields: dict[str, object] = {"tenant": tenant, "reply_to": self.topics.results_of(tenant)}
-        return dataclasses.replace(request, **fields)  # type: ignore[arg-type]
+        return request.evolve(tenant=tenant, reply_to=self.topics.results_of(tenant))
 
     @property
     def _tenant_topics(self) -> bool:

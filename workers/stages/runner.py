@@ -23,6 +23,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from schemas import ClaimCheck, ContractError, Status
+from schemas.claimcheck import has_claims
 from schemas.frames import Frame
 from workers.kafka.offsets import OffsetTracker
 from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
@@ -464,7 +465,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             return
         for work in items:
             message = work.message
-            if work.error is not None or message is None:
+            if work.error is not None or message is None or not has_claims(message):
                 continue
             try:
                 work.message = await self._retry(partial(claims.resolve, message), "ledger")
