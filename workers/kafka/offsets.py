@@ -54,7 +54,7 @@ def decode_done(commit_point: int, metadata: str | None) -> set[int]:
 
 
 class _PartitionOffsets:
-    __slots__ = ("committed", "done", "highest", "pending", "resumed_done")
+    __slots__ = ("committed", "done", "highest", "pending", "resumed_done", "written_before")
 
     def __init__(self) -> None:
         self.pending: list[int] = []
@@ -62,6 +62,9 @@ class _PartitionOffsets:
         self.highest = -1
         self.committed: OffsetAndMetadata | None = None
         self.resumed_done: set[int] = set()
+        self.written_before: int | None = None
+        """The partition's end when it was assigned: records below it may have been done
+        by a previous owner; None: unknown, so any may have been."""
 
     def commit_point(self) -> int:
         while self.pending and self.pending[0] in self.done:
@@ -80,6 +83,18 @@ class OffsetTracker:
         state = self._partitions.setdefault(tp, _PartitionOffsets())
         if committed is not None and committed.offset >= 0:
             state.resumed_done = decode_done(committed.offset, committed.metadata)
+
+    def assigned_at_end(self, tp: TopicPartition, end_offset: int) -> None:
+        """The partition held `end_offset` records when it was assigned: a record at or
+        above it was written after, so no earlier owner can have done it."""
+        self._partitions.setdefault(tp, _PartitionOffsets()).written_before = end_offset
+
+    def may_be_redelivered(self, tp: TopicPartition, offset: int) -> bool:
+        """Whether an earlier owner may have done this record already (then the ledger is
+        asked); False only for records written after this worker got the partition."""
+        state = self._partitions.get(tp)
+        bound = None if state is None else state.written_before
+        return bound is None or offset < bound
 
     def already_done(self, tp: TopicPartition, offset: int) -> bool:
         """True for a record the partition's last owner finished (its outputs are out)."""

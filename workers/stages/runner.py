@@ -271,6 +271,17 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             commits = await self.consumer._coordinator.fetch_committed_offsets(assigned)
             for tp in assigned:
                 self.offsets.resume(tp, commits.get(tp))
+            # Records written from now on cannot have been done by an earlier owner: the
+            # ledger is asked about the older ones only (see `_skip_finished`).
+            try:
+                ends = await self.consumer.end_offsets(assigned)
+            except KafkaError as exc:
+                log.warning(
+                    "%s: end offsets unknown (%s): every record is checked", self.stage.name, exc
+                )
+            else:
+                for tp, end in ends.items():
+                    self.offsets.assigned_at_end(tp, end)
         log.info(
             "%s: assigned %s",
             self.stage.name,
@@ -351,6 +362,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             return
         work = self.stage.decode(record)
         work.generation = self._generation
+        work.may_be_redelivered = self.offsets.may_be_redelivered(tp, record.offset)
         self._budget.saw(work.lane)
         self.telemetry.taken(work)
         for part in self._parts(work):
@@ -435,15 +447,22 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _skip_finished(self, items: list[Work]) -> list[Work]:
         """Drop redelivered work whose task already got past this stage (for a frame: the
         tasks of it that did; the rest of the frame goes on)."""
-        ids = [task_id for w in items if w.error is None for task_id in _task_ids(w)]
-        if not ids or not self.delivery.skips_redeliveries:
+        if not self.delivery.skips_redeliveries:
+            return items
+        ids = [
+            task_id
+            for w in items
+            if w.error is None and w.may_be_redelivered
+            for task_id in _task_ids(w)
+        ]
+        if not ids:
             return items
         states: dict[str, Status | None] = await self._retry(
             lambda: self.ledger.states(ids), "ledger"
         )
         fresh: list[Work] = []
         for work in items:
-            if work.error is not None:
+            if work.error is not None or not work.may_be_redelivered:
                 fresh.append(work)
                 continue
             left = [

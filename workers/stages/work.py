@@ -48,6 +48,9 @@ class Work:
     """What fair sharing counts for the record: rows, or tokens for models that count them."""
     admitted: bool = False
     """Admission took the record's rate-quota token already (a delayed record comes back)."""
+    may_be_redelivered: bool = True
+    """An earlier owner of the partition may have done this record (see
+    `OffsetTracker.may_be_redelivered`): only then is the ledger asked before the work."""
     parts: list[int] | None = None
     """A frame cut into parts at intake: how many parts of the record are unfinished (one
     list shared by the parts); None for a record taken whole."""
