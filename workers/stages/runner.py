@@ -113,10 +113,18 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.offsets = OffsetTracker()
         self.delivery: Delivery
         if settings.delivery == "exactly_once":
-            self.delivery = ExactlyOnce(producer, ledger, self.offsets, self._retry, group_id)
+            self.delivery = ExactlyOnce(
+                producer,
+                ledger,
+                self.offsets,
+                self._retry,
+                group_id,
+                topics=stage.topics,
+                stage=stage.name,
+            )
         else:
             self.delivery = AtLeastOnce(
-                producer, consumer, ledger, self.offsets, self._retry, stage.name
+                producer, consumer, ledger, self.offsets, self._retry, stage.name, stage.topics
             )
         self._policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_ms / 1000)
         self._blame_to = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
