@@ -407,6 +407,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             # Records of partitions revoked since they were taken are the next owner's now.
             items = [w for w in batch.items if w.generation == self._generation]
+            if self.admission is not None:  # bad reply_to, duplicate ids: before any work
+                await self._retry(partial(self.admission.screen, items), "ledger")
             fresh = await self._skip_finished(items)
             await self._resolve_claims(fresh)
             if self.admission is not None:
