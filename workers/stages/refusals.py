@@ -8,8 +8,9 @@ and the rest of the batch goes on.
   results topic and the result itself to the dead letters;
 - a result too large: FAILED `PAYLOAD_TOO_LARGE`, an error result where the result was to
   go, a dead letter of its headers;
-- an error result whose topic is refused: the same error result on the default results
-  topic (the task failed already, its dead letter is on its way);
+- an error result whose topic is refused, or refused there as too large: the same error
+  result on the default results topic (the task failed already, its dead letter is on its
+  way);
 - a frame between stages too large: each of its tasks FAILED `PAYLOAD_TOO_LARGE`, an error
   result each, one dead letter of its headers;
 - a dead letter too large: sent without its value.
@@ -75,10 +76,13 @@ class Refusals:
         return instead
 
     def _error_elsewhere(self, record: Outgoing, refusal: Refused) -> Outgoing:
-        if refusal.too_large:  # cannot be, an error result is small; answer anew all the same
+        if refusal.too_large and record.topic == self.topics.results:
+            # Too large even for the results topic (a message near its cap): answer anew, short.
             return self._error_result(
-                record.headers, record.topic, ErrorCode.PAYLOAD_TOO_LARGE, refusal.reason
+                record.headers, record.topic, ErrorCode.PAYLOAD_TOO_LARGE, refusal.reason[:256]
             )
+        # A topic that refused it, or one whose records must be smaller than this: the
+        # default results topic takes the same answer.
         return Outgoing(self.topics.results, record.key, record.value, record.headers, "error")
 
     def _fail_result(
