@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from tests.conftest import Namespace
 from tests.e2e.helpers import read_topic
@@ -24,7 +24,13 @@ from workers.kafka.admin import (
     ensure_topics,
 )
 from workers.kafka.clients import connection_options
-from workers.kafka.produce import Record, TopicCheck, _topic_refusal, produce_each
+from workers.kafka.produce import (
+    Record,
+    TopicCheck,
+    _topic_refusal,
+    produce_all,
+    produce_each,
+)
 from workers.settings import KafkaSettings
 from workers.stack.secure import TENANT_USERS
 
@@ -163,3 +169,12 @@ async def test_a_topic_the_principal_may_not_write_is_refused(
     finally:
         await p.stop()
         await delete_topics_with_prefix(admin, prefix)
+
+
+async def test_produce_all_says_which_topic_is_missing_at_once(
+    services: Services, namespace: Namespace, producer: AIOKafkaProducer
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(UnknownTopicOrPartitionError, match="does not exist"):
+        await produce_all(producer, [_record(namespace.topic("nowhere"), "a")])
+    assert time.monotonic() - started < 5

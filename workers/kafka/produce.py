@@ -98,9 +98,13 @@ class RecordsRefused(KafkaError):  # type: ignore[misc]
 
 async def produce_all(producer: AIOKafkaProducer, records: Iterable[Record]) -> None:
     """Produce every record and wait until the broker acknowledged all of them. Raises the
-    first retriable delivery error (the caller retries the whole call), or `RecordsRefused`
-    once the others are delivered."""
+    first retriable delivery error (the caller retries the whole call), or, once the others
+    are delivered, `UnknownTopicOrPartitionError` for a topic that does not exist and
+    `RecordsRefused` for other refusals."""
     refused = await produce_each(producer, records)
+    for refusal in refused:
+        if refusal.reason.endswith("does not exist"):
+            raise UnknownTopicOrPartitionError(refusal.reason)  # what callers know it as
     if refused:
         raise RecordsRefused(refused)
 
