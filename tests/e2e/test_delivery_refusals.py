@@ -24,21 +24,28 @@ from tests.conftest import Namespace
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import read_topic, settled_states, tiny_request
 from tests.services import Services
+from workers.fleet import STAGES
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 async def test_results_a_reply_topic_refuses_fail_alone(
-    services: Services, namespace: Namespace, pipeline: Pipeline, ledger: Ledger
+    services: Services,
+    namespace: Namespace,
+    pipeline: Pipeline,
+    ledger: Ledger,
+    delivery: str,
 ) -> None:
     tight, roomy = f"{namespace.topic_prefix}-tight", f"{namespace.topic_prefix}-roomy"
     await ensure_topics(
         services.kafka_bootstrap,
         [TopicSpec(tight, 1, configs={"max.message.bytes": "200"}), TopicSpec(roomy, 1)],
     )
-    pipeline.fleet.start_all()
+    for stage in STAGES:
+        pipeline.fleet.start(stage, 1, {"CONVEYOR_WORKER__DELIVERY": delivery})
     requests = {
         "tight": [tiny_request("acme", reply_to=tight) for _ in range(5)],
         "roomy": [tiny_request("acme", reply_to=roomy) for _ in range(5)],

@@ -35,6 +35,7 @@ from tests.conftest import Namespace
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import FEATURES, read_topic, settled_states
 from tests.services import Services
+from workers.fleet import STAGES
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.ledger import Ledger
 
@@ -279,12 +280,18 @@ async def _good_latencies_s(
     return sorted(done_at.values())
 
 
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 async def test_hostile_requests_fail_alone_and_good_ones_are_served(
-    services: Services, namespace: Namespace, pipeline: Pipeline, ledger: Ledger
+    services: Services,
+    namespace: Namespace,
+    pipeline: Pipeline,
+    ledger: Ledger,
+    delivery: str,
 ) -> None:
     replies = f"{namespace.topic_prefix}-client-replies"  # a client's own topic
     await ensure_topics(services.kafka_bootstrap, [TopicSpec(replies, 1)])
-    pipeline.fleet.start_all()
+    for stage in STAGES:
+        pipeline.fleet.start(stage, 1, {"CONVEYOR_WORKER__DELIVERY": delivery})
     await asyncio.to_thread(pipeline.fleet.wait_ready)
     pids = [w.process.pid for w in pipeline.fleet.workers]
     urls = await _readyz_urls(services, pipeline)
