@@ -39,6 +39,12 @@ class ErrorCode(enum.StrEnum):
     INFERENCE_FAILED = "INFERENCE_FAILED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     UNKNOWN_TENANT = "UNKNOWN_TENANT"
+    DUPLICATE_ID = "DUPLICATE_ID"
+    """A request reused a task id already taken by another request (the first one's answer
+    and ledger record stand; the duplicate is answered with this and dead-lettered)."""
+    UNDELIVERABLE = "UNDELIVERABLE"
+    """The task's answer could not be written where it had to go (its ``reply_to`` topic
+    vanished or may not be written): the error result goes to the default results topic."""
     INTERNAL = "INTERNAL"
 
 

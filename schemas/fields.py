@@ -32,9 +32,20 @@ __all__ = [
     "MSGPACK",
     "Field",
     "Kind",
+    "Priority",
     "TensorKey",
     "tensor_json_schema",
 ]
+
+
+class Priority(enum.StrEnum):
+    """A request's priority lane (a closed set, highest first); a tenant may ask for a lane
+    lower than its class, never a higher one."""
+
+    REALTIME = "realtime"
+    STANDARD = "standard"
+    BULK = "bulk"
+
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -137,7 +148,9 @@ class Field:
             )
         if raw not in self.choices:
             raise ContractError.at(
-                ErrorCode.INVALID_VALUE, self.name, f"{raw!r} not one of {list(self.choices)}"
+                ErrorCode.INVALID_VALUE,
+                self.name,
+                f"{raw!r} not one of {[str(c) for c in self.choices]}",
             )
         return self.enum(raw)
 
@@ -268,9 +281,13 @@ def _check_content_type(field: Field, value: Any) -> Any:
 
 
 def _check_enum(field: Field, value: Any) -> Any:
+    if field.enum is not None and type(value) is str and value in field.choices:
+        return field.enum(value)  # a plain string of the set (a caller's "bulk")
     if field.enum is None or not isinstance(value, field.enum) or value not in field.choices:
         raise ContractError.at(
-            ErrorCode.INVALID_VALUE, field.name, f"{value!r} not one of {list(field.choices)}"
+            ErrorCode.INVALID_VALUE,
+            field.name,
+            f"{value!r} not one of {[str(c) for c in field.choices]}",
         )
     return value
 

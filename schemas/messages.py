@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import numpy as np
 
 from schemas.errors import ErrorCode
-from schemas.fields import Field, Kind, Validator
+from schemas.fields import Field, Kind, Priority, Validator
 from schemas.tensors import TensorValue, datatype_of
 
 __all__ = [
@@ -235,7 +235,7 @@ def _common(tenant_required: bool = True) -> tuple[Field, ...]:
 _PIPELINE = Field("pipeline", Kind.NAME, required=True)
 _PARAMETERS = Field("parameters", Kind.PARAMS)
 _MODEL_VERSION = Field("model_version", Kind.VERSION, nullable=True)
-_PRIORITY = Field("priority", Kind.NAME, nullable=True, max_len=32)
+_PRIORITY = Field("priority", Kind.ENUM, nullable=True, enum=Priority, choices=tuple(Priority))
 _DEADLINE = Field("deadline_ms", Kind.COUNT, nullable=True)
 _REPLY_TO = Field("reply_to", Kind.TOPIC, nullable=True)
 _TRACEPARENT = Field("traceparent", Kind.TRACEPARENT, nullable=True)

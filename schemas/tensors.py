@@ -107,8 +107,16 @@ def wire_dtype(datatype: str, field: str) -> np.dtype[Any]:
     try:
         return NUMERIC_DATATYPES[datatype]
     except (KeyError, TypeError):
+        if not isinstance(datatype, str):
+            raise ContractError.at(
+                ErrorCode.WRONG_TYPE, field, f"expected a string, got {type(datatype).__name__}"
+            ) from None
+        if datatype not in DATATYPES:  # a closed set: name what it holds
+            raise ContractError.at(
+                ErrorCode.INVALID_VALUE, field, f"{datatype!r} not one of {list(DATATYPES)}"
+            ) from None
         raise ContractError.at(
-            ErrorCode.DTYPE_MISMATCH, field, f"unsupported datatype {datatype!r}"
+            ErrorCode.DTYPE_MISMATCH, field, f"unsupported datatype {datatype!r} here"
         ) from None
 
 

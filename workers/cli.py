@@ -15,7 +15,7 @@ from workers.exits import CommandError, ExitCode, explain
 from workers.models.repository import RepositoryError
 from workers.settings import DEFAULT_METRICS_PORT, Settings, SettingsError, load_settings
 from workers.stack import NativeStack, StackConfig, StackError
-from workers.stack.secure import ADMIN_USER, KAFKA_MECHANISM, REDIS_USER, SecureAccess
+from workers.stack.secure import SecureAccess, client_exports
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -36,17 +36,8 @@ def stack_config(settings: Settings) -> StackConfig:
 def _print_secure_settings(config: StackConfig, access: SecureAccess) -> None:
     """How a worker or client reaches the secured stack (paths to secrets, never secrets)."""
     print("secured: export these for workers and clients (as the admin user):")
-    for name, value in (
-        ("KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
-        ("KAFKA__SASL_MECHANISM", KAFKA_MECHANISM),
-        ("KAFKA__SASL_USERNAME", ADMIN_USER),
-        ("KAFKA__SASL_PASSWORD_FILE", access.password_file(ADMIN_USER)),
-        ("REDIS__URL", config.redis_url),
-        ("REDIS__USERNAME", REDIS_USER),
-        ("REDIS__PASSWORD_FILE", access.password_file(REDIS_USER)),
-        ("REDIS__SSL_CA_CERTS", access.ca_file),
-    ):
-        print(f"  export CONVEYOR_{name}={value}")
+    for line in client_exports(config.kafka_bootstrap, config.redis_url, access):
+        print(f"  {line}")
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:

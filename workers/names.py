@@ -84,6 +84,10 @@ class Topics:
         tenant = topic[len(head) :]
         return tenant if TENANT_RE.fullmatch(tenant) else None
 
+    def is_own(self, topic: str) -> bool:
+        """Whether `topic` is under Conveyor's prefix (its pipeline's or a tenant's)."""
+        return topic == self.prefix or topic.startswith(f"{self.prefix}.")
+
     def tenant_topics(self, tenant: str) -> tuple[str, str]:
         return self.requests_of(tenant), self.results_of(tenant)
 
@@ -142,6 +146,10 @@ class RedisKeys:
     def worker(self, instance_id: str) -> str:
         """Hash announcing one live worker (stage, metrics URL); expires unless refreshed."""
         return f"{self.prefix}worker:{instance_id}"
+
+    def claim(self, task_id: str) -> str:
+        """Which Kafka record (topic/partition/offset) first used a task id (duplicates)."""
+        return f"{self.prefix}claim:{task_id}"
 
     def workers_pattern(self) -> str:
         return f"{self.prefix}worker:*"

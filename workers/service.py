@@ -19,9 +19,12 @@ from schemas import ClaimCheck
 from workers.control import ControlListener
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import client_id, make_consumer, make_producer, start_client
+from workers.kafka.produce import TopicCheck
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory
+from workers.lanes.replies import ReplyTopics
 from workers.ledger import Ledger
+from workers.ledger.claims import TaskClaims
 from workers.ledger.connection import redis_client as connect_redis
 from workers.ledger.quota import TenantQuota
 from workers.models.events import ModelEvents
@@ -143,8 +146,25 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         stage: Stage
         admission = None
         group = topics.group_of(stage_name, w.lanes)
+        transactional_id = None
+        if w.delivery == "exactly_once":
+            transactional_id = f"{group}.{w.instance_id or instance}"
+        producer = make_producer(
+            settings.kafka, stage_name, transactional_id, w.transaction_timeout_ms
+        )
+        await start_client(producer, settings.kafka)
+        stack.push_async_callback(producer.stop)
         if stage_name == "preprocess":
-            admission = Admission(directory, RateQuota(redis, keys), quota, settings.lanes)
+            admission = Admission(
+                directory,
+                RateQuota(redis, keys),
+                quota,
+                settings.lanes,
+                replies=ReplyTopics(
+                    TopicCheck(producer, settings.limits.reply_topic_check_ttl_s), topics
+                ),
+                claims=TaskClaims(redis, keys, settings.redis.task_ttl_s),
+            )
             stage = PreprocessStage(
                 topics,
                 repository,
@@ -164,14 +184,6 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             stage = PostprocessStage(
                 topics, repository, limits, w.max_batch_size, w.max_wait_ms, w.lanes
             )
-        transactional_id = None
-        if w.delivery == "exactly_once":
-            transactional_id = f"{group}.{w.instance_id or instance}"
-        producer = make_producer(
-            settings.kafka, stage_name, transactional_id, w.transaction_timeout_ms
-        )
-        await start_client(producer, settings.kafka)
-        stack.push_async_callback(producer.stop)
         consumer = make_consumer(settings.kafka, stage_name, group, w.instance_id)
         await start_client(consumer, settings.kafka)
         stack.push_async_callback(consumer.stop)

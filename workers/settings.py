@@ -243,6 +243,9 @@ class LimitsSettings(_Group):
     pending_ttl_s: int = Field(default=3600, ge=1)
     """A pending task not seen final within this long stops counting (a lost task must not
     hold its tenant's quota forever)."""
+    reply_topic_check_ttl_s: float = Field(default=30.0, ge=0)
+    """How long preprocess trusts its check of a `reply_to` topic (exists, writable, not
+    internal): a topic created or granted later is accepted after at most this long."""
 
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(

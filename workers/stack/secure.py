@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -49,6 +50,24 @@ class SecureAccess:
 
     def password(self, user: str) -> str:
         return self.password_file(user).read_text().strip()
+
+
+def client_exports(kafka_bootstrap: str, redis_url: str, access: SecureAccess) -> list[str]:
+    """Shell lines a worker or client runs to reach the secured stack, as the admin user:
+    the broker's address and every security setting (paths to secrets, never secrets).
+    `CONVEYOR_*` variables win over `KAFKA_BOOTSTRAP` / `REDIS_URL` set elsewhere."""
+    values = [
+        ("KAFKA__BOOTSTRAP", kafka_bootstrap),
+        ("KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ("KAFKA__SASL_MECHANISM", KAFKA_MECHANISM),
+        ("KAFKA__SASL_USERNAME", ADMIN_USER),
+        ("KAFKA__SASL_PASSWORD_FILE", str(access.password_file(ADMIN_USER))),
+        ("REDIS__URL", redis_url),
+        ("REDIS__USERNAME", REDIS_USER),
+        ("REDIS__PASSWORD_FILE", str(access.password_file(REDIS_USER))),
+        ("REDIS__SSL_CA_CERTS", str(access.ca_file)),
+    ]
+    return [f"export CONVEYOR_{name}={shlex.quote(value)}" for name, value in values]
 
 
 def prepare(directory: Path) -> SecureAccess:

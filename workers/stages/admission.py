@@ -1,5 +1,9 @@
 """Admission: preprocess's gate between a tenant's request and the pipeline's capacity.
 
+First, before anything else looks at a request (`screen`): its `reply_to` must be a topic
+answers may go to (`ReplyTopics`; otherwise REJECTED `UNDELIVERABLE`, answered on the
+default results topic), and its task id must not be taken by another request (`TaskClaims`;
+otherwise REJECTED `DUPLICATE_ID`, the first request's ledger record untouched). Then,
 In order, for each new request of a batch: the tenant's policy (unknown tenants get the
 default policy or are REJECTED with UNKNOWN_TENANT, by configuration), its lane (the
 tenant's class; a request may ask for a lower lane, never a higher one) and its default
@@ -19,6 +23,8 @@ from dataclasses import dataclass, field
 from schemas import ContractError, ErrorCode, InferenceRequest
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory, TenantPolicy
+from workers.lanes.replies import ReplyTopics
+from workers.ledger.claims import TaskClaims
 from workers.ledger.quota import TenantQuota
 from workers.names import LANES
 from workers.settings import LaneSettings
@@ -46,7 +52,11 @@ class Admission:
         pending: TenantQuota,
         settings: LaneSettings,
         clock: Callable[[], float] = time.monotonic,
+        replies: ReplyTopics | None = None,
+        claims: TaskClaims | None = None,
     ) -> None:
+        self.replies = replies
+        self.claims = claims
         self.directory = directory
         self.rate = rate
         self.pending = pending
@@ -64,6 +74,32 @@ class Admission:
     def is_full(self, tenant: str) -> bool:
         """Found at its cap on tasks in flight within the last `cap_retry_ms` (delay mode)."""
         return self._full_until.get(tenant, 0.0) > self._clock()
+
+    async def screen(self, items: list[Work]) -> None:
+        """Refuse requests whose `reply_to` may not be answered on, then those reusing a task
+        id another record took (`work.error`); before any other work, redeliveries included
+        (a redelivered record finds its own claim)."""
+        requests = [w for w in items if w.error is None and isinstance(w.message, InferenceRequest)]
+        if self.replies is not None:
+            for work in requests:
+                request: InferenceRequest = work.message
+                reason = await self.replies.refusal(request.reply_to, request.tenant)
+                if reason is not None:
+                    # Answered on the default results topic: never where it may not go.
+                    work.message = request.evolve(reply_to=None)
+                    work.error = ContractError(ErrorCode.UNDELIVERABLE, reason, "reply_to")
+        if self.claims is None:
+            return
+        claiming = [w for w in requests if w.error is None]
+        owned = await self.claims.claim([(w.message.task_id, _source(w)) for w in claiming])
+        for work, ours in zip(claiming, owned, strict=True):
+            if not ours:
+                work.error = ContractError(
+                    ErrorCode.DUPLICATE_ID,
+                    f"task id {work.message.task_id!r} is already taken by another request; "
+                    "its answer stands (use a new id for a new request)",
+                    "id",
+                )
 
     async def admit(self, items: list[Work]) -> Holds:
         """Refuse what must be refused (`work.error`), place the rest in their lanes; returns
@@ -146,6 +182,11 @@ class Admission:
                 "some finish",
             )
         return held
+
+
+def _source(work: Work) -> str:
+    record = work.record
+    return f"{record.topic}/{record.partition}/{record.offset}"
 
 
 def _place(work: Work, policy: TenantPolicy) -> None:

@@ -11,6 +11,12 @@ transactional id is stable per worker instance, so a restarted instance fences t
 and aborts its open transaction at once instead of waiting for the transaction timeout.
 The ledger is written inside the transaction, before the commit: a redelivery after an
 abort rewrites the same transitions (the ledger counts them as duplicates).
+
+Delivery errors are classified where records are produced (`workers.kafka.produce`):
+retriable ones (the broker down, a leader moving, a timeout) are retried without end, the
+worker not ready meanwhile; a refusal that belongs to one record or topic (a `reply_to`
+topic missing, not writable or internal, a record too large) fails that record's tasks only
+(`workers.stages.refusals`) and the rest of the batch is delivered.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
 from workers.kafka.offsets import OffsetTracker
-from workers.kafka.produce import produce_all
+from workers.kafka.produce import TopicCheck, produce_each
 from workers.ledger import Ledger, Transition
+from workers.names import Topics
+from workers.stages.refusals import Refusals
 from workers.stages.work import Outgoing, Work
 
 log = logging.getLogger(__name__)
@@ -68,8 +76,40 @@ class Delivery(Protocol):
         ...
 
 
-async def _send_all(producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> None:
-    await produce_all(producer, ((o.topic, o.key, o.value, o.headers) for o in outgoing))
+_MAX_ROUNDS = 4
+"""Refused records are answered by others (error results, dead letters), which could be
+refused in turn (a dead letter too large): a few rounds at most."""
+
+
+class _Sender:
+    """Produces a batch's records; records refused for good are replaced by their tasks'
+    failure answers (`Refusals`), the refused tasks' ledger moves by FAILED, in place."""
+
+    def __init__(self, producer: AIOKafkaProducer, topics: Topics | None, stage: str) -> None:
+        self.producer = producer
+        self.check = TopicCheck(producer)
+        self.refusals = Refusals(topics, stage) if topics is not None else None
+
+    async def send(self, outgoing: list[Outgoing], transitions: list[Transition]) -> list[Outgoing]:
+        """Sends `outgoing`, then what replaces the refused records; returns every record
+        delivered in the end (`outgoing` less the refused, plus their replacements)."""
+        delivered: list[Outgoing] = []
+        pending = outgoing
+        for _ in range(_MAX_ROUNDS):
+            refused = await produce_each(
+                self.producer, ((o.topic, o.key, o.value, o.headers) for o in pending), self.check
+            )
+            gone = {r.index for r in refused}
+            delivered += [o for i, o in enumerate(pending) if i not in gone]
+            if not refused:
+                return delivered
+            if self.refusals is None:
+                raise KafkaError("; ".join(r.reason for r in refused))
+            for refusal in refused:
+                log.warning("%s record refused: %s", pending[refusal.index].kind, refusal.reason)
+            pending = self.refusals.answer(refused, pending, transitions)
+        log.error("records still refused after %d rounds: dropped", _MAX_ROUNDS)
+        return delivered
 
 
 class AtLeastOnce:
@@ -86,9 +126,13 @@ class AtLeastOnce:
         offsets: OffsetTracker,
         retry: Retry,
         stage: str,
+        topics: Topics | None = None,
     ) -> None:
+        """`topics`: where refused records' tasks are answered (without it, a refused record
+        is retried like a broker outage)."""
         self.producer, self.consumer, self.ledger = producer, consumer, ledger
         self.offsets, self.retry, self.stage = offsets, retry, stage
+        self._sender = _Sender(producer, topics, stage)
 
     async def deliver(
         self,
@@ -102,7 +146,7 @@ class AtLeastOnce:
         if outgoing:
             # The idempotent producer makes a resend after a timeout safe within its session;
             # across sessions the ledger absorbs the repeat.
-            await self.retry(lambda: _send_all(self.producer, outgoing), "kafka")
+            await self.retry(lambda: self._sender.send(outgoing, transitions), "kafka")
         if transitions:
             await self.retry(lambda: self._record(transitions), "ledger")
         for work in items:
@@ -142,9 +186,12 @@ class ExactlyOnce:
         offsets: OffsetTracker,
         retry: Retry,
         group_id: str,
+        topics: Topics | None = None,
+        stage: str = "",
     ) -> None:
         self.producer, self.ledger, self.offsets = producer, ledger, offsets
         self.retry, self.group_id = retry, group_id
+        self._sender = _Sender(producer, topics, stage or group_id)
         # One producer runs one transaction at a time; batches queue for it in turn.
         self._turn = asyncio.Lock()
 
@@ -188,7 +235,10 @@ class ExactlyOnce:
         offsets = self.offsets.to_commit()
         try:
             await self.producer.begin_transaction()
-            await _send_all(self.producer, outgoing)
+            # Refused records never reach the broker (checked before sending), except one the
+            # broker judges too large: that fails its batch, and so the transaction, which is
+            # tried again with the replacement (`outgoing` now holds what was delivered).
+            outgoing[:] = await self._sender.send(outgoing, transitions)
             if transitions:
                 await self.retry(lambda: self._record(transitions), "ledger")
             if offsets:

@@ -277,9 +277,17 @@ class _Resolved:
     model: ModelVersion
 
 
+_REJECTED = (
+    ErrorCode.QUOTA_EXCEEDED,
+    ErrorCode.UNKNOWN_TENANT,
+    ErrorCode.UNDELIVERABLE,
+    ErrorCode.DUPLICATE_ID,
+)
+
+
 def _status_of(error: ContractError) -> Status:
     if error.code == ErrorCode.DEADLINE_EXCEEDED:
         return Status.EXPIRED
-    if error.code in (ErrorCode.QUOTA_EXCEEDED, ErrorCode.UNKNOWN_TENANT):
+    if error.code in _REJECTED:
         return Status.REJECTED
     return Status.FAILED

@@ -117,10 +117,18 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self.offsets = OffsetTracker()
         self.delivery: Delivery
         if settings.delivery == "exactly_once":
-            self.delivery = ExactlyOnce(producer, ledger, self.offsets, self._retry, group_id)
+            self.delivery = ExactlyOnce(
+                producer,
+                ledger,
+                self.offsets,
+                self._retry,
+                group_id,
+                topics=stage.topics,
+                stage=stage.name,
+            )
         else:
             self.delivery = AtLeastOnce(
-                producer, consumer, ledger, self.offsets, self._retry, stage.name
+                producer, consumer, ledger, self.offsets, self._retry, stage.name, stage.topics
             )
         self._policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_ms / 1000)
         self._blame_to = FailureTarget(stage.name, stage.topics.results, stage.topics.dlq)
@@ -393,6 +401,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             # Records of partitions revoked since they were taken are the next owner's now.
             items = [w for w in batch.items if w.generation == self._generation]
+            if self.admission is not None:  # bad reply_to, duplicate ids: before any work
+                await self._retry(partial(self.admission.screen, items), "ledger")
             fresh = await self._skip_finished(items)
             await self._resolve_claims(fresh)
             if self.admission is not None:

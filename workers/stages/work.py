@@ -245,6 +245,8 @@ def fail(
     output.finished.append(
         Finished(identity.pipeline, identity.tenant, identity.lane, status, error.code.value)
     )
+    if error.code is ErrorCode.DUPLICATE_ID:
+        return  # the ledger record (and quota slot) are the first request's, not this one's
     output.transitions.append(
         Transition(
             task_id=identity.task_id,

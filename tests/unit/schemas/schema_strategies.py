@@ -18,6 +18,7 @@ from schemas import (
     StageMessage,
     Status,
 )
+from schemas.fields import Priority
 
 NUMERIC_DTYPES = [
     np.dtype(name)
@@ -91,7 +92,7 @@ def requests(*, finite: bool = True) -> st.SearchStrategy[InferenceRequest]:
         inputs=tensors(finite=finite),
         parameters=parameters,
         model_version=st.none() | st.integers(1, 2**63 - 1),
-        priority=st.none() | names,
+        priority=st.none() | st.sampled_from([p.value for p in Priority]),
         deadline_ms=st.none() | timestamps,
         reply_to=st.none() | topics,
         traceparent=st.none() | traceparents,
@@ -110,7 +111,7 @@ def stage_messages(*, finite: bool = True) -> st.SearchStrategy[StageMessage]:
         tensors=tensors(finite=finite),
         model_version=st.none() | st.integers(1, 2**63 - 1),
         model_name=st.none() | names,
-        priority=st.none() | names,
+        priority=st.none() | st.sampled_from([p.value for p in Priority]),
         deadline_ms=st.none() | timestamps,
         reply_to=st.none() | topics,
         traceparent=st.none() | traceparents,

@@ -83,7 +83,7 @@ JSON_CASES: list[tuple[str, bytes, ErrorCode, str | None]] = [
     (
         "unknown datatype",
         json_bytes(with_tensor(1, datatype="FP128")),
-        ErrorCode.DTYPE_MISMATCH,
+        ErrorCode.INVALID_VALUE,
         "inputs[1].datatype",
     ),
     (
@@ -318,7 +318,7 @@ MSGPACK_CASES: list[tuple[str, bytes, ErrorCode, str | None]] = [
     (
         "bad dtype",
         tensor_frame(datatype="COMPLEX64"),
-        ErrorCode.DTYPE_MISMATCH,
+        ErrorCode.INVALID_VALUE,
         "inputs[0].datatype",
     ),
     (

@@ -1,0 +1,52 @@
+"""Task ids are claimed by the first request that uses them.
+
+Preprocess claims each request's task id for the Kafka record it came in (topic, partition,
+offset) before any work, one Lua call per batch. A record read again (a redelivery after a
+crash or rebalance) finds its own claim and goes on; a different record with a claimed id is
+a duplicate: it is answered with `DUPLICATE_ID` and never touches the first request's ledger
+record or result. A claim lives as long as a ledger record (`redis.task_ttl_s`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from workers.names import RedisKeys
+
+CLAIM_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local source = ARGV[i + 1]
+  local old = redis.call('GET', key)
+  if not old then
+    redis.call('SET', key, source, 'EX', ARGV[1])
+    out[i] = 1
+  elseif old == source then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+class TaskClaims:
+    """Claims task ids for the records that first used them (see the module's docstring)."""
+
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, ttl_s: int) -> None:
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
+        self._redis, self._keys, self._ttl_s = redis, keys, ttl_s
+        self._script = redis.register_script(CLAIM_LUA)
+
+    async def claim(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
+        """For each (task id, source record), whether the id is this record's (first use or
+        the same record again); False for a duplicate."""
+        if not claims:
+            return []
+        keys = [self._keys.claim(task_id) for task_id, _ in claims]
+        reply = await self._script(keys=keys, args=[self._ttl_s, *(s for _, s in claims)])
+        return [bool(int(flag)) for flag in reply]
