@@ -147,9 +147,10 @@ class RedisKeys:
         """Hash announcing one live worker (stage, metrics URL); expires unless refreshed."""
         return f"{self.prefix}worker:{instance_id}"
 
-    def claim(self, task_id: str) -> str:
-        """Which Kafka record (topic/partition/offset) first used a task id (duplicates)."""
-        return f"{self.prefix}claim:{task_id}"
+    def id_owner(self, task_id: str) -> str:
+        """Which Kafka record (topic/partition/offset) first used a task id (duplicates).
+        Not `claim:`: that namespace holds claim-checked tensors (`schemas.claim_key`)."""
+        return f"{self.prefix}owner:{task_id}"
 
     def workers_pattern(self) -> str:
         return f"{self.prefix}worker:*"

@@ -47,6 +47,6 @@ class TaskClaims:
         the same record again); False for a duplicate."""
         if not claims:
             return []
-        keys = [self._keys.claim(task_id) for task_id, _ in claims]
+        keys = [self._keys.id_owner(task_id) for task_id, _ in claims]
         reply = await self._script(keys=keys, args=[self._ttl_s, *(s for _, s in claims)])
         return [bool(int(flag)) for flag in reply]
