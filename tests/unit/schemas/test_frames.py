@@ -187,7 +187,7 @@ def _body(**changes: Any) -> bytes:
         (_body(tensors={"x": {"datatype": "FP32", "shape": [3, 1], "data": b"\0" * 8}}),
          ErrorCode.SHAPE_MISMATCH),
         (_body(tensors={"x": {"datatype": "NOPE", "shape": [3], "data": b""}}),
-         ErrorCode.DTYPE_MISMATCH),
+         ErrorCode.INVALID_VALUE),
     ],
 )  # fmt: skip
 def test_a_broken_frame_names_what_is_wrong(value: bytes, code: ErrorCode) -> None:
