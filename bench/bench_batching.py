@@ -43,7 +43,11 @@ from bench import bench_model
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, encode, headers_for
 from schemas.frames import decode_frame, encode_frame, frame_headers
-from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
+from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
+from workers.engine.work import Work
+from workers.lanes.batcher import Batch, BatchWindow, LaneBatcher
+from workers.lanes.budget import LatencyBudget
+from workers.lanes.slots import BatchSlots, SlotKind
 from workers.models.builders.minilm import MODEL_NAME
 from workers.models.events import ModelEvents
 from workers.models.lifecycle import ModelLifecycle
@@ -59,12 +63,8 @@ from workers.settings import (
     RuntimeSettings,
     WorkerSettings,
 )
-from workers.stages.budget import LatencyBudget
 from workers.stages.inference import InferenceStage
-from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.stages.preprocess import PreprocessStage
-from workers.stages.slots import BatchSlots, SlotKind
-from workers.stages.work import Work
 
 START, END = "<!-- bench:batching:start -->", "<!-- bench:batching:end -->"
 GPU_START, GPU_END = "<!-- bench:batching-gpu:start -->", "<!-- bench:batching-gpu:end -->"

@@ -17,16 +17,19 @@ import redis.asyncio as aioredis
 
 from schemas import ClaimCheck
 from workers.control import ControlListener
+from workers.engine.runner import Stage, StageRunner
+from workers.engine.telemetry import StageTelemetry
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import client_id, make_consumer, make_producer, start_client
 from workers.kafka.produce import TopicCheck
+from workers.lanes.admission import Admission
+from workers.lanes.quota import TenantQuota
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory
 from workers.lanes.replies import ReplyTopics
 from workers.ledger import Ledger
 from workers.ledger.claims import TaskClaims
 from workers.ledger.connection import redis_client as connect_redis
-from workers.ledger.quota import TenantQuota
 from workers.models.events import ModelEvents
 from workers.models.lifecycle import ModelLifecycle
 from workers.models.repository import ModelRepository
@@ -39,12 +42,9 @@ from workers.observability.http import ObservabilityServer
 from workers.observability.metrics import WorkerMetrics
 from workers.observability.registry import WorkerAnnouncement
 from workers.settings import DEFAULT_METRICS_PORT, Settings
-from workers.stages.admission import Admission
 from workers.stages.inference import InferenceStage
 from workers.stages.postprocess import PostprocessStage
 from workers.stages.preprocess import PreprocessStage
-from workers.stages.runner import Stage, StageRunner
-from workers.stages.telemetry import StageTelemetry
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""The three stages and the runner that carries records through any of them."""
+"""The three stage definitions: preprocess, inference, postprocess. `workers.engine` runs them."""

@@ -22,8 +22,11 @@ from schemas import (
     arrays_of,
 )
 from schemas.frames import Frame, decode_frame, stack_tensors
+from workers.engine.framing import fail_rows
+from workers.engine.identity import AnswersFailures
+from workers.engine.work import DEFAULT_LANE, BatchFailed, StageOutput, Work, internal_error
 from workers.lanes.affinity import lane_record_key
-from workers.lanes.scheduler import BatchWindow
+from workers.lanes.batcher import BatchWindow
 from workers.ledger import Transition
 from workers.models.lifecycle import LoadedVersion, ModelLifecycle
 from workers.models.repository import BatchingConfig, ModelRepository, ModelVersion
@@ -34,9 +37,6 @@ from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
 from workers.pipelines.base import Array
 from workers.pipelines.collate import split
-from workers.stages.framing import fail_rows
-from workers.stages.identity import AnswersFailures
-from workers.stages.work import DEFAULT_LANE, BatchFailed, StageOutput, Work, internal_error
 
 _LANE_RANK = {lane: rank for rank, lane in enumerate(LANES)}
 

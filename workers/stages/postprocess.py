@@ -16,16 +16,16 @@ from schemas import (
     arrays_of,
 )
 from schemas.frames import Frame, decode_frame
-from workers.lanes.scheduler import BatchWindow
+from workers.engine.framing import fail_rows
+from workers.engine.identity import AnswersFailures
+from workers.engine.work import DEFAULT_LANE, Finished, StageOutput, Work, internal_error
+from workers.lanes.batcher import BatchWindow
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository
 from workers.names import Topics
 from workers.observability import tracing
 from workers.pipelines import postprocessor
 from workers.pipelines.collate import split
-from workers.stages.framing import fail_rows
-from workers.stages.identity import AnswersFailures
-from workers.stages.work import DEFAULT_LANE, Finished, StageOutput, Work, internal_error
 
 BATCH_SIZE = 256
 

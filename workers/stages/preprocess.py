@@ -20,9 +20,18 @@ from schemas import (
     decode_request,
 )
 from schemas.tensors import normalize_tensors
+from workers.engine.framing import FrameBuilder
+from workers.engine.identity import AnswersFailures, identify_task
+from workers.engine.work import (
+    DEFAULT_LANE,
+    StageOutput,
+    TaskIdentity,
+    Work,
+    internal_error,
+)
 from workers.lanes.affinity import lane_record_key
+from workers.lanes.batcher import BatchWindow
 from workers.lanes.intake import TenantTopicSelector
-from workers.lanes.scheduler import BatchWindow
 from workers.ledger import Transition
 from workers.models.repository import ModelRepository, ModelVersion, PipelineConfig
 from workers.names import LANES, Topics
@@ -30,16 +39,7 @@ from workers.observability import tracing
 from workers.pipelines import Preprocessor, preprocessor
 from workers.pipelines.base import Array, BatchPreprocessor
 from workers.settings import LimitsSettings
-from workers.stages.framing import FrameBuilder
-from workers.stages.identity import AnswersFailures, identify_task
 from workers.stages.limits import check_request_inputs
-from workers.stages.work import (
-    DEFAULT_LANE,
-    StageOutput,
-    TaskIdentity,
-    Work,
-    internal_error,
-)
 
 BATCH_SIZE = 256
 

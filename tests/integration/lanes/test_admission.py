@@ -13,14 +13,14 @@ from aiokafka import ConsumerRecord
 
 from schemas import ErrorCode, InferenceRequest, Status
 from tests.conftest import Namespace
+from workers.engine.work import Work
+from workers.lanes.admission import Admission
+from workers.lanes.quota import TenantQuota
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory, TenantRegistry
 from workers.ledger import Transition
-from workers.ledger.quota import TenantQuota
 from workers.names import RedisKeys
 from workers.settings import LaneSettings
-from workers.stages.admission import Admission
-from workers.stages.work import Work
 
 
 class FakeClock:

@@ -14,17 +14,17 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from schemas import ErrorCode, InferenceRequest
 from tests.conftest import Namespace
 from tests.services import Services
+from workers.engine.work import Work
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.produce import TopicCheck
+from workers.lanes.admission import Admission
+from workers.lanes.quota import TenantQuota
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory
 from workers.lanes.replies import ReplyTopics
 from workers.ledger.claims import TaskClaims
-from workers.ledger.quota import TenantQuota
 from workers.names import RedisKeys, Topics
 from workers.settings import LaneSettings
-from workers.stages.admission import Admission
-from workers.stages.work import Work
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 
 from schemas import Status
 from tests.conftest import Namespace
+from workers.lanes.quota import TenantQuota
 from workers.ledger import Transition
-from workers.ledger.quota import TenantQuota
 from workers.names import RedisKeys
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from schemas import ContractError, ErrorCode, ErrorResult, Status
 from schemas.frames import Frame, encode_frame, frame_headers, stack_tensors
 from schemas.tensors import Array
+from workers.engine.work import Finished, Outgoing, StageOutput, Work
 from workers.ledger import Transition
-from workers.stages.work import Finished, Outgoing, StageOutput, Work
 
 
 @dataclass

@@ -9,12 +9,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from workers.lanes.scheduler import Batch
+from workers.engine.work import StageOutput, Work
+from workers.lanes.batcher import Batch
 from workers.names import LANES
 from workers.observability.gpu import GpuSampler
 from workers.observability.http import Health
 from workers.observability.metrics import WorkerMetrics
-from workers.stages.work import StageOutput, Work
 
 _CACHED_LABELS = 4096
 """Label children kept per counter: tenants beyond the label cap share `other` anyway."""

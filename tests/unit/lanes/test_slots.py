@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.stages.slots import BatchSlots
+from workers.lanes.slots import BatchSlots
 
 
 def test_general_slots_go_first_then_express_for_the_top_lane_only() -> None:

@@ -7,11 +7,11 @@ import pytest
 
 from schemas import ErrorCode, ErrorResult, InferenceResult, Status, decode_result, encode
 from schemas.codec import headers_for
+from workers.engine.refusals import OwnTopicRefused, Refusals
+from workers.engine.work import Outgoing
 from workers.kafka.produce import Refused
 from workers.ledger import Transition
 from workers.names import Topics
-from workers.stages.refusals import OwnTopicRefused, Refusals
-from workers.stages.work import Outgoing
 
 TOPICS = Topics("cv")
 

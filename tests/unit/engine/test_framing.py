@@ -9,9 +9,9 @@ from aiokafka import ConsumerRecord
 from schemas import ContractError, ErrorCode, Status
 from schemas.frames import Frame, decode_frame
 from tests.unit.schemas.test_frames import make_frame
-from workers.stages.framing import FrameBuilder, cut, fail_rows
-from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
-from workers.stages.work import BatchFailed, StageOutput, Work
+from workers.engine.framing import FrameBuilder, cut, fail_rows
+from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
+from workers.engine.work import BatchFailed, StageOutput, Work
 
 TARGET = FailureTarget("inference", "t.results", "t.dlq")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from schemas import ContractError, ErrorCode
 from schemas.frames import Frame
-from workers.stages.framing import fail_rows
-from workers.stages.identity import identify_task
-from workers.stages.work import BatchFailed, StageOutput, Work, fail
+from workers.engine.framing import fail_rows
+from workers.engine.identity import identify_task
+from workers.engine.work import BatchFailed, StageOutput, Work, fail
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import re
 
 from schemas import ContractError, InferenceRequest, StageMessage, Status, content_type_of
 from schemas.fields import ID_RE, MSGPACK, NAME_RE, TRACEPARENT_RE
+from workers.engine.work import DEFAULT_LANE, StageOutput, TaskIdentity, Work, fail
 from workers.names import Topics
-from workers.stages.work import DEFAULT_LANE, StageOutput, TaskIdentity, Work, fail
 
 
 class AnswersFailures:

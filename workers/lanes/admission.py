@@ -21,14 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas import ContractError, ErrorCode, InferenceRequest
+from workers.engine.work import Work
+from workers.lanes.quota import TenantQuota
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory, TenantPolicy
 from workers.lanes.replies import ReplyTopics
 from workers.ledger.claims import TaskClaims
-from workers.ledger.quota import TenantQuota
 from workers.names import LANES
 from workers.settings import LaneSettings
-from workers.stages.work import Work
 
 
 @dataclass

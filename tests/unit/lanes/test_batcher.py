@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
+from workers.lanes.batcher import Batch, BatchWindow, LaneBatcher
 
 _ids = itertools.count()
 

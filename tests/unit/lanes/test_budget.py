@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.stages.budget import LatencyBudget
+from workers.lanes.budget import LatencyBudget
 
 
 class Clock:

@@ -30,10 +30,10 @@ from aiokafka.errors import KafkaError
 from schemas import ContractError, ErrorCode, ErrorResult, Status, encode, headers_for
 from schemas.fields import CONTENT_TYPES, ID_RE, MSGPACK, NAME_RE
 from schemas.frames import decode_frame
+from workers.engine.work import Outgoing
 from workers.kafka.produce import Refused
 from workers.ledger import Transition
 from workers.names import Topics
-from workers.stages.work import Outgoing
 
 _ANSWERS = ("result", "error")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
+from workers.lanes.flow import FlowControl
 from workers.names import Topics
-from workers.stages.flow import FlowControl
 
 TOPICS = Topics("t")
 

@@ -16,7 +16,7 @@ Delivery errors are classified where records are produced (`workers.kafka.produc
 retriable ones (the broker down, a leader moving, a timeout) are retried without end, the
 worker not ready meanwhile; a refusal that belongs to one record or topic (a `reply_to`
 topic missing, not writable or internal, a record too large) fails that record's tasks only
-(`workers.stages.refusals`) and the rest of the batch is delivered.
+(`workers.engine.refusals`) and the rest of the batch is delivered.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from typing import Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
+from workers.engine.refusals import Refusals
+from workers.engine.work import Outgoing, Work
 from workers.kafka.offsets import OffsetTracker
 from workers.kafka.produce import TopicCheck, produce_each
 from workers.ledger import Ledger, Transition
 from workers.names import Topics
-from workers.stages.refusals import Refusals
-from workers.stages.work import Outgoing, Work
 
 log = logging.getLogger(__name__)
 

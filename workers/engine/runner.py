@@ -25,22 +25,22 @@ from aiokafka.errors import KafkaError
 from schemas import ClaimCheck, ContractError, Status
 from schemas.claimcheck import has_claims
 from schemas.frames import Frame
+from workers.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce
+from workers.engine.framing import cut
+from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
+from workers.engine.telemetry import StageTelemetry
+from workers.engine.work import DEFAULT_MAX_RECORD_BYTES, StageOutput, Work
 from workers.kafka.offsets import OffsetTracker
-from workers.lanes.scheduler import Batch, BatchWindow, LaneBatcher
+from workers.lanes.admission import Admission
+from workers.lanes.batcher import Batch, BatchWindow, LaneBatcher
+from workers.lanes.budget import LatencyBudget
+from workers.lanes.flow import FlowControl
+from workers.lanes.quota import TenantQuota
+from workers.lanes.slots import BatchSlots, SlotKind
 from workers.ledger import Ledger, reached
-from workers.ledger.quota import TenantQuota
 from workers.names import Topics
 from workers.observability import tracing
 from workers.settings import LaneSettings, WorkerSettings
-from workers.stages.admission import Admission
-from workers.stages.budget import LatencyBudget
-from workers.stages.delivery import AtLeastOnce, Delivery, ExactlyOnce
-from workers.stages.flow import FlowControl
-from workers.stages.framing import cut
-from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
-from workers.stages.slots import BatchSlots, SlotKind
-from workers.stages.telemetry import StageTelemetry
-from workers.stages.work import DEFAULT_MAX_RECORD_BYTES, StageOutput, Work
 from workers.tasks import TaskSet
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from typing import Any, TypeVar, cast
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
+from workers.engine.delivery import ExactlyOnce
 from workers.kafka.offsets import OffsetTracker
 from workers.ledger import Ledger
-from workers.stages.delivery import ExactlyOnce
 
 T = TypeVar("T")
 

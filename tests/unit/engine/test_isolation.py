@@ -6,8 +6,8 @@ import numpy as np
 from aiokafka import ConsumerRecord
 
 from schemas import InferenceRequest, StageMessage, Status
-from workers.stages.isolation import FailureTarget, RetryPolicy, process_isolating
-from workers.stages.work import BatchFailed, StageOutput, Work
+from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
+from workers.engine.work import BatchFailed, StageOutput, Work
 
 TARGET = FailureTarget("inference", "t.results", "t.dlq")
 
