@@ -177,6 +177,14 @@ class InferenceStage(AnswersFailures):
                 self._fail_rows(output, work, frame, list(range(len(frame))), error)
                 continue
             by_version: dict[int, list[int]] = {}
+            if frame.model_version is not None:  # one pin for the whole frame: route it once
+                try:
+                    pinned = self.lifecycle.route(name, frame.task_ids[0], frame.model_version)
+                except ContractError as error:
+                    self._fail_rows(output, work, frame, list(range(len(frame))), error)
+                    continue
+                groups.setdefault((name, pinned), []).append((work, frame))
+                continue
             for i, task_id in enumerate(frame.task_ids):
                 try:
                     version = self.lifecycle.route(name, task_id, frame.model_version)
