@@ -72,8 +72,8 @@ TITLE = "Inference worker batching gain (in process)"
 GPU_TITLE = "Inference worker batching gain on a GPU (in process)"
 BATCH_SIZES = (1, 8, 32, 128)
 CONCURRENCY = 512
-FRAME_TASKS = 32
-"""Tasks per frame by default: what one poll of a busy tenant brings, cut to a batch."""
+FRAME_TASKS = 128
+"""Tasks per frame by default: what one poll of a busy tenant brings (cut to the batch)."""
 SEQUENCE_TOKENS = 32
 MAX_WAIT_MS = 2.0
 """Only a partial batch waits this long; with CONCURRENCY queued every batch fills at once."""
