@@ -129,6 +129,9 @@ class PostprocessStage(AnswersFailures):
         postprocess_ms = (time.perf_counter() - started) * 1000 / max(1, len(frame))
         traceparents = tracing.active().forward_frame(self.name, frame.traceparents, frame.task_ids)
         timings = frame.timings_ms
+        # Answers join `output` only once every task of the frame has one: a frame that fails
+        # part way is answered task by task instead, never twice.
+        answers = StageOutput()
         for i, task_outputs in enumerate(per_task):
             task_id = frame.task_ids[i]
             submitted_at_ms = frame.submitted_at_ms[i]
@@ -150,10 +153,10 @@ class PostprocessStage(AnswersFailures):
                 },
                 traceparent=traceparents[i],
             )
-            output.forward(
+            answers.forward(
                 frame.reply_to[i] or self.topics.results, result, frame.content_types[i], "result"
             )
-            output.finished.append(
+            answers.finished.append(
                 Finished(
                     frame.pipeline,
                     frame.tenant,
@@ -162,7 +165,7 @@ class PostprocessStage(AnswersFailures):
                     latency_s=max(0.0, (now_ms - submitted_at_ms) / 1000),
                 )
             )
-            output.transitions.append(
+            answers.transitions.append(
                 Transition(
                     task_id=task_id,
                     state=Status.DONE,
@@ -176,6 +179,7 @@ class PostprocessStage(AnswersFailures):
                     batch_id=frame.batch_id,
                 )
             )
+        output.merge(answers)
 
 
 def _queued_ms(work: Work) -> float:
