@@ -1,23 +1,23 @@
-"""Codec benchmarks: a 1 MB tensor (our codecs vs pickle) and the per-message hot path.
+"""Codec benchmarks: a 1 MB tensor (our codecs vs pickle) and the per-task hot path.
 
 Run with ``.venv/bin/python -m bench.bench_codec``; prints two Markdown tables and writes
-them into BENCHMARKS.md between the ``bench:codec`` and ``bench:messages`` markers. The
-second table is the per-message framework cost the stage workers pay for a tiny message
-(one FP32 [1, 16] tensor, like the ``tiny-classify`` pipeline): decode, encode, and deriving
-the next message with ``dataclasses.replace`` (validates every field) vs ``evolve``
-(validates only the changed ones).
+them into BENCHMARKS.md between the ``bench:codec`` and ``bench:frames`` markers. The
+second table is the framework cost the stage workers pay per task for a tiny task (one
+FP32 [1, 16] tensor, like the ``tiny-classify`` pipeline) now that tasks travel between the
+stages as task frames: building a frame from N requests, encoding and decoding it, deriving
+the inferred frame, making each task's result, and the splits (``Frame.take``/``slice``),
+each divided by the N tasks of the frame.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import os
 import pickle
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -26,33 +26,30 @@ from schemas import (
     MSGPACK,
     InferenceRequest,
     InferenceResult,
-    StageMessage,
+    arrays_of,
     decode_request,
-    decode_stage,
     encode,
     headers_for,
 )
+from schemas.frames import Frame, decode_frame, encode_frame
+from workers.engine.framing import FrameBuilder
+from workers.pipelines.collate import split
 
 TENSOR_BYTES = 1024 * 1024
 DECODE_TARGET_MS = 0.05
 from bench.report import BENCHMARKS, write_section  # noqa: E402
 
 START, END = "<!-- bench:codec:start -->", "<!-- bench:codec:end -->"
-MESSAGES_START, MESSAGES_END = "<!-- bench:messages:start -->", "<!-- bench:messages:end -->"
-MESSAGES_REPETITIONS = 20_000
+FRAMES_START, FRAMES_END = "<!-- bench:frames:start -->", "<!-- bench:frames:end -->"
+FRAME_TASKS = (1, 32, 128)
+"""Tasks per frame (columns of the table)."""
+TASK_REPETITIONS = 20_000
+"""Runs of a per-task operation; an operation on a frame of N tasks runs this / N times."""
+MIN_REPETITIONS = 200
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-BEFORE_US: dict[str, float] = {
-    "decode_request": 19.67,
-    "decode_stage": 24.79,
-    "encode_stage": 8.65,
-    "encode_result": 8.17,
-    "preprocess": 23.92,
-    "inference": 15.03,
-    "postprocess": 11.21,
-}
-"""Old-path figures of ``hot_path`` measured on the code before each field was checked only
-once (``measure_messages`` run against that revision's ``schemas``), kept for the table."""
-BEFORE_NOTE = "same machine, two interleaved runs each, best kept; 2 shared cores"
+PER_MESSAGE_US = 72.9
+"""One task through the three stages when each task was its own message between the stages
+(decode, derive, encode of a per-task stage message in each; this script's former table)."""
 
 
 def median_ms(action: Callable[[], object], repetitions: int) -> float:
@@ -117,205 +114,217 @@ def table(rows: list[tuple[str, int, float, float]]) -> str:
     return "\n".join(lines)
 
 
-def small_messages() -> tuple[InferenceRequest, StageMessage, InferenceResult]:
-    """A tiny-model task as the stages see it: one FP32 [1, 16] tensor per message."""
-    values = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-    common: dict[str, Any] = {"task_id": "0af7651916cd43dd8448eb211c80319c", "tenant": "acme"}
-    request = InferenceRequest(
-        **common,
+def tiny_request(index: int) -> InferenceRequest:
+    """A tiny-model task as a client sends it: one FP32 [1, 16] tensor."""
+    values = np.random.default_rng(index).standard_normal((1, 16)).astype(np.float32)
+    return InferenceRequest(
+        task_id=f"{index:032x}",
+        tenant="acme",
         pipeline="tiny-classify",
         inputs={"features": values},
         deadline_ms=1_700_000_060_000,
         traceparent=TRACEPARENT,
         submitted_at_ms=1_700_000_000_000,
     )
-    stage = StageMessage(
-        **common,
-        pipeline="tiny-classify",
-        content_type=MSGPACK,
-        tensors={"features": values},
-        model_name="tiny-classifier",
+
+
+def build_frame(requests: list[InferenceRequest]) -> Frame:
+    """What preprocess does with the requests of one poll (one lane, tenant, pipeline)."""
+    frames = FrameBuilder()
+    for request in requests:
+        frames.add(
+            ("standard", request.tenant, request.pipeline, None, 1, "features"),
+            task_id=request.task_id,
+            tenant=request.tenant,
+            pipeline=request.pipeline,
+            lane="standard",
+            model_name="tiny-classifier",
+            model_version=request.model_version,
+            submitted_at_ms=request.submitted_at_ms,
+            deadline_ms=request.deadline_ms,
+            reply_to=request.reply_to,
+            content_type=MSGPACK,
+            traceparent=request.traceparent,
+            parameters=request.parameters,
+            timings_ms={"preprocess_queue": 0.2, "preprocess": 0.05},
+            tensors=arrays_of(request.inputs),
+        )
+    (frame,) = frames.frames()
+    return frame
+
+
+def infer(frame: Frame) -> Frame:
+    """What inference derives from a frame once the model ran (outputs stand in for it)."""
+    count = len(frame)
+    return frame.evolve(
+        tensors={"logits": arrays_of(frame.tensors)["features"]},
         model_version=1,
-        deadline_ms=1_700_000_060_000,
-        traceparent=TRACEPARENT,
-        submitted_at_ms=1_700_000_000_000,
-        timings_ms={"preprocess": 0.05},
-    )
-    result = InferenceResult(
-        **common,
-        pipeline="tiny-classify",
-        outputs={"logits": values},
         model_name="tiny-classifier",
-        model_version=1,
-        submitted_at_ms=1_700_000_000_000,
-        completed_at_ms=1_700_000_000_004,
-        timings_ms={"preprocess": 0.05, "inference": 0.2, "postprocess": 0.03},
-        traceparent=TRACEPARENT,
+        batch_id="b-1",
+        timings_ms={
+            **frame.timings_ms,
+            "inference_queue": [0.1] * count,
+            "inference": [0.2] * count,
+        },
     )
-    return request, stage, result
+
+
+def results_of(frame: Frame) -> list[InferenceResult]:
+    """What postprocess makes of an inferred frame: one result per task."""
+    assert frame.model_name is not None
+    assert frame.model_version is not None
+    per_task = split(arrays_of(frame.tensors), frame.row_counts)
+    timings = frame.timings_ms
+    results = []
+    for i, outputs in enumerate(per_task):
+        results.append(
+            InferenceResult.of_task(
+                carried={
+                    "task_id": frame.task_ids[i],
+                    "tenant": frame.tenant,
+                    "pipeline": frame.pipeline,
+                    "submitted_at_ms": frame.submitted_at_ms[i],
+                    "model_name": frame.model_name,
+                    "model_version": frame.model_version,
+                },
+                outputs=outputs,
+                completed_at_ms=1_700_000_000_004,
+                timings_ms={
+                    **{name: values[i] for name, values in timings.items()},
+                    "postprocess_queue": 0.1,
+                    "postprocess": 0.03,
+                },
+                traceparent=frame.traceparents[i],
+            )
+        )
+    return results
 
 
 Operation = Callable[[], object]
+PATH, SPLIT = "path", "split"
 
 
-def hot_path(
-    request: InferenceRequest, stage: StageMessage, result: InferenceResult
-) -> list[tuple[str, str, Operation, Operation | None]]:
-    """(key, operation, old path, new path) for each step a stage worker takes per task.
+def frame_operations(tasks: int) -> list[tuple[str, str, Operation]]:
+    """(kind, operation, call) on a frame of ``tasks`` tiny tasks; each call covers them all.
 
-    Decoding and encoding keep their API (new path ``None``: the old path got faster);
-    deriving the next message moves from the validating constructor or
-    ``dataclasses.replace`` to ``evolve``/``from_request``/``from_stage``, each checking
-    only the fields it is given. New paths are skipped on code that lacks them.
+    ``path`` operations happen to every task once on its way through the three stages
+    (two frame decodes for the two stages that read frames); ``split`` ones only when a
+    frame is cut (expired or refused tasks, a postprocess fallback, dead letters).
     """
-    request_value, stage_value = encode(request), encode(stage)
-    request_headers, stage_headers = headers_for(request), headers_for(stage)
-    values = stage.tensors["features"]
-    inferred = {**stage.timings_ms, "inference_queue": 0.1, "inference": 0.2}
-    finished = {**inferred, "postprocess": 0.03}
-    preprocess = {"preprocess": 0.05}
-    model: dict[str, Any] = {"model_name": "tiny-classifier", "model_version": 1}
-    new_api = hasattr(stage, "evolve")
+    requests = [tiny_request(i) for i in range(tasks)]
+    values = [encode(request) for request in requests]
+    headers = [headers_for(request) for request in requests]
+    preprocessed = build_frame(requests)
+    preprocessed_value = encode_frame(preprocessed)
+    inferred = infer(decode_frame(preprocessed_value))
+    inferred_value = encode_frame(inferred)
+    results = results_of(decode_frame(inferred_value))
+    every_other = list(range(0, tasks, 2))
 
-    def postprocess_old() -> object:
-        return InferenceResult(
-            task_id=stage.task_id,
-            tenant=stage.tenant,
-            pipeline=stage.pipeline,
-            outputs={"logits": values},
-            model_name="tiny-classifier",
-            model_version=1,
-            submitted_at_ms=stage.submitted_at_ms,
-            completed_at_ms=1_700_000_000_004,
-            timings_ms=finished,
-            traceparent=stage.traceparent,
-        )
+    def decode_requests() -> object:
+        return [
+            decode_request(value, header) for value, header in zip(values, headers, strict=True)
+        ]
 
     return [
+        (PATH, "preprocess: `decode_request` (msgpack, one record per task)", decode_requests),
         (
-            "decode_request",
-            "`decode_request` (msgpack)",
-            lambda: decode_request(request_value, request_headers),
-            None,
+            PATH,
+            "preprocess: `FrameBuilder.add` per task + `frames()`",
+            lambda: build_frame(requests),
+        ),
+        (PATH, "preprocess: `encode_frame`", lambda: encode_frame(preprocessed)),
+        (PATH, "inference: `decode_frame`", lambda: decode_frame(preprocessed_value)),
+        (
+            PATH,
+            "inference: `frame.evolve(tensors=, model_name=, model_version=, batch_id=, "
+            "timings_ms=)`",
+            lambda: infer(preprocessed),
+        ),
+        (PATH, "inference: `encode_frame`", lambda: encode_frame(inferred)),
+        (PATH, "postprocess: `decode_frame`", lambda: decode_frame(inferred_value)),
+        (
+            PATH,
+            "postprocess: `split` + `InferenceResult.of_task` per task",
+            lambda: results_of(inferred),
         ),
         (
-            "decode_stage",
-            "`decode_stage` (msgpack)",
-            lambda: decode_stage(stage_value, stage_headers),
-            None,
+            PATH,
+            "postprocess: `encode(InferenceResult)` (msgpack, one record per task)",
+            lambda: [encode(result) for result in results],
         ),
-        ("encode_stage", "`encode(StageMessage)` (msgpack)", lambda: encode(stage), None),
-        ("encode_result", "`encode(InferenceResult)` (msgpack)", lambda: encode(result), None),
+        (SPLIT, "`Frame.take` of every other task", lambda: inferred.take(every_other)),
         (
-            "preprocess",
-            "preprocess: `replace(from_request(...), model_name=, model_version=, timings_ms=)`"
-            " -> `from_request(..., model_name=, model_version=, timings_ms=)`",
-            lambda: dataclasses.replace(
-                StageMessage.from_request(request, MSGPACK, {"features": values}),
-                **model,
-                timings_ms=preprocess,
-            ),
-            None
-            if not new_api
-            else lambda: StageMessage.from_request(
-                request, MSGPACK, {"features": values}, **model, timings_ms=preprocess
-            ),
-        ),
-        (
-            "inference",
-            "inference: `replace(stage, tensors=, batch_id=, timings_ms=)` -> `stage.evolve(...)`",
-            lambda: dataclasses.replace(
-                stage, tensors={"logits": values}, batch_id="b-1", timings_ms=inferred
-            ),
-            None
-            if not new_api
-            else lambda: stage.evolve(
-                tensors={"logits": values}, batch_id="b-1", timings_ms=inferred
-            ),
-        ),
-        (
-            "postprocess",
-            "postprocess: `InferenceResult(...)` -> `InferenceResult.from_stage(stage, outputs,"
-            " completed_at_ms=, timings_ms=)`",
-            postprocess_old,
-            None
-            if not new_api
-            else lambda: InferenceResult.from_stage(
-                stage,
-                {"logits": values},
-                completed_at_ms=1_700_000_000_004,
-                timings_ms=finished,
-            ),
+            SPLIT,
+            "`Frame.slice(i, i + 1)` for each task (one-task frames)",
+            lambda: [inferred.slice(i, i + 1) for i in range(tasks)],
         ),
     ]
 
 
-def measure_messages() -> list[tuple[str, str, float, float | None]]:
-    """(key, operation, old path µs, new path µs) per message, medians of many runs."""
-    request, stage, result = small_messages()
-    assert decode_request(encode(request), headers_for(request)) == request
-    assert decode_stage(encode(stage), headers_for(stage)) == stage
+def measure_frames() -> list[tuple[str, str, list[float]]]:
+    """(kind, operation, µs per task for each of ``FRAME_TASKS``), medians of many runs."""
+    by_size = []
+    for tasks in FRAME_TASKS:
+        repetitions = max(MIN_REPETITIONS, TASK_REPETITIONS // tasks)
+        by_size.append(
+            [
+                (kind, name, median_ms(call, repetitions) * 1000 / tasks)
+                for kind, name, call in frame_operations(tasks)
+            ]
+        )
     rows = []
-    for key, name, old, new in hot_path(request, stage, result):
-        if new is not None:
-            assert old() == new(), name
-        old_us = median_ms(old, MESSAGES_REPETITIONS) * 1000
-        new_us = None if new is None else median_ms(new, MESSAGES_REPETITIONS) * 1000
-        rows.append((key, name, old_us, new_us))
+    for index, (kind, name, _) in enumerate(by_size[0]):
+        rows.append((kind, name, [size[index][2] for size in by_size]))
     return rows
 
 
-def messages_table(rows: list[tuple[str, str, float, float | None]]) -> str:
+def frames_table(rows: list[tuple[str, str, list[float]]], load: float) -> str:
+    columns = " | ".join(f"{tasks} task{'s' if tasks > 1 else ''} / frame" for tasks in FRAME_TASKS)
     lines = [
-        f"Per-message framework cost on the stage workers' hot path for a tiny message (one "
-        f"FP32 [1, 16] tensor, traceparent, deadline, timings); median of "
-        f"{MESSAGES_REPETITIONS:,} runs (`time.perf_counter_ns`), Python "
-        f"{platform.python_version()}, numpy {np.__version__}, {platform.machine()}. "
-        f"*Before*: the old code and API, measured with this script before each field was "
-        f"checked only once ({BEFORE_NOTE}). *Old API now*: the old call on today's code "
-        f"(the constructor and `dataclasses.replace` still check every field). *After*: the "
-        f"API the stages should use.",
+        f"Framework cost per task on the stage workers' hot path for a tiny task (one FP32 "
+        f"[1, 16] tensor, traceparent, deadline, timings), with tasks travelling between the "
+        f"stages as task frames of 1, 32 or 128 tasks: each figure is one operation's median "
+        f"time (`time.perf_counter_ns`; {TASK_REPETITIONS:,} / N runs, at least "
+        f"{MIN_REPETITIONS}) divided by the N tasks it covers, in µs. Requests and results "
+        f"stay one record per task, so their rows barely move with N. For reference, the same "
+        f"path with one message per task between the stages measured {PER_MESSAGE_US} µs per "
+        f"task (this table's predecessor, same machine). Python {platform.python_version()}, "
+        f"numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} shared cores, load "
+        f"average (1 min) {load:.2f} at start.",
         "",
-        "| operation | before (µs) | old API now (µs) | after (µs) | after / before |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| operation (µs per task) | {columns} |",
+        "| --- |" + " ---: |" * len(FRAME_TASKS),
     ]
-    afters: dict[str, float] = {}
-    for key, name, old_us, new_us in rows:
-        after = afters[key] = old_us if new_us is None else new_us
-        before = BEFORE_US.get(key)
-        before_text = "n/a" if before is None else f"{before:.2f}"
-        ratio = "n/a" if before is None else f"{after / before:.2f}"
-        old_text = "same call" if new_us is None else f"{old_us:.2f}"
-        lines.append(f"| {name} | {before_text} | {old_text} | {after:.2f} | {ratio} |")
-    if set(PER_TASK) <= afters.keys() and set(PER_TASK) <= BEFORE_US.keys():
-        before_task = sum(BEFORE_US[key] * count for key, count in PER_TASK.items())
-        after_task = sum(afters[key] * count for key, count in PER_TASK.items())
-        lines.append(
-            f"| **one task through the three stages** (decode, derive, encode in each) "
-            f"| {before_task:.1f} | | {after_task:.1f} | {after_task / before_task:.2f} |"
-        )
+    totals = [0.0] * len(FRAME_TASKS)
+    for kind, _, per_task in rows:
+        if kind == PATH:
+            totals = [total + value for total, value in zip(totals, per_task, strict=True)]
+    for kind, name, per_task in rows:
+        if kind != PATH:
+            continue
+        lines.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in per_task) + " |")
+    lines.append(
+        "| **one task through the three stages** | "
+        + " | ".join(f"**{value:.1f}**" for value in totals)
+        + " |"
+    )
+    for kind, name, per_task in rows:
+        if kind == SPLIT:
+            lines.append(
+                f"| split: {name} | " + " | ".join(f"{value:.2f}" for value in per_task) + " |"
+            )
     return "\n".join(lines)
-
-
-PER_TASK = {
-    "decode_request": 1,
-    "preprocess": 1,
-    "encode_stage": 2,
-    "decode_stage": 2,
-    "inference": 1,
-    "postprocess": 1,
-    "encode_result": 1,
-}
-"""How often each step runs for one task: preprocess, inference and postprocess workers."""
 
 
 def main() -> None:
     markdown = table(measure())
     print(markdown)
     write_section(markdown, BENCHMARKS, START, END, "Codec")
-    messages = messages_table(measure_messages())
-    print(messages)
-    write_section(messages, BENCHMARKS, MESSAGES_START, MESSAGES_END, "Per-message hot path")
+    load = os.getloadavg()[0]
+    frames = frames_table(measure_frames(), load)
+    print(frames)
+    write_section(frames, BENCHMARKS, FRAMES_START, FRAMES_END, "Per-task hot path (task frames)")
 
 
 if __name__ == "__main__":

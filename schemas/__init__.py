@@ -1,4 +1,8 @@
-"""Conveyor's wire contract: the messages every stage and client speaks, and their codec.
+"""Conveyor's wire contract: the messages clients send and receive, and their codec.
+
+Requests come in and results (or errors) go out one task per record, as these messages.
+Between the internal stages tasks travel as task frames (``schemas.frames``: many tasks
+per record, column by column).
 
 Typical use::
 
@@ -15,7 +19,6 @@ from schemas.codec import (
     content_type_of,
     decode_request,
     decode_result,
-    decode_stage,
     encode,
     headers_for,
     key_for,
@@ -30,7 +33,6 @@ from schemas.messages import (
     InferenceRequest,
     InferenceResult,
     Message,
-    StageMessage,
     Status,
 )
 from schemas.tensors import DATATYPES, TensorRef, TensorValue, arrays_of
@@ -50,7 +52,6 @@ __all__ = [
     "InferenceRequest",
     "InferenceResult",
     "Message",
-    "StageMessage",
     "Status",
     "TensorRef",
     "TensorValue",
@@ -59,7 +60,6 @@ __all__ = [
     "content_type_of",
     "decode_request",
     "decode_result",
-    "decode_stage",
     "encode",
     "headers_for",
     "key_for",

@@ -17,7 +17,6 @@ from schemas.messages import (
     InferenceRequest,
     InferenceResult,
     Message,
-    StageMessage,
     Status,
 )
 from schemas.tensors import TensorRef, TensorValue, element_count, wire_dtype
@@ -172,7 +171,7 @@ def _known(cls: type[Message]) -> frozenset[str]:
     return _KNOWN[cls]
 
 
-_MESSAGE_CLASSES = (InferenceRequest, StageMessage, InferenceResult, ErrorResult)
+_MESSAGE_CLASSES = (InferenceRequest, InferenceResult, ErrorResult)
 _KNOWN: dict[type[Message], frozenset[str]] = {
     cls: frozenset({SCHEMA_KEY, *(spec.name for spec in cls.FIELDS)}) for cls in _MESSAGE_CLASSES
 }

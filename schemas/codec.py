@@ -42,7 +42,6 @@ from schemas.messages import (
     InferenceRequest,
     InferenceResult,
     Message,
-    StageMessage,
 )
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "content_type_of",
     "decode_request",
     "decode_result",
-    "decode_stage",
     "encode",
     "headers_for",
     "key_for",
@@ -123,15 +121,6 @@ def decode_request(
     """Decode a client's request (msgpack or V2 JSON)."""
     message = _decode(InferenceRequest, value, headers, limits)
     assert isinstance(message, InferenceRequest)
-    return message
-
-
-def decode_stage(
-    value: bytes, headers: Headers | None = None, *, limits: DecodeLimits = DEFAULT_LIMITS
-) -> StageMessage:
-    """Decode a message between stages."""
-    message = _decode(StageMessage, value, headers, limits)
-    assert isinstance(message, StageMessage)
     return message
 
 

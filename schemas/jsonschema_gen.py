@@ -18,7 +18,6 @@ from schemas.messages import (
     InferenceRequest,
     InferenceResult,
     Message,
-    StageMessage,
 )
 
 __all__ = ["OUTPUT_DIR", "main", "message_schema", "render"]
@@ -27,7 +26,6 @@ OUTPUT_DIR = Path(__file__).parent / "jsonschema"
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
 _MESSAGES: dict[str, type[Message]] = {
     "request": InferenceRequest,
-    "stage": StageMessage,
     "result": InferenceResult,
     "error": ErrorResult,
 }

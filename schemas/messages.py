@@ -10,13 +10,14 @@ Every field is validated exactly once per message:
 * the constructor (and ``dataclasses.replace``, which calls it) checks every field;
 * decoding checks every field while reading the wire, then builds the message without
   a second pass;
-* ``evolve`` and the ``from_request``/``from_stage`` constructors check only the fields they
-  are given, and carry the others over from a message that was already checked. Carried
-  values are shared, not copied: a message's dicts and arrays are read-only once built.
-  The exception is ``parameters``, which stages hand to plug-in code: it is re-checked
-  whenever it is carried into a new message (cheap for the usual small dict).
+* ``evolve`` and ``InferenceResult.of_task`` check only the fields they are given, and
+  carry the others over from a message (or a decoded frame) that was already checked.
+  Carried values are shared, not copied: a message's dicts and arrays are read-only once
+  built. The exception is ``parameters``, which stages hand to plug-in code: it is
+  re-checked whenever it is carried into a new message (cheap for the usual small dict).
 
-Stages derive the next message with ``evolve``, not ``dataclasses.replace``.
+Between the stages tasks travel as task frames (``schemas.frames``), not as these messages.
+Derive a message from another with ``evolve``, not ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ __all__ = [
     "InferenceRequest",
     "InferenceResult",
     "Message",
-    "StageMessage",
     "Status",
     "now_ms",
 ]
@@ -294,83 +294,6 @@ class InferenceRequest(_Message):
 
 @_compiled
 @dataclass(frozen=True, slots=True, eq=False)
-class StageMessage(_Message):
-    """A task between stages (preprocess -> inference -> postprocess)."""
-
-    task_id: str
-    tenant: str
-    pipeline: str
-    content_type: str
-    """Encoding the final result must use."""
-    tensors: Mapping[str, TensorValue]
-    model_version: int | None = None
-    """Requested version; after inference, the version that ran."""
-    model_name: str | None = None
-    priority: str | None = None
-    deadline_ms: int | None = None
-    reply_to: str | None = None
-    traceparent: str | None = None
-    submitted_at_ms: int = field(default_factory=now_ms)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    """Per-stage durations so far."""
-    batch_id: str | None = None
-    attempt: int = 0
-
-    FIELDS: ClassVar[tuple[Field, ...]] = (
-        *_common(),
-        _PIPELINE,
-        _MODEL_VERSION,
-        Field("model_name", Kind.NAME, nullable=True),
-        _PRIORITY,
-        _DEADLINE,
-        _REPLY_TO,
-        _TRACEPARENT,
-        Field("submitted_at_ms", Kind.COUNT, required=True),
-        Field("content_type", Kind.CONTENT_TYPE, required=True),
-        Field("tensors", Kind.TENSORS, required=True),
-        _PARAMETERS,
-        _TIMINGS,
-        Field("batch_id", Kind.ID, nullable=True),
-        Field("attempt", Kind.COUNT),
-    )
-    TENSORS: ClassVar[str] = "tensors"
-
-    @classmethod
-    def from_request(
-        cls,
-        request: InferenceRequest,
-        request_content_type: str,
-        tensors: Mapping[str, TensorValue],
-        **options: Any,
-    ) -> Self:
-        """Carry a request's routing fields forward; the result keeps the client's encoding.
-
-        Checks only ``request_content_type``, ``tensors``, ``options`` (which may override
-        carried fields, e.g. ``model_version``) and the carried ``parameters``.
-        """
-        carried = {
-            "task_id": request.task_id,
-            "tenant": request.tenant,
-            "pipeline": request.pipeline,
-            "model_version": request.model_version,
-            "priority": request.priority,
-            "deadline_ms": request.deadline_ms,
-            "reply_to": request.reply_to,
-            "traceparent": request.traceparent,
-            "submitted_at_ms": request.submitted_at_ms,
-            "parameters": request.parameters,
-        }
-        changes = {
-            "content_type": request.response_content_type or request_content_type,
-            "tensors": tensors,
-            **options,
-        }
-        return cls._derive(carried, changes)
-
-
-@_compiled
-@dataclass(frozen=True, slots=True, eq=False)
 class InferenceResult(_Message):
     """A successful answer to a request."""
 
@@ -399,30 +322,6 @@ class InferenceResult(_Message):
         _TRACEPARENT,
     )
     TENSORS: ClassVar[str] = "outputs"
-
-    @classmethod
-    def from_stage(
-        cls, message: StageMessage, outputs: Mapping[str, TensorValue], **options: Any
-    ) -> Self:
-        """The result of an inferred stage message: carries its identity and model forward.
-
-        Checks only ``outputs``, ``options`` (e.g. ``timings_ms``, ``completed_at_ms``) and
-        the model fields, which a stage message may lack (``ContractError`` then).
-        """
-        carried = {
-            "task_id": message.task_id,
-            "tenant": message.tenant,
-            "pipeline": message.pipeline,
-            "submitted_at_ms": message.submitted_at_ms,
-            "traceparent": message.traceparent,
-        }
-        changes = {
-            "model_name": message.model_name,
-            "model_version": message.model_version,
-            "outputs": outputs,
-            **options,
-        }
-        return cls._derive(carried, changes)
 
     @classmethod
     def of_task(
@@ -485,5 +384,5 @@ class ErrorResult(_Message):
         )
 
 
-Message = InferenceRequest | StageMessage | InferenceResult | ErrorResult
+Message = InferenceRequest | InferenceResult | ErrorResult
 """Any message the codec encodes."""

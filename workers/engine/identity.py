@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from schemas import ContractError, InferenceRequest, StageMessage, Status, content_type_of
+from schemas import ContractError, InferenceRequest, Status, content_type_of
 from schemas.fields import ID_RE, MSGPACK, NAME_RE, TRACEPARENT_RE
 from workers.engine.work import DEFAULT_LANE, StageOutput, TaskIdentity, Work, fail
 from workers.names import Topics
@@ -35,23 +35,9 @@ class AnswersFailures:
 
 
 def identify_task(work: Work) -> TaskIdentity:
-    """The task of a record: from its decoded message, else from its headers and key."""
-    message = work.message
-    if isinstance(message, StageMessage):
-        return TaskIdentity(
-            message.task_id,
-            message.tenant,
-            message.pipeline,
-            message.reply_to,
-            message.content_type,
-            message.traceparent,
-            message.priority or DEFAULT_LANE,
-        )
-    return identify(work)
+    """The task a record belongs to: from the decoded request, else its headers and key.
 
-
-def identify(work: Work) -> TaskIdentity:
-    """The task a record belongs to: from the decoded request, else its headers and key."""
+    A frame's tasks are answered row by row (`framing.fail_rows`), not through this."""
     request = work.message
     record = work.record
     if isinstance(request, InferenceRequest):

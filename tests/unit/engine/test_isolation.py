@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from aiokafka import ConsumerRecord
 
-from schemas import InferenceRequest, StageMessage, Status
+from schemas import InferenceRequest, Status
 from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.engine.work import BatchFailed, StageOutput, Work
 
@@ -19,7 +19,6 @@ def _work(index: int) -> Work:
         inputs={"x": np.zeros((1, 2), np.float32)},
         task_id=f"task-{index}",
     )
-    message = StageMessage.from_request(request, "application/msgpack", request.inputs)
     record = ConsumerRecord(
         topic="t.preprocessed",
         partition=0,
@@ -33,7 +32,7 @@ def _work(index: int) -> Work:
         serialized_value_size=2,
         headers=(),
     )
-    return Work(record, message=message)
+    return Work(record, message=request)
 
 
 class FakeStage:

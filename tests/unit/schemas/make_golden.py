@@ -19,7 +19,6 @@ from schemas import (
     InferenceRequest,
     InferenceResult,
     Message,
-    StageMessage,
     Status,
     encode,
 )
@@ -54,27 +53,6 @@ def golden_messages() -> dict[str, Message]:
         submitted_at_ms=1_700_000_000_000,
         response_content_type=JSON,
     )
-    stage = StageMessage(
-        task_id="golden-task-1",
-        tenant="acme",
-        pipeline="text-embedding",
-        content_type=JSON,
-        tensors={
-            "input_ids": np.arange(6, dtype=np.int64).reshape(2, 3),
-            "attention_mask": np.ones((2, 3), dtype=np.bool_),
-            "raw": np.array([b"\x00\xffbin"], dtype=object),
-        },
-        model_version=2,
-        model_name="minilm",
-        priority="bulk",
-        deadline_ms=1_700_000_060_000,
-        traceparent=TRACEPARENT,
-        submitted_at_ms=1_700_000_000_000,
-        parameters={"normalize": True},
-        timings_ms={"preprocess": 1.5},
-        batch_id="batch-7",
-        attempt=1,
-    )
     result = InferenceResult(
         task_id="golden-task-1",
         tenant="acme",
@@ -102,7 +80,7 @@ def golden_messages() -> dict[str, Message]:
         traceparent=TRACEPARENT,
         completed_at_ms=1_700_000_000_001,
     )
-    return {"request": request, "stage": stage, "result": result, "error": error}
+    return {"request": request, "result": result, "error": error}
 
 
 def golden_files() -> dict[str, tuple[Message, str, bytes]]:

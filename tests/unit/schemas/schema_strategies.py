@@ -15,7 +15,6 @@ from schemas import (
     InferenceRequest,
     InferenceResult,
     Message,
-    StageMessage,
     Status,
 )
 from schemas.fields import Priority
@@ -101,28 +100,6 @@ def requests(*, finite: bool = True) -> st.SearchStrategy[InferenceRequest]:
     )
 
 
-def stage_messages(*, finite: bool = True) -> st.SearchStrategy[StageMessage]:
-    return st.builds(
-        StageMessage,
-        task_id=ids,
-        tenant=names,
-        pipeline=names,
-        content_type=st.sampled_from(CONTENT_TYPES),
-        tensors=tensors(finite=finite),
-        model_version=st.none() | st.integers(1, 2**63 - 1),
-        model_name=st.none() | names,
-        priority=st.none() | st.sampled_from([p.value for p in Priority]),
-        deadline_ms=st.none() | timestamps,
-        reply_to=st.none() | topics,
-        traceparent=st.none() | traceparents,
-        submitted_at_ms=timestamps,
-        parameters=parameters,
-        timings_ms=timings,
-        batch_id=st.none() | ids,
-        attempt=st.integers(0, 1000),
-    )
-
-
 def results(*, finite: bool = True) -> st.SearchStrategy[InferenceResult]:
     return st.builds(
         InferenceResult,
@@ -155,6 +132,4 @@ def errors() -> st.SearchStrategy[ErrorResult]:
 
 
 def messages(*, finite: bool = True) -> st.SearchStrategy[Message]:
-    return (
-        requests(finite=finite) | stage_messages(finite=finite) | results(finite=finite) | errors()
-    )
+    return requests(finite=finite) | results(finite=finite) | errors()

@@ -18,12 +18,10 @@ from schemas import (
     ErrorResult,
     InferenceRequest,
     InferenceResult,
-    StageMessage,
     Status,
     content_type_of,
     decode_request,
     decode_result,
-    decode_stage,
     encode,
 )
 from tests.unit.schemas.wire_helpers import frame, json_bytes, unframe, v2_request, with_tensor
@@ -430,8 +428,14 @@ def test_result_and_error_field_errors() -> None:
     )
     done = {"id": "t", "tenant": "a", "pipeline": "p", "status": "DONE", "model_name": "m"}
     raises(ErrorCode.MISSING_FIELD, "outputs", lambda: decode_result(json_bytes(done)))
-    stage = {"schema_version": "1.0", "id": "t", "tenant": "a", "pipeline": "p", "tensors": []}
-    raises(ErrorCode.MISSING_FIELD, "submitted_at_ms", lambda: decode_stage(frame(stage)))
+    packed = {
+        "schema_version": "1.0",
+        **done,
+        "outputs": [],
+        "model_version": 1,
+        "completed_at_ms": 2,
+    }
+    raises(ErrorCode.MISSING_FIELD, "submitted_at_ms", lambda: decode_result(frame(packed)))
 
 
 def test_construction_validates() -> None:
@@ -490,12 +494,14 @@ def test_construction_validates() -> None:
     raises(
         ErrorCode.INVALID_VALUE,
         "timings_ms.bad key",
-        lambda: StageMessage(
+        lambda: InferenceResult(
             task_id="t",
             tenant="a",
             pipeline="p",
-            content_type=MSGPACK,
-            tensors={},
+            outputs={},
+            model_name="m",
+            model_version=1,
+            submitted_at_ms=1,
             timings_ms={"bad key": 1.0},
         ),
     )

@@ -24,13 +24,12 @@ from schemas import (
     Message,
     decode_request,
     decode_result,
-    decode_stage,
     encode,
 )
 from tests.unit.schemas.make_golden import golden_messages
 from tests.unit.schemas.wire_helpers import frame, unframe
 
-DECODERS: list[Callable[..., Message]] = [decode_request, decode_stage, decode_result]
+DECODERS: list[Callable[..., Message]] = [decode_request, decode_result]
 LIMITS = DecodeLimits(max_message_bytes=1 << 20, max_tensor_elements=1 << 16)
 CASES = 12_000
 
@@ -144,9 +143,7 @@ def byte_level(rng: random.Random, value: bytes) -> bytes:
 
 def matching_decoder(value: bytes) -> Callable[..., Message]:
     """The decoder meant for a seed (so mutations get past the unknown-field check)."""
-    if b"inputs" in value:
-        return decode_request
-    return decode_stage if b"tensors" in value else decode_result
+    return decode_request if b"inputs" in value else decode_result
 
 
 def decode_any(rng: random.Random, value: bytes, content_type: str) -> str:

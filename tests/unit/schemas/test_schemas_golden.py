@@ -7,10 +7,8 @@ import pytest
 from schemas import (
     InferenceRequest,
     Message,
-    StageMessage,
     decode_request,
     decode_result,
-    decode_stage,
 )
 from tests.unit.schemas.make_golden import GOLDEN_DIR, golden_files
 
@@ -20,8 +18,6 @@ FILES = golden_files()
 def decode_as(message: Message, value: bytes) -> Message:
     if isinstance(message, InferenceRequest):
         return decode_request(value)
-    if isinstance(message, StageMessage):
-        return decode_stage(value)
     return decode_result(value)
 
 

@@ -16,7 +16,6 @@ from tests.unit.schemas.schema_strategies import messages
 
 SCHEMA_BY_TYPE = {
     "InferenceRequest": "request",
-    "StageMessage": "stage",
     "InferenceResult": "result",
     "ErrorResult": "error",
 }
@@ -50,7 +49,7 @@ def test_enums_come_from_the_python_definitions() -> None:
     assert error["properties"]["code"]["enum"] == [code.value for code in ErrorCode]
 
 
-@pytest.mark.parametrize("name", ["request", "stage", "result", "error"])
+@pytest.mark.parametrize("name", ["request", "result", "error"])
 def test_golden_messages_validate(name: str) -> None:
     validate(golden_messages()[name])
 

@@ -16,11 +16,9 @@ from schemas import (
     InferenceRequest,
     InferenceResult,
     Message,
-    StageMessage,
     arrays_of,
     decode_request,
     decode_result,
-    decode_stage,
     encode,
     headers_for,
 )
@@ -37,8 +35,6 @@ ENCODINGS = [MSGPACK, JSON]
 def decode_as(message: Message, value: bytes, headers: Any = None) -> Message:
     if isinstance(message, InferenceRequest):
         return decode_request(value, headers)
-    if isinstance(message, StageMessage):
-        return decode_stage(value, headers)
     return decode_result(value, headers)
 
 

@@ -16,32 +16,33 @@ from schemas import (
     ErrorCode,
     InferenceRequest,
     InferenceResult,
-    StageMessage,
     _envelope,
-    decode_stage,
+    decode_result,
     encode,
 )
 from schemas import fields as fields_module
 from schemas._checks import check_int, check_str
 from schemas.fields import Field, Kind
 from schemas.messages import ErrorResult
-from tests.unit.schemas.schema_strategies import stage_messages
+from tests.unit.schemas.schema_strategies import results
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def stage(**options: Any) -> StageMessage:
+def result(**options: Any) -> InferenceResult:
     fields: dict[str, Any] = {
         "task_id": "t-1",
         "tenant": "acme",
         "pipeline": "tiny-classify",
-        "content_type": MSGPACK,
-        "tensors": {"features": np.zeros((1, 16), np.float32)},
+        "outputs": {"logits": np.zeros((1, 16), np.float32)},
+        "model_name": "m",
+        "model_version": 3,
         "traceparent": TRACEPARENT,
         "timings_ms": {"preprocess": 0.5},
         "submitted_at_ms": 1_700_000_000_000,
+        "completed_at_ms": 1_700_000_000_010,
     }
-    return StageMessage(**(fields | options))
+    return InferenceResult(**(fields | options))
 
 
 def full_check(spec: Field, value: Any) -> Any:
@@ -75,7 +76,7 @@ def outcome(check: Any, value: Any) -> tuple[str, Any]:
 
 SCALAR_FIELDS = [
     spec
-    for cls in (InferenceRequest, StageMessage, InferenceResult, ErrorResult)
+    for cls in (InferenceRequest, InferenceResult, ErrorResult)
     for spec in cls.FIELDS
     if spec.kind not in (Kind.TENSORS, Kind.ENUM)
 ]
@@ -111,7 +112,7 @@ def test_remembered_names_are_bounded() -> None:
 
 def test_timings_are_copied_and_ints_become_floats() -> None:
     timings: dict[str, Any] = {"preprocess": 1}
-    message = stage(timings_ms=timings)
+    message = result(timings_ms=timings)
     assert message.timings_ms == {"preprocess": 1.0}
     assert type(message.timings_ms["preprocess"]) is float
     timings["late"] = 2.0
@@ -119,20 +120,20 @@ def test_timings_are_copied_and_ints_become_floats() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(stage_messages())
-def test_evolve_equals_replace(message: StageMessage) -> None:
+@given(results())
+def test_evolve_equals_replace(message: InferenceResult) -> None:
     changes: dict[str, Any] = {
-        "tensors": {"out": np.arange(4, dtype=np.float32).reshape(1, 4)},
-        "timings_ms": {**message.timings_ms, "inference": 1.5},
-        "batch_id": "b-1",
+        "outputs": {"out": np.arange(4, dtype=np.float32).reshape(1, 4)},
+        "timings_ms": {**message.timings_ms, "postprocess": 1.5},
+        "completed_at_ms": 1_700_000_000_010,
     }
     evolved = message.evolve(**changes)
     assert evolved == dataclasses.replace(message, **changes)
-    assert decode_stage(encode(evolved)) == evolved
+    assert decode_result(encode(evolved)) == evolved
 
 
 def test_evolve_checks_the_changed_fields() -> None:
-    message = stage()
+    message = result()
     with pytest.raises(ContractError) as caught:
         message.evolve(timings_ms={"bad key": 1.0})
     assert (caught.value.code, caught.value.field) == (
@@ -140,77 +141,63 @@ def test_evolve_checks_the_changed_fields() -> None:
         "timings_ms.bad key",
     )
     with pytest.raises(ContractError) as caught:
-        message.evolve(tensors={"x": [1, 2]})
+        message.evolve(outputs={"x": [1, 2]})
     assert caught.value.code is ErrorCode.WRONG_TYPE
-    with pytest.raises(TypeError, match="no field 'tensor'"):
-        message.evolve(tensor={})
-    strings = message.evolve(tensors={"s": np.array(["a", "b"])}).tensors["s"]
+    with pytest.raises(TypeError, match="no field 'output'"):
+        message.evolve(output={})
+    strings = message.evolve(outputs={"s": np.array(["a", "b"])}).outputs["s"]
     assert isinstance(strings, np.ndarray)
     assert strings.dtype == object  # normalised like the constructor does
 
 
 def test_evolve_shares_unchanged_values_and_rechecks_parameters() -> None:
-    message = stage(parameters={"top_k": 3})
-    evolved = message.evolve(attempt=1)
-    assert evolved.tensors is message.tensors
-    assert (evolved.attempt, message.attempt) == (1, 0)
-    message.parameters["bad"] = np.float64(1.0)  # e.g. a plug-in writing into its parameters
+    request = InferenceRequest.new(
+        tenant="acme", pipeline="p", inputs={"x": np.zeros(3)}, parameters={"top_k": 3}
+    )
+    evolved = request.evolve(tenant="other", reply_to="conveyor.results.other")
+    assert evolved.inputs is request.inputs
+    assert (evolved.tenant, request.tenant) == ("other", "acme")
+    request.parameters["bad"] = np.float64(1.0)  # e.g. a plug-in writing into its parameters
     with pytest.raises(ContractError) as caught:
-        message.evolve(attempt=2)
+        request.evolve(tenant="again")
     assert caught.value.field == "parameters.bad"
 
 
-def test_from_request_takes_overrides_and_checks_them() -> None:
-    request = InferenceRequest.new(
-        tenant="acme", pipeline="p", inputs={}, model_version=None, traceparent=TRACEPARENT
-    )
-    tensors = {"ids": np.arange(3)}
-    message = StageMessage.from_request(
-        request, MSGPACK, tensors, model_name="m", model_version=2, timings_ms={"preprocess": 1.0}
-    )
-    reference = dataclasses.replace(
-        StageMessage.from_request(request, MSGPACK, tensors),
-        model_name="m",
-        model_version=2,
-        timings_ms={"preprocess": 1.0},
-    )
-    assert message == reference
-    with pytest.raises(ContractError) as caught:
-        StageMessage.from_request(request, "text/plain", tensors)
-    assert caught.value.code is ErrorCode.UNSUPPORTED_CONTENT_TYPE
-    with pytest.raises(ContractError) as caught:
-        StageMessage.from_request(request, MSGPACK, tensors, model_version=0)
-    assert caught.value.field == "model_version"
-
-
-def test_from_stage_builds_the_result_and_needs_a_model() -> None:
-    message = stage(model_name="m", model_version=3)
-    outputs = {"logits": np.ones((1, 2), np.float32)}
-    result = InferenceResult.from_stage(
-        message, outputs, completed_at_ms=1_700_000_000_010, timings_ms={"postprocess": 0.1}
-    )
-    assert result == InferenceResult(
-        task_id="t-1",
-        tenant="acme",
-        pipeline="tiny-classify",
-        outputs=outputs,
-        model_name="m",
-        model_version=3,
-        submitted_at_ms=1_700_000_000_000,
+def test_of_task_builds_the_result_and_checks_only_what_it_is_given() -> None:
+    carried = {
+        "task_id": "t-1",
+        "tenant": "acme",
+        "pipeline": "tiny-classify",
+        "submitted_at_ms": 1_700_000_000_000,
+        "model_name": "m",
+        "model_version": 3,
+    }
+    outputs = {"logits": np.zeros((1, 16), np.float32)}
+    built = InferenceResult.of_task(
+        carried,
+        outputs,
         completed_at_ms=1_700_000_000_010,
-        timings_ms={"postprocess": 0.1},
+        timings_ms={"preprocess": 0.5},
         traceparent=TRACEPARENT,
     )
+    assert built == result()
+    not_an_array: dict[str, Any] = {"x": [1.0]}
     with pytest.raises(ContractError) as caught:
-        InferenceResult.from_stage(stage(), outputs)
-    assert (caught.value.code, caught.value.field) == (ErrorCode.WRONG_TYPE, "model_name")
+        InferenceResult.of_task(carried, not_an_array)
+    assert (caught.value.code, caught.value.field) == (ErrorCode.WRONG_TYPE, "outputs['x']")
+    with pytest.raises(ContractError) as caught:
+        InferenceResult.of_task(carried, outputs, timings_ms={"bad key": 1.0})
+    assert caught.value.field == "timings_ms.bad key"
+    unnamed = {key: value for key, value in carried.items() if key != "model_name"}
+    with pytest.raises(TypeError, match="missing field 'model_name'"):
+        InferenceResult.of_task(unnamed, outputs)
 
 
 def test_decoding_checks_each_field_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = stage()
+    expected = result()
     value = encode(expected)
     calls: list[str] = []
-    checks = dict(StageMessage.CHECKS)
+    checks = dict(InferenceResult.CHECKS)
     for attr, check in checks.items():
 
         def counting(raw: Any, attr: str = attr, check: Any = check) -> Any:
@@ -218,13 +205,13 @@ def test_decoding_checks_each_field_once(monkeypatch: pytest.MonkeyPatch) -> Non
             return check(raw)
 
         checks[attr] = counting
-    monkeypatch.setattr(StageMessage, "CHECKS", checks)
+    monkeypatch.setattr(InferenceResult, "CHECKS", checks)
     monkeypatch.setitem(
         _envelope._VALUE_CHECKS,
-        StageMessage,
-        tuple((attr, check) for attr, check in checks.items() if attr != "tensors"),
+        InferenceResult,
+        tuple((attr, check) for attr, check in checks.items() if attr != "outputs"),
     )
-    assert decode_stage(value) == expected
+    assert decode_result(value) == expected
     assert sorted(calls) == sorted(set(calls))  # no field checked twice
     assert {"task_id", "traceparent", "timings_ms"} <= set(calls)
-    assert "tensors" not in calls  # the tensor reader checked them while reading
+    assert "outputs" not in calls  # the tensor reader checked them while reading

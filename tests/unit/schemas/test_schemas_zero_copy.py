@@ -11,10 +11,10 @@ import pytest
 from schemas import (
     DecodeLimits,
     InferenceRequest,
-    StageMessage,
+    InferenceResult,
     arrays_of,
     decode_request,
-    decode_stage,
+    decode_result,
     encode,
 )
 
@@ -50,12 +50,20 @@ def test_tensors_are_64_byte_aligned_within_the_value() -> None:
         "b": np.ones(5, np.int8),
         "c": np.ones(2),
     }
-    stage = StageMessage(
-        task_id="t", tenant="a", pipeline="p", content_type="application/json", tensors=tensors
+    result = InferenceResult(
+        task_id="t",
+        tenant="a",
+        pipeline="p",
+        outputs=tensors,
+        model_name="m",
+        model_version=1,
+        submitted_at_ms=1,
     )
-    value = encode(stage)
+    value = encode(result)
     start = np.frombuffer(value, np.uint8).ctypes.data
-    for array in arrays_of(decode_stage(value).tensors).values():
+    decoded = decode_result(value)
+    assert isinstance(decoded, InferenceResult)
+    for array in arrays_of(decoded.outputs).values():
         assert (array.ctypes.data - start) % 64 == 0
 
 
