@@ -409,7 +409,7 @@ def _tensor(name: str, entry: Any, rows: int, tasks: int, limits: DecodeLimits) 
         raise ContractError.at(
             ErrorCode.SHAPE_MISMATCH, f"{path}.shape", f"{shape[0]} rows, the tasks own {rows}"
         )
-    elements = int(np.prod(shape, dtype=np.int64))
+    elements = math.prod(shape)
     if elements > limits.max_tensor_elements * tasks:
         raise ContractError.at(
             ErrorCode.PAYLOAD_TOO_LARGE, path, f"{elements} elements for {tasks} tasks"
