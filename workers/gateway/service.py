@@ -1,0 +1,54 @@
+"""`conveyor gateway`: the gateway core and its HTTP and gRPC listeners in one process.
+
+SIGTERM (or Ctrl-C): readiness turns off at once, the listeners stop taking requests and
+let those in progress finish (within `worker.shutdown_grace_s`), then the Kafka client
+flushes and stops. A second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+from workers.gateway.core import Gateway
+from workers.gateway.grpc_service import GrpcFront
+from workers.gateway.http import HttpFront
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_gateway(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    config = settings.gateway
+    grace_s = settings.worker.shutdown_grace_s
+    stop = asyncio.Event()
+    _install_signals(stop)
+    async with AsyncExitStack() as stack:
+        gateway = await stack.enter_async_context(Gateway(settings))
+        http = HttpFront(gateway, config.http_host, config.http_port)
+        grpc = GrpcFront(gateway, config.http_host, config.grpc_port, grace_s)
+        await stack.enter_async_context(http)
+        await stack.enter_async_context(grpc)
+        # One line that scripts and tests wait on: both listeners are bound.
+        log.info("gateway ready: http %d grpc %d", http.port, grpc.port)
+        await stop.wait()
+        log.info("gateway stopping: readiness off, finishing requests in progress")
+        gateway.stopping()
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if signum == signal.SIGINT and interrupts > 1:
+            raise SystemExit(130)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
