@@ -17,10 +17,10 @@ from aiohttp import web
 
 from schemas import InferenceRequest, InferenceResult, arrays_of, decode_result
 from tests.e2e.conftest import Pipeline
-from tests.e2e.gateway_process import GatewayProcess, gateway_env, running_gateway
 from tests.e2e.helpers import read_topic
 from workers.client import Client
 from workers.gateway.keys import ApiKeys
+from workers.gateway.launcher import GatewayProcess, gateway_env, running_gateway
 from workers.lanes.registry import TenantPolicy, TenantRegistry
 from workers.ledger.connection import redis_client
 from workers.models.repository import ModelRepository

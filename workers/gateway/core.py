@@ -89,6 +89,53 @@ def instance_name(configured: str | None) -> str:
     return (host.strip("-_") or "gateway")[:64]
 
 
+class Publisher:
+    """Publishes the requests of concurrent callers together: whatever waits when the
+    previous publication is acknowledged goes out as one `submit_many` (one record batch
+    per partition), so a burst of callers costs a few broker round trips, not one each
+    (the idempotent producer keeps one request in flight per partition). Nothing waits for
+    a batch to fill: a lone request is published at once."""
+
+    def __init__(self, client: Client, max_batch: int = 500) -> None:
+        self._client = client
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[InferenceRequest, asyncio.Future[None]]] = asyncio.Queue()
+        self._error: BaseException | None = None
+
+    async def publish(self, request: InferenceRequest) -> None:
+        """Until the broker acknowledged `request`; raises what the producer raised."""
+        if self._error is not None:
+            raise RuntimeError("the publisher stopped") from self._error
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((request, done))
+        await done
+
+    async def run(self) -> None:
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while not self._queue.empty() and len(batch) < self._max_batch:
+                    batch.append(self._queue.get_nowait())
+                waiting = [(r, f) for r, f in batch if not f.done()]  # callers gone: skip
+                try:
+                    await self._client.submit_many(r for r, _ in waiting)
+                except Exception as exc:
+                    for _, done in waiting:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for _, done in waiting:
+                    if not done.done():
+                        done.set_result(None)
+        except BaseException as exc:  # cancelled or crashed: nobody may wait forever
+            self._error = exc
+            while not self._queue.empty():
+                _, done = self._queue.get_nowait()
+                if not done.done():
+                    done.set_exception(RuntimeError("the publisher stopped"))
+            raise
+
+
 class Gateway:
     """Publishes V2 requests as tasks and answers them; one per gateway process."""
 
@@ -105,6 +152,7 @@ class Gateway:
         self._redis = redis_client(settings.redis, resilient=True)
         self._directory: KeyDirectory | None = None
         self._client: Client | None = None
+        self._publisher: Publisher | None = None
         self._session: aiohttp.ClientSession | None = None
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._tasks = TaskSet(self._crashed)
@@ -154,6 +202,8 @@ class Gateway:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.callback_timeout_s)
             )
+        self._publisher = Publisher(self._client)
+        self._tasks.start(self._publisher.run(), "gateway-publisher")
         self._tasks.start(self._keep_results(self._client), "gateway-keep-results")
         await self._read_stages()
         self._tasks.start(self._watch_stages(), "gateway-watch-stages")
@@ -367,8 +417,11 @@ class Gateway:
             )
 
     async def _publish(self, client: Client, request: InferenceRequest) -> None:
+        assert self._publisher is not None
         try:
-            await client.submit(request)
+            await self._publisher.publish(request)
+        except RuntimeError as exc:
+            raise GatewayError(503, "UNAVAILABLE", str(exc), request.task_id) from None
         except KafkaError as exc:
             raise GatewayError(
                 503, "UNAVAILABLE", f"the broker did not take the request: {exc}", request.task_id

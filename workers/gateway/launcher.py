@@ -1,6 +1,6 @@
-"""Start `conveyor gateway` as a process of its own against a test pipeline.
+"""Start `conveyor gateway` as a process of its own (the e2e tests and the benchmark).
 
-The gateway runs in its own process (as in production) and never in the test's: its gRPC
+The gateway runs in its own process, as in production, never in the caller's: its gRPC
 module and tritonclient's both register `inference.*` protobuf messages, which cannot share
 one process's descriptor pool.
 """
@@ -42,7 +42,8 @@ class GatewayProcess:
 
 
 def gateway_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment (settings) of a gateway serving the pipeline of `settings`."""
+    """The environment (settings) of a gateway on free loopback ports serving the pipeline
+    of `settings`."""
     return {
         "KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
         "REDIS_URL": settings.redis.url,
