@@ -437,6 +437,17 @@ class GatewaySettings(_Group):
     result there, so the list keeps it from calling arbitrary hosts."""
     callback_timeout_s: float = Field(default=10.0, gt=0)
     """Time for one callback POST; it is tried 3 times in all."""
+    tls_certfile: Path | None = None
+    """Server certificate (PEM, chain first) for HTTPS and gRPC over TLS; None: plaintext
+    (TLS ends in front of the gateway: an ingress or a mesh)."""
+    tls_keyfile: Path | None = None
+    """Private key (PEM) of `tls_certfile`."""
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> GatewaySettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        return self
 
 
 class StackSettings(_Group):

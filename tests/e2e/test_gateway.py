@@ -5,6 +5,9 @@ JSON, asynchronous inference, every error status, and tenants kept apart."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,3 +369,60 @@ async def test_async_submit_poll_callback_and_tenants_kept_apart(served: Served)
             headers=served.auth(),
         ) as r:
             assert r.status == 400
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = directory / "gateway.pem", directory / "gateway.key"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_where_configured(pipeline: Pipeline, tmp_path: Path) -> None:
+    import tritonclient.grpc.aio as grpcclient
+
+    cert, key = _self_signed(tmp_path)
+    env = gateway_env(
+        pipeline.settings,
+        CONVEYOR_GATEWAY__TLS_CERTFILE=str(cert),
+        CONVEYOR_GATEWAY__TLS_KEYFILE=str(key),
+    )
+    with running_gateway(env, tmp_path / "gateway.log") as gateway:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        https = f"https://127.0.0.1:{gateway.http_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{https}/v2/health/live", ssl=trusted) as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientError):  # plaintext is not served
+                async with session.get(f"http://127.0.0.1:{gateway.http_port}/v2/health/live"):
+                    pass
+        grpc = grpcclient.InferenceServerClient(
+            gateway.grpc_target, ssl=True, root_certificates=str(cert)
+        )
+        try:
+            assert await grpc.is_server_live()
+        finally:
+            await grpc.close()

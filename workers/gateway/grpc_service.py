@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import grpc
 from grpc import aio
 
 from schemas import ContractError, ErrorCode
@@ -270,7 +271,14 @@ class GrpcFront:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             Servicer(self.gateway), server
         )
-        self.port = server.add_insecure_port(self._address)
+        config = self.gateway.config
+        if config.tls_certfile is not None and config.tls_keyfile is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_keyfile.read_bytes(), config.tls_certfile.read_bytes())]
+            )
+            self.port = server.add_secure_port(self._address, credentials)
+        else:
+            self.port = server.add_insecure_port(self._address)
         if self.port == 0:
             raise OSError(f"gRPC cannot listen on {self._address}")
         await server.start()

@@ -9,6 +9,7 @@ its traceback.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -93,13 +94,23 @@ class HttpFront:
             raise RuntimeError("HTTP front already started")
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, backlog=4096)
+        tls = self._tls()
+        site = web.TCPSite(self._runner, self._host, self._port, backlog=4096, ssl_context=tls)
         await site.start()
         server = site._server  # the bound socket tells the port actually taken
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("gateway HTTP on http://%s:%d", self._host, self.port)
+        scheme = "https" if tls is not None else "http"
+        log.info("gateway HTTP on %s://%s:%d", scheme, self._host, self.port)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        config = self.gateway.config
+        if config.tls_certfile is None or config.tls_keyfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_certfile, config.tls_keyfile)
+        return context
 
     async def stop(self) -> None:
         if self._runner is not None:
