@@ -210,6 +210,7 @@ async def test_v2_json_over_plain_http(served: Served) -> None:
             answer = await r.json()
             assert r.headers["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
             task_id = r.headers["Conveyor-Task-Id"]
+            assert r.headers["Server-Timing"].startswith("gateway;dur=")
         async with session.get(f"{url}/metrics") as r:
             metrics = await r.text()
     assert answer["id"] == "req-1"

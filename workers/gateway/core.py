@@ -75,6 +75,18 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A synchronous request's result, and where its time went."""
+
+    request: InferenceRequest
+    result: InferenceResult
+    publish_s: float
+    """Until the broker acknowledged the request."""
+    pipeline_s: float
+    """From the acknowledgement to the result's arrival on the reply topic."""
+
+
+@dataclass(frozen=True)
 class _Kept:
     tenant: str
     callback: str | None
@@ -362,7 +374,7 @@ class Gateway:
         except ContractError as exc:
             raise GatewayError.of_contract(exc) from None
 
-    async def infer(self, sub: Submission) -> tuple[InferenceRequest, InferenceResult]:
+    async def infer(self, sub: Submission) -> Answer:
         """Publish and await the result: 504 with the task id when it does not come in
         time (it is then kept for `GET /v2/tasks/{id}`), the error's status when it failed."""
         self.require_ready()
@@ -370,7 +382,9 @@ class Gateway:
         request = self.request_of(sub)
         timeout_s = min(self.config.request_timeout_s, sub.body.timeout_s or float("inf"))
         async with self._slot():
+            started = time.perf_counter()
             await self._publish(client, request)
+            published = time.perf_counter()
             try:
                 result = await client.result(request.task_id, timeout_s=timeout_s)
             except TimeoutError:
@@ -384,9 +398,10 @@ class Gateway:
                 ) from None
             except RuntimeError as exc:  # the results reader stopped
                 raise GatewayError(503, "UNAVAILABLE", str(exc), request.task_id) from None
+        answered = time.perf_counter()
         if isinstance(result, ErrorResult):
             raise GatewayError.of_result(result)
-        return request, result
+        return Answer(request, result, published - started, answered - published)
 
     async def submit(
         self, sub: Submission, callback: str | None = None, reply_to: str | None = None

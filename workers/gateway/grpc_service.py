@@ -172,11 +172,12 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             timeout_s=remaining if remaining is not None else timeout_of(parameters.get("timeout")),
         )
         sub = Submission(tenant, served, version, body, metadata.get("traceparent"))
-        published, result = await gateway.infer(sub)
+        answer = await gateway.infer(sub)
+        result = answer.result
         outputs = selected(outputs_of(result), body.outputs)
         trailing = [("conveyor-task-id", result.task_id)]
-        if published.traceparent:
-            trailing.append(("traceparent", published.traceparent))
+        if answer.request.traceparent:
+            trailing.append(("traceparent", answer.request.traceparent))
         context.set_trailing_metadata(tuple(trailing))
         return _response(request, served.name, result.task_id, result.model_version, outputs)
 

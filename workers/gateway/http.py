@@ -177,6 +177,7 @@ class HttpFront:
     # ---- inference ---------------------------------------------------------------------------
 
     async def infer(self, request: web.Request) -> web.Response:
+        arrived = time.perf_counter()
         gateway = self.gateway
         tenant = await gateway.authenticate(
             _api_key(request), request.headers.get("conveyor-tenant")
@@ -197,12 +198,20 @@ class HttpFront:
         sub = Submission(tenant, served, version, body, request.headers.get("traceparent"))
         if _wants_async(request):
             return await self._submit(request, sub)
-        published, result = await gateway.infer(sub)
+        answer = await gateway.infer(sub)
+        result = answer.result
         head = response_head(result, served.name, body.id)
         payload, json_length = http_response(head, outputs_of(result), body)
         headers = {TASK_ID_HEADER: result.task_id}
-        if published.traceparent:
-            headers["traceparent"] = published.traceparent
+        if answer.request.traceparent:
+            headers["traceparent"] = answer.request.traceparent
+        # Where the time went (W3C Server-Timing, ms): the gateway's own work, the broker's
+        # acknowledgement, and the pipeline until the result arrived.
+        own_s = time.perf_counter() - arrived - answer.publish_s - answer.pipeline_s
+        headers["Server-Timing"] = (
+            f"gateway;dur={own_s * 1000:.3f}, publish;dur={answer.publish_s * 1000:.3f}, "
+            f"pipeline;dur={answer.pipeline_s * 1000:.3f}"
+        )
         if json_length is None:
             return web.Response(body=payload, content_type="application/json", headers=headers)
         headers[HEADER_LENGTH] = str(json_length)
