@@ -5,9 +5,12 @@ JSON, asynchronous inference, every error status, and tenants kept apart."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,3 +430,21 @@ async def test_tls_where_configured(pipeline: Pipeline, tmp_path: Path) -> None:
             assert await grpc.is_server_live()
         finally:
             await grpc.close()
+
+
+def test_a_taken_port_ends_the_gateway_with_exit_5(pipeline: Pipeline) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = gateway_env(pipeline.settings, CONVEYOR_GATEWAY__HTTP_PORT=str(port))
+        done = subprocess.run(
+            [sys.executable, "-m", "workers", "gateway"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 5, done.stderr[-2000:]
+    assert f"conveyor: gateway.http_port {port} is taken" in done.stderr
+    assert "Traceback" not in done.stderr
