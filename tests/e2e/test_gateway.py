@@ -227,9 +227,30 @@ async def test_v2_json_over_plain_http(served: Served) -> None:
     got = np.array(probabilities["data"], dtype=np.float32).reshape(2, 4)
     assert np.array_equal(got, published["probabilities"])
     assert answer["outputs"][0]["data"] == published["top_k_indices"].reshape(-1).tolist()
+    await _typed_contents_over_grpc(served, features)
     route = "/v2/models/{name}/versions/{version}/infer"
     counted = f'conveyor_gateway_requests_total{{protocol="http",route="{route}",status="200"}} 1.0'
     assert counted in metrics
+
+
+async def _typed_contents_over_grpc(served: Served, features: np.ndarray[Any, Any]) -> None:
+    """ModelInfer with typed `contents` (not raw), through a plain gRPC stub."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="tiny-classify", id="typed")
+    tensor = request.inputs.add(name="features", datatype="FP32", shape=[2, 16])
+    tensor.contents.fp32_contents.extend(features.reshape(-1).tolist())
+    request.parameters["top_k"].int64_param = 3
+    async with grpc.aio.insecure_channel(served.gateway.grpc_target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        metadata = tuple(served.grpc_auth().items())
+        response = await stub.ModelInfer(request, metadata=metadata)
+    assert response.id == "typed"
+    by_name = {o.name: i for i, o in enumerate(response.outputs)}
+    indices = response.raw_output_contents[by_name["top_k_indices"]]
+    assert list(response.outputs[by_name["top_k_indices"]].shape) == [2, 3]
+    assert len(np.frombuffer(indices, np.int64)) == 6
 
 
 def _tiny_body(rows: int = 1, **extra: Any) -> dict[str, Any]:
