@@ -51,7 +51,6 @@ from workers.models.builders import build_tiny_classifier
 from workers.names import RedisKeys
 from workers.settings import Settings, load_settings
 
-START, END = "<!-- bench:gateway:start -->", "<!-- bench:gateway:end -->"
 ADDED_P50_TARGET_MS = 2.0
 SATURATION_TARGET_REQ_S = 5000
 TENANT = "bench"
@@ -62,6 +61,8 @@ STORM_MAX_IN_FLIGHT = 512
 @dataclass(frozen=True)
 class Options:
     quick: bool
+    section: str
+    """Marker name in BENCHMARKS.md (`bench:<section>:start`)."""
     paced_s: float
     rate_per_s: float
     saturation_s: float
@@ -72,9 +73,16 @@ class Options:
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description="Conveyor gateway overhead benchmark")
     parser.add_argument("--quick", action="store_true", help="short runs")
-    quick = bool(parser.parse_args(argv).quick)
+    parser.add_argument(
+        "--section",
+        default="gateway",
+        help="BENCHMARKS.md markers to write between (gateway-device on the lent machine)",
+    )
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
     return Options(
         quick=quick,
+        section=str(args.section),
         paced_s=10 if quick else 30,
         rate_per_s=50,
         saturation_s=10 if quick else 30,
@@ -383,7 +391,8 @@ def report(m: Measured, options: Options) -> str:
     lines = [
         f"Machine: {cpu} cores; Kafka broker, Redis, the three workers, the gateway and the "
         "load generator all share them.",
-        f"Command: `.venv/bin/python -m bench.bench_gateway{' --quick' if options.quick else ''}`"
+        f"Command: `.venv/bin/python -m bench.bench_gateway{' --quick' if options.quick else ''}"
+        f"{'' if options.section == 'gateway' else ' --section ' + options.section}`"
         f"; private native stack on free ports; `tiny-classify`, one row per request; load "
         f"average at the end {load[0]:.2f} / {load[1]:.2f} (1 / 5 min).",
         "",
@@ -463,7 +472,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             measured = _run(deployment, options)
     markdown = report(measured, options)
     print(markdown)
-    write_section(markdown, BENCHMARKS, START, END, "Gateway (KServe V2, HTTP and gRPC)")
+    start, end = f"<!-- bench:{options.section}:start -->", f"<!-- bench:{options.section}:end -->"
+    title = "Gateway (KServe V2, HTTP and gRPC)"
+    if options.section != "gateway":
+        title += f": {options.section}"
+    write_section(markdown, BENCHMARKS, start, end, title)
 
 
 if __name__ == "__main__":
