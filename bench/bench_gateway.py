@@ -76,7 +76,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--section",
         default="gateway",
-        help="BENCHMARKS.md markers to write between (gateway-device on the lent machine)",
+        help="BENCHMARKS.md markers to write between (bench:SECTION:start/end)",
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)

@@ -16,7 +16,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -35,19 +35,21 @@ from schemas import (
     ErrorResult,
     InferenceRequest,
     InferenceResult,
-    arrays_of,
     decode_result,
     encode,
 )
 from workers.client import Client, Result
+from workers.gateway.answers import task_body
 from workers.gateway.errors import GatewayError
 from workers.gateway.keys import ApiKeys, KeyDirectory
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.models import ModelCatalog, ServedModel
-from workers.gateway.tensors import Array, InferBody, http_response
+from workers.gateway.publisher import Publisher
+from workers.gateway.tensors import InferBody
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.ledger import TaskRecord
 from workers.ledger.connection import redis_client
+from workers.ledger.records import text
 from workers.models.repository import ModelRepository
 from workers.names import STAGES, TENANT_RE, RedisKeys, Topics
 from workers.observability.tracing import child_of
@@ -99,53 +101,6 @@ def instance_name(configured: str | None) -> str:
         return configured
     host = "".join(c if c.isalnum() or c in "_-" else "-" for c in socket.gethostname())
     return (host.strip("-_") or "gateway")[:64]
-
-
-class Publisher:
-    """Publishes the requests of concurrent callers together: whatever waits when the
-    previous publication is acknowledged goes out as one `submit_many` (one record batch
-    per partition), so a burst of callers costs a few broker round trips, not one each
-    (the idempotent producer keeps one request in flight per partition). Nothing waits for
-    a batch to fill: a lone request is published at once."""
-
-    def __init__(self, client: Client, max_batch: int = 500) -> None:
-        self._client = client
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[InferenceRequest, asyncio.Future[None]]] = asyncio.Queue()
-        self._error: BaseException | None = None
-
-    async def publish(self, request: InferenceRequest) -> None:
-        """Until the broker acknowledged `request`; raises what the producer raised."""
-        if self._error is not None:
-            raise RuntimeError("the publisher stopped") from self._error
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((request, done))
-        await done
-
-    async def run(self) -> None:
-        try:
-            while True:
-                batch = [await self._queue.get()]
-                while not self._queue.empty() and len(batch) < self._max_batch:
-                    batch.append(self._queue.get_nowait())
-                waiting = [(r, f) for r, f in batch if not f.done()]  # callers gone: skip
-                try:
-                    await self._client.submit_many(r for r, _ in waiting)
-                except Exception as exc:
-                    for _, done in waiting:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                for _, done in waiting:
-                    if not done.done():
-                        done.set_result(None)
-        except BaseException as exc:  # cancelled or crashed: nobody may wait forever
-            self._error = exc
-            while not self._queue.empty():
-                _, done = self._queue.get_nowait()
-                if not done.done():
-                    done.set_exception(RuntimeError("the publisher stopped"))
-            raise
 
 
 class Gateway:
@@ -275,7 +230,7 @@ class Gateway:
                     for key in keys:
                         pipe.hget(key, "stage")
                     found = await pipe.execute()
-                stages = {_text(stage) for stage in found if stage is not None}
+                stages = {text(stage) for stage in found if stage is not None}
         except RedisError as exc:  # keep the last view while Redis is away
             log.warning("worker announcements not read: %s", exc)
             return
@@ -521,9 +476,9 @@ class Gateway:
                 kept, ledger = await pipe.execute()
         except RedisError as exc:
             raise GatewayError(503, "UNAVAILABLE", f"cannot read the ledger: {exc}") from None
-        kept = {_text(k): v for k, v in kept.items()}
+        kept = {text(k): v for k, v in kept.items()}
         record = TaskRecord.from_hash(task_id, ledger)
-        owner = _text(kept["tenant"]) if "tenant" in kept else (record and record.tenant)
+        owner = text(kept["tenant"]) if "tenant" in kept else (record and record.tenant)
         if owner != tenant:  # never say whether another tenant's task exists
             raise GatewayError(404, "NOT_FOUND", f"no task {task_id!r} of tenant {tenant!r}")
         body: dict[str, Any] = {
@@ -545,44 +500,3 @@ class Gateway:
         if self._client is None:
             raise GatewayError(503, "UNAVAILABLE", "the gateway is not started")
         return self._client
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def response_head(
-    result: InferenceResult, model_name: str, request_id: str | None
-) -> dict[str, Any]:
-    """The V2 response fields besides `outputs`."""
-    return {
-        "model_name": model_name,
-        "model_version": str(result.model_version),
-        "id": request_id or result.task_id,
-        "parameters": {"task_id": result.task_id, "model": result.model_name},
-    }
-
-
-def outputs_of(result: InferenceResult) -> Mapping[str, Array]:
-    try:
-        return arrays_of(result.outputs, "outputs")
-    except ContractError as exc:
-        raise GatewayError.of_contract(exc, result.task_id) from None
-
-
-def task_body(result: Result) -> dict[str, Any]:
-    """A result as `GET /v2/tasks/{id}` and callbacks give it: V2 JSON, or the error."""
-    if isinstance(result, ErrorResult):
-        return {
-            "task_id": result.task_id,
-            "state": result.status.value,
-            "error": GatewayError.of_result(result).body(),
-        }
-    json_body, _ = http_response(
-        response_head(result, result.pipeline, None), outputs_of(result), InferBody(None, {})
-    )
-    return {
-        "task_id": result.task_id,
-        "state": result.status.value,
-        "result": orjson.loads(json_body),
-    }

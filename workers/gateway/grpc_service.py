@@ -18,7 +18,8 @@ import grpc
 from grpc import aio
 
 from schemas import ContractError, ErrorCode
-from workers.gateway.core import Gateway, Submission, outputs_of
+from workers.gateway.answers import outputs_of
+from workers.gateway.core import Gateway, Submission
 from workers.gateway.errors import GatewayError, bad_request
 from workers.gateway.http import EXTENSIONS, VERSION
 from workers.gateway.models import PLATFORM

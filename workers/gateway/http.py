@@ -19,7 +19,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import ContractError
-from workers.gateway.core import Gateway, Submission, outputs_of, response_head
+from workers.gateway.answers import outputs_of, response_head
+from workers.gateway.core import Gateway, Submission
 from workers.gateway.errors import GatewayError
 from workers.gateway.tensors import http_response, parse_http
 

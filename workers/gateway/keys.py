@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from workers.lanes.registry import check_tenant
+from workers.ledger.records import text
 from workers.names import RedisKeys
 from workers.tasks import TaskSet
 
@@ -29,10 +30,6 @@ KEY_PREFIX = "cvy_"
 
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class ApiKeys:
@@ -57,11 +54,11 @@ class ApiKeys:
     async def all(self) -> dict[str, str]:
         """digest -> tenant."""
         raw = await self._redis.hgetall(self._hash)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def tenant_of(self, key: str) -> str | None:
         value = await self._redis.hget(self._hash, digest(key))
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
 
 class KeyDirectory:
