@@ -469,3 +469,28 @@ def test_a_taken_port_ends_the_gateway_with_exit_5(pipeline: Pipeline) -> None:
     assert done.returncode == 5, done.stderr[-2000:]
     assert f"conveyor: gateway.http_port {port} is taken" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_keys_command_adds_lists_and_revokes(pipeline: Pipeline) -> None:
+    env = {**os.environ, **gateway_env(pipeline.settings)}
+
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workers", "keys", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    added = keys("add", "acme")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.splitlines()[-1]
+    assert key.startswith("cvy_")
+    listed = keys("list")
+    assert listed.returncode == 0
+    assert "acme  sha256:" in listed.stdout
+    assert key not in listed.stdout  # only digests are stored and shown
+    assert keys("revoke", key).returncode == 0
+    assert keys("revoke", key).returncode == 1
+    assert keys("add", "not a tenant").returncode == 2

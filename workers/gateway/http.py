@@ -60,10 +60,11 @@ def _api_key(request: web.Request) -> str | None:
 class HttpFront:
     """The HTTP listener; `start()` binds, `stop()` lets requests in progress finish."""
 
-    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
+    def __init__(self, gateway: Gateway, host: str, port: int, grace_s: float = 10.0) -> None:
         self.gateway = gateway
         self._host = host
         self._port = port
+        self._grace_s = grace_s
         self._runner: web.AppRunner | None = None
         self.port = port
         """The bound port (the free one taken when configured 0)."""
@@ -93,7 +94,9 @@ class HttpFront:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("HTTP front already started")
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=self._grace_s
+        )
         await self._runner.setup()
         tls = self._tls()
         site = web.TCPSite(self._runner, self._host, self._port, backlog=4096, ssl_context=tls)

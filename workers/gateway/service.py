@@ -30,7 +30,7 @@ async def run_gateway(settings: Settings) -> None:
     _install_signals(stop)
     async with AsyncExitStack() as stack:
         gateway = await stack.enter_async_context(Gateway(settings))
-        http = HttpFront(gateway, config.http_host, config.http_port)
+        http = HttpFront(gateway, config.http_host, config.http_port, grace_s)
         grpc = GrpcFront(gateway, config.http_host, config.grpc_port, grace_s)
         await _listen(stack, http, "gateway.http_port", config.http_port)
         await _listen(stack, grpc, "gateway.grpc_port", config.grpc_port)
