@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from aiokafka.errors import KafkaError
 
 from bench.bench_pipeline import (
     Deployment,
@@ -215,7 +216,11 @@ async def _measure(
                 await grpc_call(index)
 
             async def kafka_call(index: int) -> int:
-                result = await client.result(await client.submit(make(index)), timeout_s=60)
+                try:
+                    result = await client.result(await client.submit(make(index)), timeout_s=60)
+                except KafkaError as exc:  # the client's producer gave up on this record
+                    print(f"Kafka client {index}: {exc!r}", flush=True)
+                    return 0
                 return 200 if isinstance(result, InferenceResult) else 500
 
             print("paced: Kafka client, HTTP and gRPC interleaved", flush=True)
