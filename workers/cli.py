@@ -170,6 +170,24 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.gateway.service import run_gateway
+
+    ports = {"http_port": args.http_port, "grpc_port": args.grpc_port}
+    changes = {name: port for name, port in ports.items() if port is not None}
+    if changes:
+        gateway = settings.gateway.model_copy(update=changes)
+        settings = settings.model_copy(update={"gateway": gateway})
+    asyncio.run(run_gateway(settings))
+    return 0
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.gateway.commands import run_keys_command
+
+    return asyncio.run(run_keys_command(args, settings))
+
+
 def _models(args: argparse.Namespace, settings: Settings) -> int:
     from workers.commands import build_model
 
@@ -272,6 +290,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     worker = commands.add_parser("worker", help="run one pipeline stage until SIGTERM")
     worker.add_argument("stage", choices=["preprocess", "inference", "postprocess"])
     handlers["worker"] = _worker
+
+    gateway = commands.add_parser(
+        "gateway", help="serve the Open Inference Protocol (KServe V2) over HTTP and gRPC"
+    )
+    gateway.add_argument("--http-port", type=int, default=None, help="default gateway.http_port")
+    gateway.add_argument("--grpc-port", type=int, default=None, help="default gateway.grpc_port")
+    handlers["gateway"] = _gateway
+
+    keys = commands.add_parser("keys", help="the gateway's API keys: add, list, revoke")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("add", help="a new key for a tenant (printed once)").add_argument(
+        "tenant"
+    )
+    key_actions.add_parser("list", help="key digests and their tenants")
+    key_actions.add_parser("revoke", help="remove a key (the key or its digest)").add_argument(
+        "key"
+    )
+    handlers["keys"] = _keys
 
     models = commands.add_parser("models", help="build models; load, unload, roll back versions")
     actions = models.add_subparsers(dest="action", required=True)
@@ -384,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(known), known.code)
 
 
-_LONG_RUNNING = {"worker", "demo"}
+_LONG_RUNNING = {"worker", "demo", "gateway"}
 """Commands whose log is worth reading as it goes: aiokafka's warnings stay on."""
 
 

@@ -88,6 +88,16 @@ class Topics:
         """Whether `topic` is under Conveyor's prefix (its pipeline's or a tenant's)."""
         return topic == self.prefix or topic.startswith(f"{self.prefix}.")
 
+    def gateway_replies(self, instance_id: str) -> str:
+        """`<prefix>.gateway.<instance_id>`: the reply topic of one gateway instance, where its
+        one results consumer reads the answers to the requests it published."""
+        return f"{self.prefix}.gateway.{_tenant(instance_id)}"
+
+    def is_gateway_replies(self, topic: str) -> bool:
+        """Whether `topic` is some gateway instance's reply topic."""
+        head = f"{self.prefix}.gateway."
+        return topic.startswith(head) and TENANT_RE.fullmatch(topic[len(head) :]) is not None
+
     def tenant_topics(self, tenant: str) -> tuple[str, str]:
         return self.requests_of(tenant), self.results_of(tenant)
 
@@ -166,6 +176,15 @@ class RedisKeys:
     def rate_bucket(self, tenant: str) -> str:
         """One tenant's rate-quota token bucket, shared by every preprocess replica."""
         return f"{self.prefix}rate:{tenant}"
+
+    def api_keys(self) -> str:
+        """Hash of the gateway's API keys: SHA-256 of the key (hex) -> tenant."""
+        return f"{self.prefix}api-keys"
+
+    def gateway_task(self, task_id: str) -> str:
+        """Hash of a task submitted through the gateway asynchronously (or timed out):
+        tenant, callback, and the result once it came (expires with `gateway.result_ttl_s`)."""
+        return f"{self.prefix}gateway-task:{task_id}"
 
     def model_events(self) -> str:
         """Stream of model lifecycle events (loaded, switched, refused, retired ...)."""

@@ -405,6 +405,60 @@ class ObservabilitySettings(_Group):
     """The OTLP/HTTP traces endpoint (a collector, Jaeger, Tempo ...)."""
 
 
+class GatewaySettings(_Group):
+    """The Open Inference Protocol (KServe V2) gateway, `conveyor gateway`: HTTP and gRPC in
+    front of the pipeline for callers who do not speak Kafka."""
+
+    http_host: str = "0.0.0.0"
+    """Interface of the HTTP listener (V2 REST, /metrics)."""
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    """V2 REST port; 0 takes a free port (logged). Also `conveyor gateway --http-port`."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """V2 gRPC port (`inference.GRPCInferenceService`); 0 takes a free port."""
+    instance_id: str | None = None
+    """Names this gateway's reply topic `<prefix>.gateway.<instance_id>`, where its one
+    results consumer reads the answers to the requests it published. Give each replica a
+    stable name (a StatefulSet pod name); default: the host name."""
+    auth: Literal["api_key", "header", "none"] = "api_key"
+    """How a caller's tenant is known: `api_key` (an `Authorization: Bearer KEY` or
+    `x-api-key` header, or gRPC metadata, looked up in Redis: `conveyor keys add`),
+    `header` (the `conveyor-tenant` header, trusted: only behind a proxy that sets it), or
+    `none` (every caller is `default_tenant`)."""
+    default_tenant: str = "default"
+    """The tenant of every caller when `auth` is `none`."""
+    keys_refresh_s: float = Field(default=5.0, gt=0)
+    """How often the API keys are re-read from Redis (a revoked key stops within this long;
+    a new key works at once)."""
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest a synchronous request waits for its result before 504 / DEADLINE_EXCEEDED
+    (with the task id, to look it up later); a caller's own shorter timeout wins."""
+    max_in_flight: int = Field(default=10_000, ge=1)
+    """Requests this process holds at once (waiting for a broker acknowledgement or a
+    result); one more is answered 429 at once, before anything is published."""
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest request body (HTTP) or message (gRPC); larger ones are answered 413."""
+    result_ttl_s: int = Field(default=3600, ge=1)
+    """How long the result of an asynchronous (or timed-out) request is kept in Redis for
+    `GET /v2/tasks/{id}`."""
+    callback_url_prefixes: tuple[str, ...] = ()
+    """URL prefixes an asynchronous request's callback may start with (e.g.
+    `https://hooks.internal/`); empty: callbacks are refused (400). The gateway POSTs the
+    result there, so the list keeps it from calling arbitrary hosts."""
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+    """Time for one callback POST; it is tried 3 times in all."""
+    tls_certfile: Path | None = None
+    """Server certificate (PEM, chain first) for HTTPS and gRPC over TLS; None: plaintext
+    (TLS ends in front of the gateway: an ingress or a mesh)."""
+    tls_keyfile: Path | None = None
+    """Private key (PEM) of `tls_certfile`."""
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> GatewaySettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        return self
+
+
 class StackSettings(_Group):
     state_dir: Path = Path(".stack")
     """Data, logs and PID files of the native stack."""
@@ -452,6 +506,8 @@ class Settings(BaseSettings):
     """Model lifecycle: hot swaps, canary and shadow versions, memory budget."""
     observability: ObservabilitySettings = ObservabilitySettings()
     """Metrics and health endpoint."""
+    gateway: GatewaySettings = GatewaySettings()
+    """The KServe V2 HTTP/gRPC gateway (`conveyor gateway`)."""
     model_repository: Path = Path("model_repository")
     """Folder of models and pipelines (`<model>/config.json`, `<model>/<version>/model.onnx`)."""
     log_level: str = "INFO"

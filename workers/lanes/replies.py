@@ -22,6 +22,10 @@ class ReplyTopics:
         """None when answers may go to `reply_to`, else why not."""
         if reply_to is None:
             return None
+        if self.topics.is_gateway_replies(reply_to):
+            # A gateway instance's reply topic (the gateway publishes with it): it must exist.
+            reason = await self.check.refusal(reply_to)
+            return None if reason is None else f"reply_to: {reason}"
         if self.topics.is_own(reply_to):
             allowed = {self.topics.results}
             if TENANT_RE.fullmatch(tenant):

@@ -1,0 +1,74 @@
+"""`conveyor gateway`: the gateway core and its HTTP and gRPC listeners in one process.
+
+SIGTERM (or Ctrl-C): readiness turns off at once, the listeners stop taking requests and
+let those in progress finish (within `worker.shutdown_grace_s`), then the Kafka client
+flushes and stops. A second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+from workers.exits import PortTakenError
+from workers.gateway.core import Gateway
+from workers.gateway.grpc_service import GrpcFront
+from workers.gateway.http import HttpFront
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_gateway(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    config = settings.gateway
+    grace_s = settings.worker.shutdown_grace_s
+    stop = asyncio.Event()
+    _install_signals(stop)
+    async with AsyncExitStack() as stack:
+        gateway = await stack.enter_async_context(Gateway(settings))
+        http = HttpFront(gateway, config.http_host, config.http_port, grace_s)
+        grpc = GrpcFront(gateway, config.http_host, config.grpc_port, grace_s)
+        await _listen(stack, http, "gateway.http_port", config.http_port)
+        await _listen(stack, grpc, "gateway.grpc_port", config.grpc_port)
+        # One line that scripts and tests wait on: both listeners are bound.
+        log.info("gateway ready: http %d grpc %d", http.port, grpc.port)
+        await stop.wait()
+        log.info("gateway stopping: readiness off, finishing requests in progress")
+        gateway.stopping()
+
+
+async def _listen(
+    stack: AsyncExitStack, front: HttpFront | GrpcFront, setting: str, port: int
+) -> None:
+    """Bind a listener; a port another process holds ends the command with exit code 5."""
+    try:
+        await stack.enter_async_context(front)
+    except (OSError, RuntimeError) as exc:  # grpc says RuntimeError("Failed to bind ...")
+        if isinstance(exc, OSError) and exc.errno != errno.EADDRINUSE:
+            raise
+        if isinstance(exc, RuntimeError) and "bind" not in str(exc).lower():
+            raise
+        raise PortTakenError(
+            f"{setting} {port} is taken by another process: stop it, or choose another "
+            f"port (--{setting.split('.')[1].replace('_', '-')} or CONVEYOR_GATEWAY__"
+            f"{setting.split('.')[1].upper()})"
+        ) from None
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if signum == signal.SIGINT and interrupts > 1:
+            raise SystemExit(130)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
