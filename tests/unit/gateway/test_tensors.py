@@ -83,7 +83,7 @@ def test_binary_extension_reads_raw_tensors_without_copying() -> None:
     [
         ({"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}, ErrorCode.SHAPE_MISMATCH),
         ({"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}, ErrorCode.DTYPE_MISMATCH),
-        ({"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}, ErrorCode.DTYPE_MISMATCH),
+        ({"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}, ErrorCode.INVALID_VALUE),
         ({"name": "x", "datatype": "INT8", "shape": [1], "data": [999]}, ErrorCode.INVALID_VALUE),
         (
             {"name": "x", "datatype": "FP32", "shape": [4096], "data": []},
