@@ -48,7 +48,7 @@ from workers.stack import NativeStack, StackConfig
 
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
 OVERHEAD_TARGET_TASKS_S = 5000
-EFFICIENCY_TARGET = 0.8
+EFFICIENCY_TARGET = 0.9
 LATENCY_P50_MS = 10.0
 LATENCY_P99_MS = 25.0
 CPU_PER_K_S = 1.5

@@ -34,8 +34,10 @@ START, END = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
 TOP_FUNCTIONS = 12
 SAMPLES_PER_S = 250
 AREAS = (
-    ("workers/stages/", "stages (runner, delivery, stage code)"),
-    ("workers/lanes/", "lanes (batcher, DRR, admission)"),
+    ("workers/engine/", "engine (runner, delivery, frames, isolation)"),
+    ("workers/stages/", "stage code (preprocess, inference, postprocess)"),
+    ("workers/lanes/", "lanes (admission, batcher, DRR, flow)"),
+    ("workers/pipelines/", "pipeline functions (tokenize, softmax, ...)"),
     ("workers/ledger/", "ledger"),
     ("workers/observability/", "metrics and tracing"),
     ("workers/", "other workers code"),
