@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 Result = InferenceResult | ErrorResult
 
 
+_CLOSE_TIMEOUT_S = 10.0
+
+
 class Client:
     """Submits requests and receives their results; one instance per event loop."""
 
@@ -115,13 +118,22 @@ class Client:
         self._tasks.start(self._read(), "client-results")
 
     async def stop(self) -> None:
+        """Close the results reader and both Kafka clients. Each client gets
+        `_CLOSE_TIMEOUT_S` to close: a close stuck on the broker (seen once in CI after a
+        Ctrl-C of `conveyor results --follow`) must not keep a finished program alive."""
         await self._tasks.cancel()
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        for kafka_client in (consumer, producer):
+            if kafka_client is None:
+                continue
+            try:
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await kafka_client.stop()
+            except TimeoutError:
+                log.warning(
+                    "%s did not close in %.0f s", type(kafka_client).__name__, _CLOSE_TIMEOUT_S
+                )
 
     async def __aenter__(self) -> Client:
         await self.start()
