@@ -1,9 +1,10 @@
-"""Building task frames from single tasks, failing single rows of a frame, fitting the limit.
+"""Task frames inside a stage: built from single tasks, failed a row at a time, cut to a batch.
 
 A frame (`schemas.frames`) is what flows between the stages. Preprocess makes frames from
 the requests one poll brought (`FrameBuilder`), grouped by what a frame shares (lane,
 tenant, pipeline, model, version pin, shape bucket); inference and postprocess answer rows
-of a frame that cannot be served without failing the rest of it (`fail_rows`).
+of a frame that cannot be served without failing the rest of it (`fail_rows`); the runner
+cuts a frame larger than a batch into parts that share its offset (`cut`).
 """
 
 from __future__ import annotations
