@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from workers.exits import CommandError, ExitCode, explain
 from workers.models.repository import RepositoryError
@@ -218,7 +221,36 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
 def _results(args: argparse.Namespace, settings: Settings) -> int:
     from workers.commands import follow_results
 
-    return asyncio.run(follow_results(settings, args.tenant))
+    return asyncio.run(until_interrupted(follow_results(settings, args.tenant)))
+
+
+async def until_interrupted(command: Coroutine[Any, Any, int]) -> int:
+    """Run a command that goes on until stopped (`results --follow`, `top`): Ctrl-C ends it
+    with exit 130 once it has closed its connections; a second Ctrl-C exits at once.
+
+    The handler is installed explicitly on the loop rather than left to Python's default:
+    a process started with SIGINT ignored (a background job of a non-interactive shell, some
+    process supervisors) would otherwise never stop on Ctrl-C."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(command)
+    interrupts = 0
+
+    def interrupted() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            os._exit(ExitCode.INTERRUPTED)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if interrupts:
+            return ExitCode.INTERRUPTED
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -232,7 +264,7 @@ def _top(args: argparse.Namespace, settings: Settings) -> int:
     from workers.observability.top import run_top
 
     keys = RedisKeys(settings.redis.key_prefix)
-    return asyncio.run(run_top(settings.redis, keys, args.interval_s, args.once))
+    return asyncio.run(until_interrupted(run_top(settings.redis, keys, args.interval_s, args.once)))
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:

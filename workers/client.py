@@ -119,8 +119,8 @@ class Client:
 
     async def stop(self) -> None:
         """Close the results reader and both Kafka clients. Each client gets
-        `_CLOSE_TIMEOUT_S` to close: a close stuck on the broker (seen once in CI after a
-        Ctrl-C of `conveyor results --follow`) must not keep a finished program alive."""
+        `_CLOSE_TIMEOUT_S` to close: a close stuck on an unresponsive broker must not keep a
+        finished program (a CLI command, a gateway shutting down) alive."""
         await self._tasks.cancel()
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None

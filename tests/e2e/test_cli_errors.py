@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,3 +196,41 @@ def test_a_worker_whose_set_port_is_taken_exits_with_its_own_code(
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith(f"conveyor: metrics port {held_port} on 127.0.0.1 is taken"), line
     assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_ends_a_follower_even_where_sigint_was_ignored(
+    live_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A background job of a non-interactive shell starts with SIGINT ignored; `results
+    --follow` and `top` still end on Ctrl-C, with exit 130."""
+    settings = load_settings(
+        kafka={
+            "bootstrap": live_env["KAFKA_BOOTSTRAP"],
+            "topic_prefix": live_env["CONVEYOR_KAFKA__TOPIC_PREFIX"],
+        }
+    )
+    asyncio.run(ensure_pipeline_topics(settings))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
+        "CONVEYOR_CONFIG": "",
+        **live_env,
+    }
+    for command in ("results --follow", "top"):
+        log_path = tmp_path / "follower.log"
+        with log_path.open("wb") as log:
+            follower = subprocess.Popen(
+                ["bash", "-c", f"trap '' INT; exec {sys.executable} -m workers {command}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while not log_path.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)  # until it runs: its first line (results) or screen (top)
+        follower.send_signal(signal.SIGINT)
+        try:
+            code = follower.wait(30)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+        assert code == ExitCode.INTERRUPTED, (command, log_path.read_text(errors="replace"))
