@@ -243,13 +243,22 @@ class ExactlyOnce:
                 await self.retry(lambda: self._record(transitions), "ledger")
             if offsets:
                 await self.producer.send_offsets_to_transaction(offsets, self.group_id)
-            await self.producer.commit_transaction()
         except ProducerFenced as exc:
             raise FatalDelivery(f"a newer instance took this transactional id: {exc}") from exc
         except KafkaError:
             with contextlib.suppress(KafkaError, IllegalOperation):
                 await self.producer.abort_transaction()
             raise
+        try:
+            await self.producer.commit_transaction()
+        except ProducerFenced as exc:
+            raise FatalDelivery(f"a newer instance took this transactional id: {exc}") from exc
+        except KafkaError as exc:
+            # The outcome is unknown: the broker may have committed before the error reached
+            # us (a restart mid-commit), and trying the whole transaction again would then
+            # commit its outputs twice. The next instance of this transactional id settles
+            # it (InitProducerId completes or aborts it) and reads on from what committed.
+            raise FatalDelivery(f"transaction outcome unknown after {exc!r}") from exc
         self.offsets.committed(offsets)
 
     async def _record(self, transitions: list[Transition]) -> None:

@@ -7,10 +7,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-from aiokafka import AIOKafkaProducer
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from workers.engine.delivery import ExactlyOnce
+from workers.engine.delivery import ExactlyOnce, FatalDelivery
 from workers.kafka.offsets import OffsetTracker
 from workers.ledger import Ledger
 
@@ -18,7 +19,8 @@ T = TypeVar("T")
 
 
 class FlakyTransactions:
-    """Fails the first `failures` commits as a restarting broker would; records the rest."""
+    """Fails the first `failures` transactions before their commit (sending the offsets), as
+    a restarting broker would; records the rest."""
 
     def __init__(self, failures: int, on_failure: Callable[[], None] = lambda: None) -> None:
         self.failures = failures
@@ -29,13 +31,13 @@ class FlakyTransactions:
         self.calls.append("begin")
 
     async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
-        self.calls.append("offsets")
-
-    async def commit_transaction(self) -> None:
         if self.failures:
             self.failures -= 1
             self.on_failure()
             raise KafkaConnectionError("broker restarting")
+        self.calls.append("offsets")
+
+    async def commit_transaction(self) -> None:
         self.calls.append("commit")
 
     async def abort_transaction(self) -> None:
@@ -51,8 +53,12 @@ async def _retry(action: Callable[[], Awaitable[T]], what: str, /) -> T:
 
 
 def _delivery(producer: FlakyTransactions) -> ExactlyOnce:
+    offsets = OffsetTracker()
+    tp = TopicPartition("t", 0)
+    offsets.taken(tp, 0)
+    offsets.finished(tp, 0)  # an offset to send, as a delivered batch leaves
     return ExactlyOnce(
-        cast(AIOKafkaProducer, producer), cast(Ledger, None), OffsetTracker(), _retry, "group"
+        cast(AIOKafkaProducer, producer), cast(Ledger, None), offsets, _retry, "group"
     )
 
 
@@ -73,7 +79,20 @@ async def test_a_transaction_retried_while_still_ours_commits_once() -> None:
     producer = FlakyTransactions(failures=2)
     delivered = await _delivery(producer).deliver([], [], [], still_ours=lambda: True)
     assert delivered is True
-    assert producer.calls == ["begin", "abort", "begin", "abort", "begin", "commit"]
+    assert producer.calls == ["begin", "abort", "begin", "abort", "begin", "offsets", "commit"]
+
+
+async def test_a_commit_whose_outcome_is_unknown_is_not_tried_again() -> None:
+    class LostCommit(FlakyTransactions):
+        async def commit_transaction(self) -> None:
+            self.calls.append("commit")
+            raise KafkaConnectionError("broker gone after the commit was sent")
+
+    producer = LostCommit(failures=0)
+    with pytest.raises(FatalDelivery, match="outcome unknown"):
+        await _delivery(producer).deliver([], [], [], still_ours=lambda: True)
+    # Not aborted and not begun again: had it committed, a second try would commit twice.
+    assert producer.calls == ["begin", "offsets", "commit"]
 
 
 async def test_settle_waits_for_the_transaction_in_progress() -> None:
