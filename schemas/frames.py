@@ -48,7 +48,6 @@ from schemas.tensors import (
     BYTES,
     MAX_RANK,
     NUMERIC_DATATYPES,
-    Array,
     TensorRef,
     TensorValue,
     datatype_of,
@@ -451,42 +450,3 @@ def encode_fitted(frame: Frame, max_bytes: int) -> list[tuple[bytes, Frame]]:
     return encode_fitted(frame.slice(0, middle), max_bytes) + encode_fitted(
         frame.slice(middle, len(frame)), max_bytes
     )
-
-
-def is_frame(headers: Sequence[tuple[str, bytes]] | None) -> bool:
-    """Whether a record's headers name it a frame."""
-    for key, value in headers or ():
-        if key == "content-type":
-            return bytes(value) == FRAME_CONTENT_TYPE.encode("ascii")
-    return False
-
-
-def stack_tensors(parts: Sequence[Mapping[str, Array]]) -> dict[str, Array]:
-    """Each tensor of ``parts`` concatenated along rows, zero-padding ragged trailing dims.
-
-    Zero is the pad for token ids and attention masks alike, so a padded row computes what
-    it would alone (the attention mask hides the padding).
-    """
-    stacked: dict[str, Array] = {}
-    for name in parts[0]:
-        arrays = [part[name] for part in parts]
-        if len(arrays) == 1:
-            stacked[name] = arrays[0]
-            continue
-        target = tuple(max(dims) for dims in zip(*(a.shape[1:] for a in arrays), strict=True))
-        padded = [
-            a
-            if a.shape[1:] == target
-            else np.pad(
-                a, [(0, 0), *((0, t - s) for s, t in zip(a.shape[1:], target, strict=True))]
-            )
-            for a in arrays
-        ]
-        stacked[name] = np.concatenate(padded, axis=0)
-    return stacked
-
-
-def _padded(array: Array, target: tuple[int, ...]) -> Array:
-    widths = [(0, 0), *((0, t - s) for s, t in zip(array.shape[1:], target, strict=True))]
-    padded: Array = np.pad(array, widths)
-    return padded

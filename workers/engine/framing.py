@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import ContractError, ErrorCode, ErrorResult, Status
-from schemas.frames import Frame, encode_frame, frame_headers, stack_tensors
+from schemas.frames import Frame, encode_frame, frame_headers
 from schemas.tensors import Array
 from workers.engine.work import Finished, Outgoing, StageOutput, Work
 from workers.ledger import Transition
+from workers.pipelines.collate import collate
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _stacked(column: _Column) -> Frame:
         parameters=column.parameters,
         attempts=[0] * len(column.task_ids),
         timings_ms=column.timings_ms,
-        tensors=stack_tensors(column.tensors),
+        tensors=collate(column.tensors),
         model_name=column.model_name,
         model_version=column.model_version,
     )

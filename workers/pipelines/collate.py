@@ -17,7 +17,7 @@ def rows_of(tensors: Mapping[str, Array | TensorRef]) -> int:
     return int(first.shape[0]) if first is not None and len(first.shape) else 0
 
 
-def collate(items: Sequence[dict[str, Array]]) -> dict[str, Array]:
+def collate(items: Sequence[Mapping[str, Array]]) -> dict[str, Array]:
     """Concatenate each tensor along the batch dimension, zero-padding ragged trailing dims.
 
     Zero is the pad for token ids and attention masks alike, so a padded row computes what it

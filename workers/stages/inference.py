@@ -21,7 +21,7 @@ from schemas import (
     Status,
     arrays_of,
 )
-from schemas.frames import Frame, decode_frame, stack_tensors
+from schemas.frames import Frame, decode_frame
 from workers.engine.framing import fail_rows
 from workers.engine.identity import AnswersFailures
 from workers.engine.work import DEFAULT_LANE, BatchFailed, StageOutput, Work, internal_error
@@ -36,7 +36,7 @@ from workers.names import LANES, Topics
 from workers.observability import tracing
 from workers.observability.metrics import WorkerMetrics
 from workers.pipelines.base import Array
-from workers.pipelines.collate import split
+from workers.pipelines.collate import collate, split
 
 _LANE_RANK = {lane: rank for rank, lane in enumerate(LANES)}
 
@@ -211,7 +211,7 @@ class InferenceStage(AnswersFailures):
         model = lease.version
         names = [spec.name for spec in model.config.inputs]
         try:
-            feeds = stack_tensors([_inputs(frame, names) for _, frame in parts])
+            feeds = collate([_inputs(frame, names) for _, frame in parts])
         except ContractError as error:
             for work, frame in parts:
                 self._fail_rows(output, work, frame, list(range(len(frame))), error)
