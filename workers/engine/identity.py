@@ -6,6 +6,8 @@ import re
 
 from schemas import ContractError, InferenceRequest, Status, content_type_of
 from schemas.fields import ID_RE, MSGPACK, NAME_RE, TRACEPARENT_RE
+from schemas.frames import Frame
+from workers.engine.framing import fail_rows
 from workers.engine.work import DEFAULT_LANE, StageOutput, TaskIdentity, Work, fail
 from workers.names import Topics
 
@@ -23,6 +25,28 @@ class AnswersFailures:
             output,
             work,
             self._identity(work),
+            error,
+            stage=self.name,
+            results_topic=self.topics.results,
+            dlq_topic=self.topics.dlq,
+            status=status,
+        )
+
+    def _fail_rows(
+        self,
+        output: StageOutput,
+        work: Work,
+        frame: Frame,
+        rows: list[int],
+        error: ContractError,
+        status: Status = Status.FAILED,
+    ) -> None:
+        """Answer tasks of a frame as failed; the rest of it goes on (see `framing.fail_rows`)."""
+        fail_rows(
+            output,
+            work,
+            frame,
+            rows,
             error,
             stage=self.name,
             results_topic=self.topics.results,

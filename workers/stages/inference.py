@@ -22,7 +22,6 @@ from schemas import (
     arrays_of,
 )
 from schemas.frames import Frame, decode_frame
-from workers.engine.framing import fail_rows
 from workers.engine.identity import AnswersFailures
 from workers.engine.work import DEFAULT_LANE, BatchFailed, StageOutput, Work, internal_error
 from workers.lanes.affinity import lane_record_key
@@ -139,27 +138,6 @@ class InferenceStage(AnswersFailures):
                 for lease, _ in routed:
                     self.lifecycle.release(lease)
         return output
-
-    def _fail_rows(
-        self,
-        output: StageOutput,
-        work: Work,
-        frame: Frame,
-        rows: list[int],
-        error: ContractError,
-        status: Status = Status.FAILED,
-    ) -> None:
-        fail_rows(
-            output,
-            work,
-            frame,
-            rows,
-            error,
-            stage=self.name,
-            results_topic=self.topics.results,
-            dlq_topic=self.topics.dlq,
-            status=status,
-        )
 
     def _route(
         self, output: StageOutput, live: list[tuple[Work, Frame]]

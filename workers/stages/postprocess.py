@@ -16,7 +16,6 @@ from schemas import (
     arrays_of,
 )
 from schemas.frames import Frame, decode_frame
-from workers.engine.framing import fail_rows
 from workers.engine.identity import AnswersFailures
 from workers.engine.work import DEFAULT_LANE, Finished, StageOutput, Work, internal_error
 from workers.lanes.batcher import BatchWindow
@@ -100,20 +99,6 @@ class PostprocessStage(AnswersFailures):
                 self._fail_rows(output, work, row, [0], error)
             except Exception as exc:  # a bug in a plug-in fails its task, never the worker
                 self._fail_rows(output, work, row, [0], internal_error(exc))
-
-    def _fail_rows(
-        self, output: StageOutput, work: Work, frame: Frame, rows: list[int], error: ContractError
-    ) -> None:
-        fail_rows(
-            output,
-            work,
-            frame,
-            rows,
-            error,
-            stage=self.name,
-            results_topic=self.topics.results,
-            dlq_topic=self.topics.dlq,
-        )
 
     def _postprocess(self, output: StageOutput, work: Work, frame: Frame) -> None:
         started = time.perf_counter()
