@@ -51,6 +51,8 @@ _MAX_BACKOFF_S = 5.0
 # itself allows max_poll_interval_ms.
 _REVOKE_WAIT_S = 30.0
 _POLL_TIMEOUT_MS = 100
+_TRANSACTION_MARKERS_S = 2.0
+"""Exactly-once: how long a new owner waits for its partitions' last transactional offsets."""
 _AT_CAP_RETRY_BATCH = 256
 
 
@@ -275,6 +277,13 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         # What the last owner finished above its commit point rides in the commit's metadata;
         # those records are skipped, not done twice.
         if assigned:
+            if not self.delivery.skips_redeliveries:
+                # Exactly-once: the offsets the last owner committed in its final transaction
+                # are written to the group a moment after its commit returned (the broker
+                # writes the transaction's markers afterwards), and aiokafka's OffsetFetch
+                # cannot wait for them (no KIP-447 `require_stable`): reading them at once
+                # may find the older position and run that transaction's records again.
+                await asyncio.sleep(_TRANSACTION_MARKERS_S)
             # aiokafka's public committed() drops the metadata; the coordinator keeps it.
             commits = await self.consumer._coordinator.fetch_committed_offsets(assigned)
             for tp in assigned:
