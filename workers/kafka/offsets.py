@@ -123,7 +123,11 @@ class OffsetTracker:
         moves: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, state in self._partitions.items():
             point = state.commit_point()
-            if point <= 0:
+            if point <= 0 and not state.done:
+                # Nothing read yet, or only the first record unfinished with nothing done
+                # above it. With records done above an unfinished first one, position 0 is
+                # committed with them in its metadata: an exactly-once batch that finished
+                # out of order has its outputs committed, and the next owner must skip them.
                 continue
             above = state.done | {o for o in state.resumed_done if o >= point}
             commit = OffsetAndMetadata(point, encode_done(point, above))

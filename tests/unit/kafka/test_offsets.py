@@ -95,3 +95,19 @@ def test_random_completion_orders_never_commit_past_unfinished_work() -> None:
                 assert decode_done(commit.offset, commit.metadata) == {
                     o for o in finished if o >= commit.offset
                 }
+
+
+def test_work_done_above_an_unfinished_first_record_is_committed_at_position_zero() -> None:
+    # A batch that finished before the partition's very first record: an exactly-once
+    # transaction commits its outputs, so the next owner must learn to skip those records.
+    tracker = OffsetTracker()
+    for offset in range(4):
+        tracker.taken(TP, offset)
+    assert tracker.to_commit() == {}
+    tracker.finished(TP, 2)
+    tracker.finished(TP, 3)
+    commit = tracker.to_commit()
+    assert _offsets(commit) == {TP: 0}
+    resumed = OffsetTracker()
+    resumed.resume(TP, commit[TP])
+    assert [o for o in range(4) if resumed.already_done(TP, o)] == [2, 3]
