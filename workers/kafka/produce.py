@@ -141,8 +141,9 @@ async def produce_each(
         by_partition.setdefault((topic, partition), []).append(index)
     sends: list[tuple[str, int, list[int], Any]] = []
     for (topic, partition), indices in by_partition.items():
-        for group in _batches(producer, listed, indices):
-            sends.append((topic, partition, group, await _send(producer, listed, group, partition)))
+        for group, batch in _batches(producer, listed, indices):
+            ack = await _send_built(producer, batch, topic, partition, len(group))
+            sends.append((topic, partition, group, ack))
     outcomes = await asyncio.gather(*(ack for *_, ack in sends), return_exceptions=True)
     for (topic, partition, group, _), outcome in zip(sends, outcomes, strict=True):
         if isinstance(outcome, BaseException):
@@ -167,18 +168,16 @@ async def _partitions(
 
 def _batches(
     producer: AIOKafkaProducer, listed: list[Record], indices: list[int]
-) -> list[list[int]]:
-    """Records of one partition in groups that each fit one record batch."""
-    groups: list[list[int]] = [[]]
-    batch = producer.create_batch()
+) -> list[tuple[list[int], Any]]:
+    """Records of one partition in record batches, each with the records it holds."""
+    groups: list[tuple[list[int], Any]] = [([], producer.create_batch())]
     for index in indices:
         _, key, value, headers = listed[index]
-        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+        if groups[-1][1].append(timestamp=None, key=key, value=value, headers=headers) is None:
             # A record alone in an empty batch always fits (the broker judges its size).
-            batch = producer.create_batch()
-            batch.append(timestamp=None, key=key, value=value, headers=headers)
-            groups.append([])
-        groups[-1].append(index)
+            groups.append(([], producer.create_batch()))
+            groups[-1][1].append(timestamp=None, key=key, value=value, headers=headers)
+        groups[-1][0].append(index)
     return groups
 
 
@@ -189,9 +188,14 @@ async def _send(
     for index in group:
         _, key, value, headers = listed[index]
         batch.append(timestamp=None, key=key, value=value, headers=headers)
-    topic = listed[group[0]][0]
+    return await _send_built(producer, batch, listed[group[0]][0], partition, len(group))
+
+
+async def _send_built(
+    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int, count: int
+) -> Any:
     ack = await producer.send_batch(batch, topic, partition=partition)
-    ack.add_done_callback(partial(_give_back_sequence, producer, topic, partition, len(group)))
+    ack.add_done_callback(partial(_give_back_sequence, producer, topic, partition, count))
     return ack
 
 
