@@ -30,6 +30,7 @@ from workers.engine.framing import cut
 from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.engine.telemetry import StageTelemetry
 from workers.engine.work import DEFAULT_MAX_RECORD_BYTES, StageOutput, Work
+from workers.kafka.committed import stable_committed
 from workers.kafka.offsets import OffsetTracker
 from workers.lanes.admission import Admission
 from workers.lanes.batcher import Batch, BatchWindow, LaneBatcher
@@ -51,8 +52,6 @@ _MAX_BACKOFF_S = 5.0
 # itself allows max_poll_interval_ms.
 _REVOKE_WAIT_S = 30.0
 _POLL_TIMEOUT_MS = 100
-_TRANSACTION_MARKERS_S = 2.0
-"""Exactly-once: how long a new owner waits for its partitions' last transactional offsets."""
 _AT_CAP_RETRY_BATCH = 256
 
 
@@ -153,6 +152,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             stage.topics.lane_of, settings.max_in_flight, lanes.low_lane_reserve
         )
         self.paused: set[TopicPartition] = set()
+        self._settling: set[TopicPartition] = set()
+        """Newly assigned partitions whose start is not known yet: paused meanwhile."""
         self._delayed: set[asyncio.TimerHandle] = set()
         self._at_cap: deque[Work] = deque()
         """Records held at their tenant's cap on tasks in flight (`lanes.over_quota` delay);
@@ -274,36 +275,45 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         )
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        # What the last owner finished above its commit point rides in the commit's metadata;
-        # those records are skipped, not done twice.
+        # aiokafka starts fetching a new partition from the committed offset it reads at once,
+        # before this callback returns, and that read may miss offsets a transaction is still
+        # committing (exactly-once: its records would be done twice). The partitions stay
+        # paused until their stable committed offsets are known, and start from those.
         if assigned:
-            if not self.delivery.skips_redeliveries:
-                # Exactly-once: the offsets the last owner committed in its final transaction
-                # are written to the group a moment after its commit returned (the broker
-                # writes the transaction's markers afterwards), and aiokafka's OffsetFetch
-                # cannot wait for them (no KIP-447 `require_stable`): reading them at once
-                # may find the older position and run that transaction's records again.
-                await asyncio.sleep(_TRANSACTION_MARKERS_S)
-            # aiokafka's public committed() drops the metadata; the coordinator keeps it.
-            commits = await self.consumer._coordinator.fetch_committed_offsets(assigned)
-            for tp in assigned:
-                self.offsets.resume(tp, commits.get(tp))
-            # Records written from now on cannot have been done by an earlier owner: the
-            # ledger is asked about the older ones only (see `_skip_finished`).
+            self._settling |= set(assigned)
+            self.consumer.pause(*assigned)
             try:
-                ends = await self.consumer.end_offsets(assigned)
-            except KafkaError as exc:
-                log.warning(
-                    "%s: end offsets unknown (%s): every record is checked", self.stage.name, exc
-                )
-            else:
-                for tp, end in ends.items():
-                    self.offsets.assigned_at_end(tp, end)
+                await self._start_from_committed(assigned)
+            finally:
+                self._settling -= set(assigned)
+                if ready := (set(assigned) - self.paused) & self.consumer.assignment():
+                    self.consumer.resume(*ready)
         log.info(
             "%s: assigned %s",
             self.stage.name,
             sorted((tp.topic, tp.partition) for tp in assigned),
         )
+
+    async def _start_from_committed(self, assigned: list[TopicPartition]) -> None:
+        # What the last owner finished above its commit point rides in the commit's metadata;
+        # those records are skipped, not done twice.
+        commits = await stable_committed(self.consumer, assigned)
+        for tp in assigned:
+            commit = commits.get(tp)
+            self.offsets.resume(tp, commit)
+            if commit is not None:
+                self.consumer.seek(tp, commit.offset)
+        # Records written from now on cannot have been done by an earlier owner: the
+        # ledger is asked about the older ones only (see `_skip_finished`).
+        try:
+            ends = await self.consumer.end_offsets(assigned)
+        except KafkaError as exc:
+            log.warning(
+                "%s: end offsets unknown (%s): every record is checked", self.stage.name, exc
+            )
+        else:
+            for tp, end in ends.items():
+                self.offsets.assigned_at_end(tp, end)
 
     # ---- subscription (lane pools of tenants' topics) -------------------------------------
 
@@ -364,7 +374,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         if pause := wanted - self.paused:
             self.consumer.pause(*pause)
-        if resume := (self.paused - wanted) & assignment:
+        # A partition still settling its start (`on_partitions_assigned`) stays paused.
+        if resume := (self.paused - wanted) & assignment - self._settling:
             self.consumer.resume(*resume)
         self.paused = wanted
 
