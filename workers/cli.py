@@ -200,7 +200,7 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(run_model_command(args, settings))
     repository = args.repository or settings.model_repository
     started = time.monotonic()
-    path = build_model(args.pipeline, repository, args.version)
+    path = build_model(args.pipeline, repository, args.version, args.precision)
     print(f"built {args.pipeline} into {path} in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -347,6 +347,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     build.add_argument("pipeline", choices=["text-embedding", "tiny-classify"])
     build.add_argument("--repository", type=Path, default=None)
     build.add_argument("--version", type=int, default=1)
+    build.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: add a float16 variant, served where the provider is CUDA or TensorRT",
+    )
     load = actions.add_parser("load", help="every inference worker loads and serves a version")
     load.add_argument("model")
     load.add_argument("version", type=int)

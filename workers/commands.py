@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,10 +21,15 @@ from workers.settings import Settings
 BUILDERS = ("text-embedding", "tiny-classify")
 
 
-def build_model(pipeline: str, repository: Path, version: int) -> Path:
-    """Write the model behind `pipeline` into the repository (offline, no PyTorch)."""
+def build_model(
+    pipeline: str, repository: Path, version: int, precision: Literal["fp32", "fp16"] = "fp32"
+) -> Path:
+    """Write the model behind `pipeline` into the repository (offline, no PyTorch);
+    `precision="fp16"` adds the float16 variant served on CUDA and TensorRT."""
     if pipeline == "text-embedding":
-        return build_minilm(find_minilm_package_dir(), repository, version)
+        return build_minilm(find_minilm_package_dir(), repository, version, precision=precision)
+    if precision != "fp32":
+        raise CommandError(f"{pipeline} has no fp16 variant (text-embedding has)", ExitCode.USAGE)
     if pipeline == "tiny-classify":
         return build_tiny_classifier(repository, version)
     raise ValueError(f"no builder for pipeline {pipeline!r}; known: {list(BUILDERS)}")

@@ -328,6 +328,14 @@ class RuntimeSettings(_Group):
     """Threads across operators."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimization level."""
+    precision: Literal["auto", "fp32", "fp16"] = "auto"
+    """Which file of a version to serve when it has a float16 variant (`model.fp16.onnx`,
+    `conveyor models build --precision fp16`). auto: fp16 where the first provider is CUDA
+    or TensorRT, fp32 on the CPU (where float16 runs slower); fp16: wherever the variant
+    exists; fp32: never the variant."""
+    device_id: int = Field(default=0, ge=0)
+    """The GPU a worker's CUDA and TensorRT sessions run on (`conveyor serve` sets
+    CUDA_VISIBLE_DEVICES per process instead, where every worker's device is its 0)."""
     io_binding: bool = False
     """Bind inputs and outputs through I/O binding on device providers (CUDA, TensorRT).
     Off by default: with pooling inside the graph the output is small, and on an H200 plain

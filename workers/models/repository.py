@@ -22,6 +22,8 @@ from workers.models.signature import Signature, TensorContract, parse_signature
 
 CONFIG_FILENAME = "config.json"
 MODEL_FILENAME = "model.onnx"
+FP16_FILENAME = "model.fp16.onnx"
+"""A version's optional float16 variant of the same graph (`runtime.precision`)."""
 
 
 class RepositoryError(ValueError):

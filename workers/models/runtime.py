@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
@@ -25,7 +27,7 @@ import onnxruntime as ort
 
 from workers.models.executor import PriorityExecutor
 from workers.models.ort_build import log_build
-from workers.models.repository import ModelVersion
+from workers.models.repository import FP16_FILENAME, ModelVersion
 
 if TYPE_CHECKING:
     from workers.settings import RuntimeSettings
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]
 T = TypeVar("T")
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
+Precision = Literal["auto", "fp32", "fp16"]
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -56,6 +59,8 @@ class RuntimeOptions:
     """Threads inside one operator; 0 lets ONNX Runtime use every core."""
     inter_op_threads: int = 1
     graph_optimization: GraphOptimization = "all"
+    precision: Precision = "auto"
+    """Which file of a version with a float16 variant is served (RuntimeSettings.precision)."""
     io_binding: bool = False
     """Use I/O binding on device providers (see RuntimeSettings.io_binding)."""
     device_id: int = 0
@@ -72,7 +77,9 @@ class RuntimeOptions:
             intra_op_threads=settings.threads_per_run(cores or available_cores()),
             inter_op_threads=settings.inter_op_threads,
             graph_optimization=settings.graph_optimization,
+            precision=settings.precision,
             io_binding=settings.io_binding,
+            device_id=settings.device_id,
             allow_spinning=settings.allow_spinning,
             compute_nice=settings.compute_nice,
         )
@@ -91,6 +98,48 @@ def choose_providers(preferred: tuple[str, ...], available: list[str]) -> list[s
     return [*chosen, "CPUExecutionProvider"]
 
 
+def model_file(version: ModelVersion, provider: str, precision: Precision) -> Path:
+    """The version's float16 variant where `precision` asks for it and it exists, else its
+    float32 model. auto serves float16 on device providers only: ONNX Runtime's CPU kernels
+    mostly lack float16 and insert casts, which makes it slower there, not faster."""
+    variant = version.asset(FP16_FILENAME)
+    if precision == "fp32" or not variant.exists():
+        return version.path
+    if precision == "fp16" or provider in _DEVICE_PROVIDERS:
+        return variant
+    return version.path
+
+
+def provider_options(
+    provider: str, version: ModelVersion, options: RuntimeOptions
+) -> dict[str, str]:
+    """Each device provider on `options.device_id`; TensorRT keeps the engines it builds (minutes
+    for a transformer) in the version's folder, where a restart finds them, and builds them in
+    float16 unless precision is fp32."""
+    if provider == "CUDAExecutionProvider":
+        return {"device_id": str(options.device_id)}
+    if provider == "TensorrtExecutionProvider":
+        return {
+            "device_id": str(options.device_id),
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(_engine_cache(version)),
+            "trt_fp16_enable": "False" if options.precision == "fp32" else "True",
+        }
+    return {}
+
+
+def _engine_cache(version: ModelVersion) -> Path:
+    """`<version>/trt-cache`, or one under the temp folder where the repository is read-only
+    (an image's repository belongs to root; the worker runs as another user)."""
+    cache = version.asset("trt-cache")
+    try:
+        cache.mkdir(exist_ok=True)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / "conveyor-trt" / version.name / str(version.version)
+        cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
 class OnnxModel:
     """One loaded model version."""
 
@@ -105,16 +154,20 @@ class OnnxModel:
         session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         session_options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         providers = choose_providers(options.providers, ort.get_available_providers())
+        self.path = model_file(version, providers[0], options.precision)
         self.session = ort.InferenceSession(
-            str(version.path), sess_options=session_options, providers=providers
+            str(self.path),
+            sess_options=session_options,
+            providers=[(p, provider_options(p, version, options)) for p in providers],
         )
         self.providers: list[str] = self.session.get_providers()
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._bind = options.io_binding and self.providers[0] in _DEVICE_PROVIDERS
         log.info(
-            "loaded %s v%d on %s (io_binding=%s)",
+            "loaded %s v%d from %s on %s (io_binding=%s)",
             version.name,
             version.version,
+            self.path.name,
             self.providers,
             self._bind,
         )

@@ -215,3 +215,35 @@ def test_rejects_bad_max_sequence_length(
 ) -> None:
     with pytest.raises(ValueError, match=f"got {max_sequence_length}"):
         build_minilm(minilm_source, tmp_path, max_sequence_length=max_sequence_length)
+
+
+@pytest.fixture(scope="session")
+def fp16_dir(minilm_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_minilm(
+        minilm_source, tmp_path_factory.mktemp("minilm-fp16-repository"), precision="fp16"
+    )
+
+
+def test_fp16_variant_keeps_the_contract_and_halves_the_weights(fp16_dir: Path) -> None:
+    fp32, fp16 = fp16_dir / "1" / "model.onnx", fp16_dir / "1" / "model.fp16.onnx"
+    graph = onnx.load(str(fp16)).graph
+    assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
+        ("input_ids", onnx.TensorProto.INT64),
+        ("attention_mask", onnx.TensorProto.INT64),
+    ]
+    assert [(o.name, o.type.tensor_type.elem_type) for o in graph.output] == [
+        ("sentence_embedding", onnx.TensorProto.FLOAT)
+    ]
+    halves = {i.data_type for i in graph.initializer if len(i.dims) == 2}
+    assert halves == {onnx.TensorProto.FLOAT16}, "every weight matrix is float16"
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+
+
+def test_fp16_variant_matches_the_golden_embeddings(
+    fp16_dir: Path, tokenizer: Tokenizer, reference: tuple[list[str], FloatArray]
+) -> None:
+    """Run on the CPU provider here (CI has no GPU); the float16 arithmetic is the same."""
+    sentences, expected = reference
+    session = _session(fp16_dir / "1" / "model.fp16.onnx")
+    cosines = _cosines(_embed(session, tokenizer, sentences), expected)
+    assert cosines.min() >= 0.999, cosines

@@ -16,8 +16,15 @@ from onnx import numpy_helper
 
 from workers.models import runtime as runtime_module
 from workers.models.builders import build_tiny_classifier
-from workers.models.repository import ModelRepository, ModelVersion
-from workers.models.runtime import ModelRuntime, OnnxModel, RuntimeOptions, choose_providers
+from workers.models.repository import FP16_FILENAME, ModelRepository, ModelVersion
+from workers.models.runtime import (
+    ModelRuntime,
+    OnnxModel,
+    RuntimeOptions,
+    choose_providers,
+    model_file,
+    provider_options,
+)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -255,3 +262,58 @@ def test_runtime_from_settings_shares_the_cores_among_general_runs() -> None:
     pinned = RuntimeSettings(intra_op_threads=3)
     assert runtime_module.RuntimeOptions.from_settings(pinned, cores=16).intra_op_threads == 3
     assert runtime_module.available_cores() >= 1
+
+
+@pytest.fixture
+def with_fp16(tmp_path: Path) -> ModelVersion:
+    """The tiny classifier with a float16 variant beside its model (as `--precision fp16`
+    writes one for MiniLM)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    build_tiny_classifier(tmp_path, 1, seed=3)
+    version = ModelRepository(tmp_path).resolve("tiny-classify", 1)[1]
+    half = convert_float_to_float16(onnx.load(str(version.path)), keep_io_types=True)
+    onnx.save(half, str(version.asset(FP16_FILENAME)))
+    return version
+
+
+def test_precision_serves_the_fp16_variant_on_device_providers_or_when_asked(
+    with_fp16: ModelVersion, repository: ModelRepository
+) -> None:
+    fp16, fp32 = with_fp16.asset(FP16_FILENAME), with_fp16.path
+    assert model_file(with_fp16, CPU, "auto") == fp32  # float16 on the CPU is slower
+    assert model_file(with_fp16, CUDA, "auto") == fp16
+    assert model_file(with_fp16, TRT, "auto") == fp16
+    assert model_file(with_fp16, CPU, "fp16") == fp16
+    assert model_file(with_fp16, CUDA, "fp32") == fp32
+    without = _version(repository, 1)
+    assert model_file(without, CUDA, "fp16") == without.path  # no variant: float32
+
+
+def test_a_session_asked_for_fp16_serves_the_variant_with_float32_outputs(
+    with_fp16: ModelVersion,
+) -> None:
+    features = _features(7)
+    full = OnnxModel(with_fp16, CPU_ONLY)
+    half = OnnxModel(with_fp16, dataclasses.replace(CPU_ONLY, precision="fp16"))
+    assert (full.path.name, half.path.name) == ("model.onnx", FP16_FILENAME)
+    expected, got = full.run({"features": features}), half.run({"features": features})
+    assert got["logits"].dtype == np.float32
+    assert not np.array_equal(got["logits"], expected["logits"])  # really float16 arithmetic
+    np.testing.assert_allclose(got["logits"], expected["logits"], rtol=2e-2, atol=2e-2)
+
+
+def test_device_providers_get_their_device_and_tensorrt_keeps_its_engines(
+    with_fp16: ModelVersion,
+) -> None:
+    options = dataclasses.replace(CPU_ONLY, device_id=1)
+    assert provider_options(CUDA, with_fp16, options) == {"device_id": "1"}
+    trt = provider_options(TRT, with_fp16, options)
+    assert trt["device_id"] == "1"
+    assert trt["trt_engine_cache_enable"] == "True"
+    assert Path(trt["trt_engine_cache_path"]) == with_fp16.asset("trt-cache")
+    assert with_fp16.asset("trt-cache").is_dir()
+    assert trt["trt_fp16_enable"] == "True"
+    fp32_only = dataclasses.replace(options, precision="fp32")
+    assert provider_options(TRT, with_fp16, fp32_only)["trt_fp16_enable"] == "False"
+    assert provider_options(CPU, with_fp16, options) == {}

@@ -18,8 +18,7 @@ from typing import Any
 
 import onnx
 
-MODEL_FILENAME = "model.onnx"
-CONFIG_FILENAME = "config.json"
+from workers.models.repository import CONFIG_FILENAME, MODEL_FILENAME
 
 
 def tensor_spec(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def version_dir(repository: Path, name: str, version: int) -> Path:
 def save_model(model: onnx.ModelProto, directory: Path) -> Path:
     """Saves ``model.onnx`` into ``directory`` atomically (temp file, then rename)."""
     target = directory / MODEL_FILENAME
-    _atomic_write_bytes(target, model.SerializeToString())
+    atomic_write_bytes(target, model.SerializeToString())
     return target
 
 
@@ -47,11 +46,11 @@ def write_config(model_dir: Path, config: dict[str, Any]) -> Path:
     """Writes ``config.json``, keys in the order given (stable, so rebuilds are byte-identical)."""
     target = model_dir / CONFIG_FILENAME
     text = json.dumps(config, indent=2) + "\n"
-    _atomic_write_bytes(target, text.encode("utf-8"))
+    atomic_write_bytes(target, text.encode("utf-8"))
     return target
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
+def atomic_write_bytes(target: Path, data: bytes) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)

