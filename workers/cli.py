@@ -173,6 +173,36 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.models.runtime import available_cores
+    from workers.serve import plan_host, serve, visible_gpus
+
+    if args.gpus is None:
+        gpus = visible_gpus()
+    elif args.gpus == "none":
+        gpus = ()
+    else:
+        try:
+            gpus = tuple(int(d) for d in args.gpus.split(","))
+        except ValueError:
+            raise CommandError(
+                f"--gpus takes device numbers like 0,1 or 'none', got {args.gpus!r}",
+                ExitCode.USAGE,
+            ) from None
+    counts = (args.preprocess, args.inference, args.postprocess)
+    if any(n is not None and n < 1 for n in counts):
+        raise CommandError("process counts must be >= 1", ExitCode.USAGE)
+    plan = plan_host(
+        available_cores(),
+        gpus,
+        preprocess=args.preprocess,
+        inference=args.inference,
+        postprocess=args.postprocess,
+        concurrent_runs=settings.runtime.concurrent_runs,
+    )
+    return asyncio.run(serve(settings, plan, args.log_dir))
+
+
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from workers.gateway.service import run_gateway
 
@@ -322,6 +352,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     worker = commands.add_parser("worker", help="run one pipeline stage until SIGTERM")
     worker.add_argument("stage", choices=["preprocess", "inference", "postprocess"])
     handlers["worker"] = _worker
+
+    serve = commands.add_parser(
+        "serve",
+        help="every stage on this host: processes per stage, sized for its cores and GPUs",
+    )
+    for stage in ("preprocess", "inference", "postprocess"):
+        serve.add_argument(
+            f"--{stage}", type=int, default=None, metavar="N", help=f"{stage} processes"
+        )
+    serve.add_argument(
+        "--gpus",
+        default=None,
+        help="devices for inference processes, e.g. 0,1; 'none': CPU (default: every visible)",
+    )
+    serve.add_argument("--log-dir", type=Path, default=Path("logs"), help="a log per process")
+    handlers["serve"] = _serve
 
     gateway = commands.add_parser(
         "gateway", help="serve the Open Inference Protocol (KServe V2) over HTTP and gRPC"

@@ -42,6 +42,9 @@ class WorkerFleet:
     env: dict[str, str]
     """CONVEYOR_* / KAFKA_BOOTSTRAP / REDIS_URL for every worker."""
     log_dir: Path
+    instance_prefix: str = ""
+    """Before each `<stage>-<n>` instance id: a host's name where several hosts serve (the
+    id names the transactional producer, which must be unique in the cluster)."""
     workers: list[WorkerProcess] = field(default_factory=list)
     _started: dict[str, int] = field(default_factory=dict)
 
@@ -54,7 +57,8 @@ class WorkerFleet:
         started = []
         for _ in range(count):
             self._started[stage] = self._started.get(stage, 0) + 1
-            worker = self._spawn(stage, f"{stage}-{self._started[stage] - 1}", extra_env or {})
+            instance_id = f"{self.instance_prefix}{stage}-{self._started[stage] - 1}"
+            worker = self._spawn(stage, instance_id, extra_env or {})
             self.workers.append(worker)
             started.append(worker)
         return started
@@ -83,6 +87,9 @@ class WorkerFleet:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Out of the terminal's process group: a Ctrl-C reaches the parent only, which
+                # stops each worker with one signal (a second one makes a worker exit at once).
+                process_group=0,
             )
         return WorkerProcess(stage, process, log_path, instance_id, extra_env)
 

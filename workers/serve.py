@@ -1,0 +1,227 @@
+"""`conveyor serve`: the whole pipeline on one host, as processes per stage.
+
+Each process is one `conveyor worker <stage>` (its own consumer-group member, log file and
+/metrics port, announced in Redis as today), started and restarted by this supervisor. The
+defaults share the host's cores out among the stages; what each process may use is set in its
+environment so processes do not fight over cores: one BLAS thread, a tokenizer pool of its
+share of the cores, ONNX Runtime intra-op threads of the CPU inference share, and each GPU
+inference process pinned to one device (`CUDA_VISIBLE_DEVICES`, round robin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.fleet import STAGES, WorkerFleet, WorkerProcess
+from workers.kafka.admin import partitions_of
+from workers.names import Topics
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_CHECK_EVERY_S = 1.0
+_RESTART_BACKOFF_S = 5.0
+"""A process that exits is started again, at most once per this long (a crash loop, e.g. an
+unreachable broker, must not spin)."""
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """How many processes of each stage run on this host, and what each may use."""
+
+    cores: int
+    preprocess: int
+    inference: int
+    postprocess: int
+    gpus: tuple[int, ...] = ()
+    """Devices the inference processes are pinned to, round robin; empty: CPU inference."""
+    concurrent_runs: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.cores, self.preprocess, self.inference, self.postprocess) < 1:
+            raise ValueError(f"every count must be >= 1: {self}")
+
+    def count(self, stage: str) -> int:
+        counts = {
+            "preprocess": self.preprocess,
+            "inference": self.inference,
+            "postprocess": self.postprocess,
+        }
+        return counts[stage]
+
+    @property
+    def cpu_threads(self) -> int:
+        """Tokenizer threads of one CPU-stage process: its share of the cores."""
+        return max(1, self.cores // (self.preprocess + self.inference + self.postprocess))
+
+    @property
+    def inference_threads(self) -> int:
+        """ORT intra-op threads of one run of a CPU inference process: the cores the CPU
+        stages leave, shared among the inference processes' concurrent runs."""
+        left = max(1, self.cores - self.preprocess - self.postprocess)
+        return max(1, left // (self.inference * self.concurrent_runs))
+
+    def environment(self, stage: str, index: int) -> dict[str, str]:
+        """What process `index` of `stage` is told through its environment."""
+        threads = {"OMP_NUM_THREADS": "1"}  # numpy's BLAS: the stages' arrays are small
+        if stage == "preprocess":
+            threads["RAYON_NUM_THREADS"] = str(self.cpu_threads)  # the tokenizer's pool
+            threads["TOKENIZERS_PARALLELISM"] = "true" if self.cpu_threads > 1 else "false"
+        if stage == "inference" and not self.gpus:
+            threads["CONVEYOR_RUNTIME__INTRA_OP_THREADS"] = str(self.inference_threads)
+        # What the user set for every process stays theirs.
+        env = {name: value for name, value in threads.items() if name not in os.environ}
+        if stage == "inference" and self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[index % len(self.gpus)])
+            env["CONVEYOR_RUNTIME__DEVICE_ID"] = "0"  # the one device it sees
+        return env
+
+
+def plan_host(
+    cores: int,
+    gpus: Sequence[int] = (),
+    *,
+    preprocess: int | None = None,
+    inference: int | None = None,
+    postprocess: int | None = None,
+    concurrent_runs: int = 2,
+) -> HostPlan:
+    """Defaults: a quarter of the cores each to preprocess and postprocess processes (their
+    cost per task is alike: decoding, frames, Kafka), and one inference process per GPU (two
+    runs in flight keep one busy) or, without a GPU, a quarter of the cores in processes of
+    several threads. What is left serves the broker and Redis where they share the host."""
+    quarter = max(1, cores // 4)
+    return HostPlan(
+        cores=cores,
+        preprocess=preprocess or quarter,
+        inference=inference or (len(gpus) if gpus else max(1, quarter // 2)),
+        postprocess=postprocess or quarter,
+        gpus=tuple(gpus),
+        concurrent_runs=concurrent_runs,
+    )
+
+
+def visible_gpus() -> tuple[int, ...]:
+    """GPUs this host gives its processes: CUDA_VISIBLE_DEVICES where set, else every device
+    NVML counts (none without the `gpu` extra or a driver)."""
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if pinned is not None:
+        return tuple(int(d) for d in pinned.split(",") if d.strip().isdigit())
+    try:
+        import pynvml  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+        pynvml.nvmlInit()
+        return tuple(range(pynvml.nvmlDeviceGetCount()))
+    except Exception:  # no package, no driver, no device: all mean "no GPU here"
+        return ()
+
+
+async def thin_topics(settings: Settings, plan: HostPlan) -> list[str]:
+    """Topics with fewer partitions than the processes reading them: the extra processes of
+    that stage would hold none of them and idle."""
+    topics = Topics(settings.kafka.topic_prefix)
+    found = []
+    for stage in STAGES:
+        for topic in topics.inputs_of(stage):
+            partitions = len(await partitions_of(settings.kafka, topic))
+            if partitions < plan.count(stage):
+                found.append(
+                    f"{topic}: {partitions} partitions for {plan.count(stage)} {stage} "
+                    "processes (add partitions: kafka-topics --alter --partitions N)"
+                )
+    return found
+
+
+class Supervisor:
+    """Starts the plan's processes, starts again any that exits, stops them all on SIGTERM or
+    SIGINT (each gets the worker's own drain: in-flight batches finish, offsets commit)."""
+
+    def __init__(self, fleet: WorkerFleet, plan: HostPlan, grace_s: float) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.grace_s = grace_s
+        self.restarts = 0
+        self._started_at: dict[str, float] = {}
+        self._stopping = asyncio.Event()
+
+    def start(self) -> None:
+        for stage in STAGES:
+            for index in range(self.plan.count(stage)):
+                for worker in self.fleet.start(stage, 1, self.plan.environment(stage, index)):
+                    self._started_at[worker.instance_id] = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Until `stop()`: restart what exits; then stop every process."""
+        try:
+            while not self._stopping.is_set():
+                for worker in list(self.fleet.workers):
+                    if not worker.alive:
+                        self._restart(worker)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), _CHECK_EVERY_S)
+        finally:
+            await asyncio.to_thread(self.fleet.stop_all, signal.SIGTERM, self.grace_s)
+
+    def _restart(self, worker: WorkerProcess) -> None:
+        since = time.monotonic() - self._started_at.get(worker.instance_id, 0.0)
+        if since < _RESTART_BACKOFF_S:
+            return
+        log.warning(
+            "%s exited (code %s); starting it again (log: %s)",
+            worker.instance_id,
+            worker.process.returncode,
+            worker.log_path,
+        )
+        replacement = self.fleet.restart(worker)
+        self._started_at[replacement.instance_id] = time.monotonic()
+        self.restarts += 1
+
+
+async def serve(settings: Settings, plan: HostPlan, log_dir: Path) -> int:
+    """Run the plan until SIGTERM or SIGINT."""
+    from workers.service import ensure_pipeline_topics
+
+    settings = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"partitions": max(settings.kafka.partitions, _widest(plan))}
+            )
+        }
+    )
+    await ensure_pipeline_topics(settings)
+    for warning in await thin_topics(settings, plan):
+        log.warning("%s", warning)
+    # Children read the same settings from the environment; new topics get enough partitions.
+    env = {"CONVEYOR_KAFKA__PARTITIONS": str(settings.kafka.partitions)}
+    env = {k: v for k, v in env.items() if k not in os.environ}
+    fleet = WorkerFleet(env, log_dir, instance_prefix=f"{socket.gethostname()}-")
+    supervisor = Supervisor(fleet, plan, grace_s=settings.worker.shutdown_grace_s + 10)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.stop)
+    supervisor.start()
+    print(
+        f"serving: {plan.preprocess} preprocess, {plan.inference} inference "
+        f"({'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}), "
+        f"{plan.postprocess} postprocess on {plan.cores} cores; logs in {log_dir}",
+        flush=True,
+    )
+    await supervisor.run()
+    print(f"stopped ({supervisor.restarts} restarts)", flush=True)
+    return 0
+
+
+def _widest(plan: HostPlan) -> int:
+    return max(plan.preprocess, plan.inference, plan.postprocess)
