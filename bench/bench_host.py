@@ -1,0 +1,344 @@
+"""One host at full speed: the whole pipeline on one machine -- broker, Redis, `conveyor serve`'s
+processes per stage and the load clients -- serving MiniLM, one 32-token sentence a request.
+
+    python -m bench.bench_host [--source DIR] [--providers CUDAExecutionProvider,...]
+        [--layouts 4:1:4,6:1:6] [--clients 4] [--seconds 60] [--precision fp32|fp16] [--out FILE]
+
+For each layout (preprocess:inference:postprocess processes, each told its share of the
+cores as `conveyor serve` tells it), `--clients` load processes keep `--window` requests each
+in flight (closed loop) for `--seconds` after a warm-up, each reading the answers from a reply
+topic of its own with a plain consumer. Reported: tasks/s answered inside the window (sum over
+clients), latency p50/p99 of those answers, tasks lost (submitted, never answered after a
+drain), CPU seconds by process kind, GPU utilization (nvidia-smi, where there is one), and
+raw ONNX Runtime at batch 128 measured in the same run as the yardstick. On the lent GPU host
+`bench/device_pipeline.sh` runs it (HOST=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+from bench import bench_model
+from bench.bench_pipeline import Deployment, cpu_delta, cpu_snapshot, percentiles, private_stack
+from schemas import InferenceRequest, InferenceResult, decode_result
+from workers.client import Client
+from workers.fleet import STAGES
+from workers.kafka.admin import TopicSpec, ensure_topics
+from workers.models.builders import build_minilm, find_minilm_package_dir
+from workers.models.runtime import OnnxModel, RuntimeOptions, available_cores
+from workers.names import Topics
+from workers.serve import HostPlan
+
+TENANTS = ("acme", "globex", "initech")
+SEQ_TOKENS = 32
+RAW_BATCH = 128
+
+
+@dataclass(frozen=True)
+class LayoutRun:
+    layout: HostPlan
+    tasks_per_s: float
+    submitted: int
+    lost: int
+    failed: int
+    p50_ms: float
+    p99_ms: float
+    cpu_s: dict[str, float]
+    seconds: float
+    gpu_busy: list[float]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, help="MiniLM's folder (default: the package)")
+    parser.add_argument("--providers", default="CPUExecutionProvider")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--layouts", default="1:1:1", help="pre:inf:post,... processes")
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--window", type=int, default=4096, help="requests in flight a client")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=10.0)
+    parser.add_argument("--max-batch", type=int, default=512)
+    parser.add_argument("--raw-s", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--reply-to", help=argparse.SUPPRESS)
+    parser.add_argument("--texts", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ---- one load client (a process of its own) ------------------------------------------------
+
+
+async def run_client(args: argparse.Namespace) -> dict[str, object]:
+    texts = args.texts.read_text().splitlines()
+    consumer = AIOKafkaConsumer(
+        args.reply_to,
+        bootstrap_servers=args.bootstrap,
+        group_id=f"{args.reply_to}-reader",
+        auto_offset_reset="latest",
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+    submitted = received = failed = 0
+    in_window: list[float] = []
+    started = time.time()
+    window_from, window_to = started + args.warmup_s, started + args.warmup_s + args.seconds
+    done = asyncio.Event()
+
+    async def read() -> None:
+        nonlocal received, failed
+        while not done.is_set() or received < submitted:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    result = decode_result(record.value or b"", record.headers)
+                    received += 1
+                    if not isinstance(result, InferenceResult):
+                        failed += 1
+                    elif window_from * 1000 <= result.completed_at_ms < window_to * 1000:
+                        in_window.append(float(result.completed_at_ms - result.submitted_at_ms))
+            if done.is_set() and time.time() > window_to + 60:
+                return  # the rest is lost
+
+    reader = asyncio.create_task(read())
+    async with Client(args.bootstrap, Topics(args.prefix), reply_to=args.reply_to) as client:
+        index = args.seed * 1_000_003
+        while time.time() < window_to:
+            if submitted - received >= args.window:
+                await asyncio.sleep(0.001)
+                continue
+            chunk = [
+                InferenceRequest.new(
+                    tenant=TENANTS[(index + i) % len(TENANTS)],
+                    pipeline="text-embedding",
+                    inputs={"text": np.array([texts[(index + i) % len(texts)]], dtype=object)},
+                )
+                for i in range(256)
+            ]
+            index += len(chunk)
+            await client.submit_many(chunk)
+            submitted += len(chunk)
+        done.set()
+        await reader
+    await consumer.stop()
+    return {
+        "submitted": submitted,
+        "received": received,
+        "in_window": len(in_window),
+        "failed": failed,
+        "latencies_ms": in_window[:: max(1, len(in_window) // 20000)],
+    }
+
+
+# ---- the host -------------------------------------------------------------------------------
+
+
+def parse_layout(text: str, cores: int, gpus: tuple[int, ...]) -> HostPlan:
+    pre, inf, post = (int(n) for n in text.split(":"))
+    return HostPlan(cores, pre, inf, post, gpus)
+
+
+@contextlib.contextmanager
+def gpu_busy_sampler() -> Iterator[list[float]]:
+    """GPU utilization (%) every 0.5 s from nvidia-smi while the block runs; empty without."""
+    samples: list[float] = []
+    if shutil.which("nvidia-smi") is None:
+        yield samples
+        return
+    process = subprocess.Popen(
+        [
+            "nvidia-smi",
+            "--query-gpu=utilization.gpu",
+            "--format=csv,noheader,nounits",
+            "-lms",
+            "500",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with contextlib.suppress(ValueError):
+                samples.append(float(line.split(",")[0]))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def run_layout(
+    deployment: Deployment, plan: HostPlan, args: argparse.Namespace, texts_file: Path
+) -> LayoutRun:
+    replies = [f"hostbench-{deployment.prefix}-{i}" for i in range(args.clients)]
+    bootstrap = deployment.stack.config.kafka_bootstrap
+    asyncio.run(ensure_topics(bootstrap, [TopicSpec(t, 4) for t in replies]))
+    workers = [
+        (
+            stage,
+            {"CONVEYOR_WORKER__MAX_BATCH_SIZE": str(args.max_batch), **plan.environment(stage, i)},
+        )
+        for stage in STAGES
+        for i in range(plan.count(stage))
+    ]
+    with deployment.fleet({}, workers=workers) as fleet:
+        before = cpu_snapshot(deployment.stack_pids, fleet)
+        with gpu_busy_sampler() as gpu_busy:
+            clients = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.bench_host",
+                        "--client",
+                        "--bootstrap",
+                        bootstrap,
+                        "--prefix",
+                        deployment.prefix,
+                        "--reply-to",
+                        reply,
+                        "--texts",
+                        str(texts_file),
+                        "--seed",
+                        str(i),
+                        "--window",
+                        str(args.window),
+                        "--seconds",
+                        str(args.seconds),
+                        "--warmup-s",
+                        str(args.warmup_s),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"},
+                )
+                for i, reply in enumerate(replies)
+            ]
+            outputs = [json.loads(c.communicate()[0].strip().splitlines()[-1]) for c in clients]
+            window_samples = list(gpu_busy)
+        cpu_s = cpu_delta(before, cpu_snapshot(deployment.stack_pids, fleet))
+    latencies = [x for o in outputs for x in o["latencies_ms"]]
+    p50, _, p99 = percentiles(latencies) if latencies else (float("nan"),) * 3
+    submitted = sum(int(o["submitted"]) for o in outputs)
+    return LayoutRun(
+        layout=plan,
+        tasks_per_s=sum(int(o["in_window"]) for o in outputs) / args.seconds,
+        submitted=submitted,
+        lost=submitted - sum(int(o["received"]) for o in outputs),
+        failed=sum(int(o["failed"]) for o in outputs),
+        p50_ms=p50,
+        p99_ms=p99,
+        cpu_s=cpu_s,
+        seconds=args.seconds,
+        gpu_busy=window_samples,
+    )
+
+
+def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Namespace) -> str:
+    providers = args.providers.split(",")
+    lines = [
+        f"Machine: {bench_model.machine_description(providers)}; {available_cores()} cores.",
+        f"Command: `python -m bench.bench_host {' '.join(sys.argv[1:])}`",
+        "",
+        "| raw ONNX Runtime | seq/s |",
+        "|---|---|",
+        *(f"| {name} | {value:,.0f} |" for name, value in raw.items()),
+        "",
+        "| pre:inf:post | clients | tasks/s | vs raw fp32 b128 | p50 ms | p99 ms | lost "
+        "| failed | GPU busy (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = raw.get(f"fp32 batch {RAW_BATCH}", float("nan"))
+    for run in runs:
+        plan = run.layout
+        busy = f"{statistics.median(run.gpu_busy):.0f}%" if run.gpu_busy else "-"
+        lines.append(
+            f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {args.clients} "
+            f"| {run.tasks_per_s:,.0f} | {run.tasks_per_s / base:.2f} | {run.p50_ms:.1f} "
+            f"| {run.p99_ms:.1f} | {run.lost} | {run.failed} | {busy} |"
+        )
+    lines += ["", "CPU seconds per 1,000 tasks, by process kind:", ""]
+    kinds = sorted({k for run in runs for k in run.cpu_s})
+    lines += ["| pre:inf:post | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for run in runs:
+        tasks = max(1.0, run.tasks_per_s * run.seconds)
+        cells = " | ".join(f"{run.cpu_s.get(k, 0.0) / tasks * 1000:.2f}" for k in kinds)
+        plan = run.layout
+        lines.append(f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.client:
+        print(json.dumps(asyncio.run(run_client(args))))
+        return
+    providers = tuple(args.providers.split(","))
+    gpu = providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    cores = available_cores()
+    with tempfile.TemporaryDirectory(prefix="conveyor-host-") as root_name:
+        root = Path(root_name)
+        repository = root / "repository"
+        build_minilm(args.source or find_minilm_package_dir(), repository, precision=args.precision)
+        version = bench_model.minilm_version(repository)
+        tokenizer = bench_model.tokenizer_of(version)
+        texts = bench_model.sentences(tokenizer, SEQ_TOKENS, 4096)
+        texts_file = root / "texts.txt"
+        texts_file.write_text("\n".join(texts))
+        feeds = bench_model.feeds_for(tokenizer, texts[:RAW_BATCH])
+        raw = {}
+        for precision in ("fp32", "fp16") if args.precision == "fp16" else ("fp32",):
+            options = RuntimeOptions(
+                providers=providers, intra_op_threads=0 if gpu else cores, precision=precision
+            )
+            model = OnnxModel(version, options)
+            raw[f"{precision} batch {RAW_BATCH}"] = bench_model.measure_raw(
+                model, feeds, args.raw_s
+            ).seq_per_s
+            del model
+        print(raw, flush=True)
+        with private_stack(root / "stack") as stack:
+            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
+            deployment = Deployment(stack, repository, root / "logs", pids, providers=providers)
+            runs = []
+            for text in args.layouts.split(","):
+                plan = parse_layout(text, cores, (0,) if gpu else ())
+                runs.append(run_layout(deployment.fresh(), plan, args, texts_file))
+                print(runs[-1], flush=True)
+    markdown = report(runs, raw, args)
+    print(markdown)
+    if args.out:
+        args.out.write_text(markdown + "\n")
+
+
+if __name__ == "__main__":
+    main()
