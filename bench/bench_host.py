@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -196,6 +197,12 @@ def gpu_busy_sampler() -> Iterator[list[float]]:
         process.wait()
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of the waited-for child processes (the load clients, once done)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_layout(
     deployment: Deployment, plan: HostPlan, args: argparse.Namespace, texts_file: Path
 ) -> LayoutRun:
@@ -212,6 +219,7 @@ def run_layout(
     ]
     with deployment.fleet({}, workers=workers) as fleet:
         before = cpu_snapshot(deployment.stack_pids, fleet)
+        children_before = _children_cpu_s()
         with gpu_busy_sampler() as gpu_busy:
             clients = [
                 subprocess.Popen(
@@ -246,6 +254,8 @@ def run_layout(
             outputs = [json.loads(c.communicate()[0].strip().splitlines()[-1]) for c in clients]
             window_samples = list(gpu_busy)
         cpu_s = cpu_delta(before, cpu_snapshot(deployment.stack_pids, fleet))
+        cpu_s.pop("client (this process)", None)  # the load runs in the client processes
+        cpu_s["load clients"] = _children_cpu_s() - children_before
     latencies = [x for o in outputs for x in o["latencies_ms"]]
     p50, _, p99 = percentiles(latencies) if latencies else (float("nan"),) * 3
     submitted = sum(int(o["submitted"]) for o in outputs)
