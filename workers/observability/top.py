@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class Frame:
     tenants: dict[str, float] = field(default_factory=dict)
     lanes: dict[tuple[str, str], float] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)
+    gpus: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    """(host, device) -> (busy fraction, memory used in bytes), from the inference workers'
+    NVML gauges; every worker of a host sees all of its devices, so each is shown once."""
 
 
 async def discover(connection: RedisConnection, keys: RedisKeys) -> list[dict[str, str]]:
@@ -79,9 +83,13 @@ def frame(
         row["in flight"] += _sum(b, "conveyor_tasks_in_flight")
         row["queued"] += _sum(b, "conveyor_queue_depth")
         row["lag"] += _sum(b, "conveyor_consumer_lag")
+        host = urllib.parse.urlsplit(worker.get("metrics_url", "")).hostname or "?"
         for (name, labels), value in b.items():
             labels_d = dict(labels)
-            if name == "conveyor_tasks_completed_total":
+            if name == "conveyor_gpu_utilization_ratio":
+                memory = b.get(("conveyor_gpu_memory_used_bytes", labels), 0.0)
+                view.gpus[(host, labels_d.get("gpu", "?"))] = (value, memory)
+            elif name == "conveyor_tasks_completed_total":
                 tenant = labels_d.get("tenant", "?")
                 rate = (value - a.get((name, labels), 0.0)) / elapsed_s
                 view.tenants[tenant] = view.tenants.get(tenant, 0.0) + rate
@@ -109,6 +117,12 @@ def render(view: Frame) -> str:
         f"{lane + ' (' + stage + ')':<28} {depth:>8.0f}"
         for (stage, lane), depth in sorted(view.lanes.items())
     ]
+    if view.gpus:
+        lines += ["", f"{'gpu (host)':<28} {'busy':>8} {'memory':>10}"]
+        lines += [
+            f"{gpu + ' (' + host + ')':<28} {busy:>8.0%} {memory / 2**30:>6.1f} GiB"
+            for (host, gpu), (busy, memory) in sorted(view.gpus.items())
+        ]
     lines += ["", f"{'tenant':<20} {'done/s':>8}"]
     lines += [f"{tenant:<20} {rate:>8.1f}" for tenant, rate in sorted(view.tenants.items())]
     return "\n".join(lines)
