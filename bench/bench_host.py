@@ -74,6 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layouts", default="1:1:1", help="pre:inf:post,... processes")
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--window", type=int, default=4096, help="requests in flight a client")
+    parser.add_argument(
+        "--rate-per-s", type=float, default=0.0, help="paced load over all clients (0: saturate)"
+    )
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup-s", type=float, default=10.0)
     parser.add_argument("--max-batch", type=int, default=512)
@@ -128,8 +131,16 @@ async def run_client(args: argparse.Namespace) -> dict[str, object]:
     reader = asyncio.create_task(read())
     async with Client(args.bootstrap, Topics(args.prefix), reply_to=args.reply_to) as client:
         index = args.seed * 1_000_003
+        # Paced (an open loop at --rate-per-s over all clients, every 10 ms what is due) or
+        # saturating (a closed loop keeping --window requests in flight, 256 at a time).
+        rate_per_s = args.rate_per_s / args.clients if args.rate_per_s else 0.0
         while time.time() < window_to:
-            if submitted - received >= args.window:
+            if rate_per_s:
+                due = int((time.time() - started) * rate_per_s) - submitted
+                if due < 1:
+                    await asyncio.sleep(0.01)
+                    continue
+            elif submitted - received >= args.window:
                 await asyncio.sleep(0.001)
                 continue
             chunk = [
@@ -138,7 +149,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, object]:
                     pipeline="text-embedding",
                     inputs={"text": np.array([texts[(index + i) % len(texts)]], dtype=object)},
                 )
-                for i in range(256)
+                for i in range(min(due, 256) if rate_per_s else 256)
             ]
             index += len(chunk)
             await client.submit_many(chunk)
@@ -244,6 +255,10 @@ def run_layout(
                         str(args.seconds),
                         "--warmup-s",
                         str(args.warmup_s),
+                        "--clients",
+                        str(args.clients),
+                        "--rate-per-s",
+                        str(args.rate_per_s),
                     ],
                     stdout=subprocess.PIPE,
                     text=True,
@@ -283,24 +298,29 @@ def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Name
         "|---|---|",
         *(f"| {name} | {value:,.0f} |" for name, value in raw.items()),
         "",
-        "| pre:inf:post | clients | tasks/s | vs raw fp32 b128 | p50 ms | p99 ms | lost "
+        "| pre:inf:post | load | tasks/s | vs raw fp32 b128 | p50 ms | p99 ms | lost "
         "| failed | GPU busy (median) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     base = raw.get(f"fp32 batch {RAW_BATCH}", float("nan"))
+    load = (
+        f"{args.clients} clients paced at {args.rate_per_s:,.0f}/s"
+        if args.rate_per_s
+        else f"{args.clients} clients x {args.window} in flight"
+    )
     for run in runs:
         plan = run.layout
         busy = f"{statistics.median(run.gpu_busy):.0f}%" if run.gpu_busy else "-"
         lines.append(
-            f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {args.clients} "
+            f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {load} "
             f"| {run.tasks_per_s:,.0f} | {run.tasks_per_s / base:.2f} | {run.p50_ms:.1f} "
             f"| {run.p99_ms:.1f} | {run.lost} | {run.failed} | {busy} |"
         )
-    lines += ["", "CPU seconds per 1,000 tasks, by process kind:", ""]
+    lines += ["", "CPU seconds per 1,000 tasks answered (warm-up and drain included):", ""]
     kinds = sorted({k for run in runs for k in run.cpu_s})
     lines += ["| pre:inf:post | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
     for run in runs:
-        tasks = max(1.0, run.tasks_per_s * run.seconds)
+        tasks = max(1.0, float(run.submitted - run.lost))  # the CPU covers warm-up and drain
         cells = " | ".join(f"{run.cpu_s.get(k, 0.0) / tasks * 1000:.2f}" for k in kinds)
         plan = run.layout
         lines.append(f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {cells} |")

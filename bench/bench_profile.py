@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import bench_model
 from bench import bench_pipeline as bp
 from bench.report import BENCHMARKS, write_section
 from workers.client import Client
@@ -31,6 +32,7 @@ from workers.fleet import STAGES, WorkerFleet
 from workers.models.builders import build_tiny_classifier
 
 START, END = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
+MINILM_MARKERS = "<!-- bench:profile-minilm:start -->", "<!-- bench:profile-minilm:end -->"
 TOP_FUNCTIONS = 12
 SAMPLES_PER_S = 250
 AREAS = (
@@ -121,9 +123,8 @@ def _recorders(fleet: WorkerFleet, out: Path) -> list[tuple[str, subprocess.Pope
 
 
 async def _burst(
-    deployment: bp.Deployment, fleet: WorkerFleet, tasks: int, out: Path
+    deployment: bp.Deployment, fleet: WorkerFleet, tasks: int, out: Path, make: bp.MakeRequest
 ) -> dict[str, float]:
-    make = bp.tiny_requests(tasks)
     async with Client(deployment.stack.config.kafka_bootstrap, deployment.topics) as client:
         await bp.burst(client, make, 500, 120)  # warm-up
         recorders = _recorders(fleet, out)
@@ -141,16 +142,23 @@ async def _burst(
         return cpu
 
 
-def measure(tasks: int) -> tuple[list[StageProfile], dict[str, float]]:
+def measure(tasks: int, pipeline: str) -> tuple[list[StageProfile], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="conveyor-profile-") as root_name:
         root = Path(root_name)
         repository = root / "repository"
-        build_tiny_classifier(repository)
+        if pipeline == "text-embedding":
+            # One 32-token sentence a request, as bench_host sends them.
+            version = bench_model.build_repository(repository)
+            tokenizer = bench_model.tokenizer_of(version)
+            make = bp.text_requests(bench_model.sentences(tokenizer, 32, 1024))
+        else:
+            build_tiny_classifier(repository)
+            make = bp.tiny_requests(tasks)
         with bp.private_stack(root / "stack") as stack:
             pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
             deployment = bp.Deployment(stack, repository, root / "logs", pids)
             with deployment.fleet({}) as fleet:
-                cpu = asyncio.run(_burst(deployment, fleet, tasks, root))
+                cpu = asyncio.run(_burst(deployment, fleet, tasks, root, make))
             stages = [
                 load_profile(root / f"{stage}.txt", stage, cpu.get(f"{stage} worker(s)", 0.0))
                 for stage in STAGES
@@ -158,10 +166,11 @@ def measure(tasks: int) -> tuple[list[StageProfile], dict[str, float]]:
     return stages, cpu
 
 
-def report(stages: Sequence[StageProfile], cpu: dict[str, float], tasks: int) -> str:
+def report(stages: Sequence[StageProfile], cpu: dict[str, float], tasks: int, pipeline: str) -> str:
     lines = [
-        f"Command: `.venv/bin/python -m bench.bench_profile --tasks {tasks}`; one worker per "
-        "stage, `tiny-classify`, every request published at once; py-spy samples each worker "
+        f"Command: `.venv/bin/python -m bench.bench_profile --tasks {tasks} --pipeline "
+        f"{pipeline}`; one worker per stage, `{pipeline}`, every request published at once; "
+        "py-spy samples each worker "
         f"{SAMPLES_PER_S} times a second while on CPU (every thread). CPU from /proc over the "
         "burst.",
         "",
@@ -193,11 +202,22 @@ def report(stages: Sequence[StageProfile], cpu: dict[str, float], tasks: int) ->
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Conveyor per-stage CPU profile")
     parser.add_argument("--tasks", type=int, default=20_000, help="requests in the burst")
+    parser.add_argument(
+        "--pipeline",
+        choices=["tiny-classify", "text-embedding"],
+        default="tiny-classify",
+        help="text-embedding: MiniLM, one 32-token sentence a request (own section)",
+    )
     options = parser.parse_args(argv)
-    stages, cpu = measure(options.tasks)
-    markdown = report(stages, cpu, options.tasks)
+    stages, cpu = measure(options.tasks, options.pipeline)
+    markdown = report(stages, cpu, options.tasks, options.pipeline)
     print(markdown)
-    write_section(markdown, BENCHMARKS, START, END, "Where each stage's CPU per task goes")
+    if options.pipeline == "text-embedding":
+        write_section(
+            markdown, BENCHMARKS, *MINILM_MARKERS, "Where each stage's CPU per MiniLM task goes"
+        )
+    else:
+        write_section(markdown, BENCHMARKS, START, END, "Where each stage's CPU per task goes")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -64,6 +65,15 @@ def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
             os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
         if sched_idle:
             os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _tune_garbage_collection(threshold: int) -> None:
+    """`worker.gc_threshold`; and what start-up built moves to the permanent generation,
+    which the collector no longer walks (it lives as long as the worker anyway)."""
+    if threshold:
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
+    gc.collect()
+    gc.freeze()
 
 
 def _idle_autogroup() -> None:
@@ -214,6 +224,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             )
         )
         _install_signals(runner)
+        _tune_garbage_collection(w.gc_threshold)
         log.info(
             "%s worker ready: %s -> pipeline topics under %r",
             stage_name,

@@ -206,6 +206,12 @@ class WorkerSettings(_Group):
     """First delay when Kafka or Redis refuses a write; doubles up to 5 s, forever."""
     claim_check_threshold_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Tensors larger than this travel between stages through Redis, not Kafka."""
+    gc_threshold: int = Field(default=50_000, ge=0)
+    """Allocations between the cyclic garbage collector's young collections (CPython's own
+    is 700); 0 keeps CPython's. Every task leaves decoded dicts, records and futures behind, and
+    at 700 the collector ran so often that a MiniLM preprocess worker spent ~15 % of its CPU
+    in it (py-spy, BENCHMARKS.md "Where each stage's CPU per MiniLM task goes"). What is built
+    at start (models, clients, settings) is frozen out of the collections too."""
 
     @model_validator(mode="after")
     def _known_lanes(self) -> WorkerSettings:
