@@ -89,7 +89,7 @@ def compose(*args: str, timeout_s: float = 900) -> str:
         command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
     )
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}{done.stderr}"
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 def podman(*args: str) -> subprocess.CompletedProcess[str]:
@@ -162,7 +162,7 @@ def stack() -> Iterator[None]:
     """compose.yaml's stack, built, up and healthy; down (with its volumes) afterwards."""
     if problem := _engine_problem():
         pytest.skip(problem)
-    compose("down", "-v", "-t", "0")  # what an interrupted run left behind
+    compose("down", "-v", "--remove-orphans", "-t", "0")  # what an interrupted run left
     started = time.monotonic()
     # preprocess, inference and postprocess build one image (conveyor:latest): build it once.
     compose("build", "preprocess")
@@ -177,7 +177,7 @@ def stack() -> Iterator[None]:
         yield
     finally:
         if containers(every=True):
-            compose("down", "-v", "-t", "0")
+            compose("down", "-v", "--remove-orphans", "-t", "0")
 
 
 async def _send_demo_traffic() -> list[Result]:
@@ -282,7 +282,10 @@ def test_inference_scales_out_to_two_replicas_in_one_consumer_group() -> None:
 
 @pytest.mark.usefixtures("stack")
 def test_down_leaves_nothing_behind() -> None:
-    compose("down", "-v")
+    # podman-compose's `down` knows one container per service; --remove-orphans takes the
+    # scaled-out replicas too (and so the services they depend on, which podman keeps else).
+    out = compose("--verbose", "down", "-v", "--remove-orphans", "-t", "10")
+    print("DOWN-DEBUG", out)
     assert containers(every=True) == []
     label = f"label=com.docker.compose.project={PROJECT}"
     assert podman("volume", "ls", "-q", "--filter", label).stdout.split() == []
