@@ -147,6 +147,7 @@ def test_gpu_reservation_only_under_gpu_profile(services: dict[str, Any]) -> Non
     assert gpu == {"inference-gpu"}
     assert services["inference-gpu"]["profiles"] == ["gpu"]
     assert services["inference-gpu"]["build"]["args"]["EXTRAS"] == "[gpu]"
+    assert services["inference-gpu"]["build"]["args"]["MODEL_PRECISION"] == "fp16"  # CUDA: fp16
     for name, svc in services.items():
         if "gpu" in svc.get("profiles", []):
             assert requests_gpu(svc), f"{name} is in the gpu profile without a GPU"
