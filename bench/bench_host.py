@@ -55,6 +55,8 @@ RAW_BATCH = 128
 @dataclass(frozen=True)
 class LayoutRun:
     layout: HostPlan
+    rate_per_s: float
+    """0: a closed loop (saturating)."""
     tasks_per_s: float
     submitted: int
     lost: int
@@ -75,7 +77,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--window", type=int, default=4096, help="requests in flight a client")
     parser.add_argument(
-        "--rate-per-s", type=float, default=0.0, help="paced load over all clients (0: saturate)"
+        "--rate-per-s",
+        default="0",
+        help="paced load over all clients, a run per rate for each layout: 0,1200 (0: saturate)",
     )
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup-s", type=float, default=10.0)
@@ -133,7 +137,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, object]:
         index = args.seed * 1_000_003
         # Paced (an open loop at --rate-per-s over all clients, every 10 ms what is due) or
         # saturating (a closed loop keeping --window requests in flight, 256 at a time).
-        rate_per_s = args.rate_per_s / args.clients if args.rate_per_s else 0.0
+        rate_per_s = float(args.rate_per_s) / args.clients
         while time.time() < window_to:
             if rate_per_s:
                 due = int((time.time() - started) * rate_per_s) - submitted
@@ -215,7 +219,11 @@ def _children_cpu_s() -> float:
 
 
 def run_layout(
-    deployment: Deployment, plan: HostPlan, args: argparse.Namespace, texts_file: Path
+    deployment: Deployment,
+    plan: HostPlan,
+    args: argparse.Namespace,
+    texts_file: Path,
+    rate_per_s: float,
 ) -> LayoutRun:
     replies = [f"hostbench-{deployment.prefix}-{i}" for i in range(args.clients)]
     bootstrap = deployment.stack.config.kafka_bootstrap
@@ -258,7 +266,7 @@ def run_layout(
                         "--clients",
                         str(args.clients),
                         "--rate-per-s",
-                        str(args.rate_per_s),
+                        str(rate_per_s),
                     ],
                     stdout=subprocess.PIPE,
                     text=True,
@@ -276,6 +284,7 @@ def run_layout(
     submitted = sum(int(o["submitted"]) for o in outputs)
     return LayoutRun(
         layout=plan,
+        rate_per_s=rate_per_s,
         tasks_per_s=sum(int(o["in_window"]) for o in outputs) / args.seconds,
         submitted=submitted,
         lost=submitted - sum(int(o["received"]) for o in outputs),
@@ -303,14 +312,14 @@ def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Name
         "|---|---|---|---|---|---|---|---|---|",
     ]
     base = raw.get(f"fp32 batch {RAW_BATCH}", float("nan"))
-    load = (
-        f"{args.clients} clients paced at {args.rate_per_s:,.0f}/s"
-        if args.rate_per_s
-        else f"{args.clients} clients x {args.window} in flight"
-    )
     for run in runs:
         plan = run.layout
         busy = f"{statistics.median(run.gpu_busy):.0f}%" if run.gpu_busy else "-"
+        load = (
+            f"{args.clients} clients paced at {run.rate_per_s:,.0f}/s"
+            if run.rate_per_s
+            else f"{args.clients} clients x {args.window} in flight"
+        )
         lines.append(
             f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {load} "
             f"| {run.tasks_per_s:,.0f} | {run.tasks_per_s / base:.2f} | {run.p50_ms:.1f} "
@@ -362,8 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             runs = []
             for text in args.layouts.split(","):
                 plan = parse_layout(text, cores, (0,) if gpu else ())
-                runs.append(run_layout(deployment.fresh(), plan, args, texts_file))
-                print(runs[-1], flush=True)
+                for rate in (float(r) for r in args.rate_per_s.split(",")):
+                    runs.append(run_layout(deployment.fresh(), plan, args, texts_file, rate))
+                    print(runs[-1], flush=True)
     markdown = report(runs, raw, args)
     print(markdown)
     if args.out:
