@@ -44,8 +44,8 @@ python3 -c "import onnxruntime, tokenizers, aiokafka; print('onnxruntime', onnxr
 python3 -m bench.gpu_source random .gpu/minilm /tmp/minilm-src
 if [[ ${HOST:-0} == 1 ]]; then  # one host at full speed: bench_host with the script's arguments
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-  python3 -m bench.bench_host --source /tmp/minilm-src --out "$OUT/host.md" "$@" 2>&1 \
-    | tee "$OUT/host.txt"
+  python3 -m bench.bench_host --source /tmp/minilm-src --out "$OUT/${HOST_NAME:-host}.md" "$@" \
+    2>&1 | tee "$OUT/${HOST_NAME:-host}.txt"
   exit 0
 fi
 python3 -m bench.bench_lanes --source /tmp/minilm-src --isolation-only "$@" 2>&1 \
