@@ -254,9 +254,18 @@ def _results(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(until_interrupted(follow_results(settings, args.tenant)))
 
 
+_CLOSE_GRACE_S = 5.0
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    os._exit(ExitCode.INTERRUPTED)
+
+
 async def until_interrupted(command: Coroutine[Any, Any, int]) -> int:
     """Run a command that goes on until stopped (`results --follow`, `top`): Ctrl-C ends it
-    with exit 130 once it has closed its connections; a second Ctrl-C exits at once.
+    with exit 130 once it has closed its connections (at most 5 s later); a second Ctrl-C
+    exits at once.
 
     The handler is installed explicitly on the loop rather than left to Python's default:
     a process started with SIGINT ignored (a background job of a non-interactive shell, some
@@ -271,6 +280,9 @@ async def until_interrupted(command: Coroutine[Any, Any, int]) -> int:
         if interrupts > 1:
             os._exit(ExitCode.INTERRUPTED)
         task.cancel()
+        # Closing connections is bounded: a scrape thread or a connection that does not close
+        # (asyncio.run waits for both) must not keep a Ctrl-C'd command alive.
+        loop.call_later(_CLOSE_GRACE_S, _exit_now)
 
     loop.add_signal_handler(signal.SIGINT, interrupted)
     try:
