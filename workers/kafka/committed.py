@@ -154,7 +154,8 @@ async def stable_committed(
         if time.monotonic() - warned > _WARN_EVERY_S:
             warned = time.monotonic()
             log.warning(
-                "committed offsets of %d partitions still held by an open transaction after %.0f s",
+                "committed offsets of %d partitions not readable yet after %.0f s (an open "
+                "transaction holds them, or the group coordinator moved)",
                 len(partitions),
                 warned - started,
             )
