@@ -142,8 +142,8 @@ async def thin_topics(settings: Settings, plan: HostPlan) -> list[str]:
 
 
 class Supervisor:
-    """Starts the plan's processes, starts again any that exits, stops them all on SIGTERM or
-    SIGINT (each gets the worker's own drain: in-flight batches finish, offsets commit)."""
+    """Starts the plan's processes, starts again any that exits, and stops them all (each gets
+    the worker's own drain on SIGTERM: in-flight batches finish, offsets commit)."""
 
     def __init__(self, fleet: WorkerFleet, plan: HostPlan, grace_s: float) -> None:
         self.fleet = fleet
@@ -153,26 +153,36 @@ class Supervisor:
         self._started_at: dict[str, float] = {}
         self._stopping = asyncio.Event()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         for stage in STAGES:
             for index in range(self.plan.count(stage)):
                 for worker in self.fleet.start(stage, 1, self.plan.environment(stage, index)):
                     self._started_at[worker.instance_id] = time.monotonic()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Every process signalled once, then waited for (killed after `grace_s`)."""
+        self._stopping.set()
+        await asyncio.to_thread(self.fleet.stop_all, signal.SIGTERM, self.grace_s)
+
+    def request_stop(self) -> None:
+        """From a signal handler: `run()` returns."""
         self._stopping.set()
 
     async def run(self) -> None:
-        """Until `stop()`: restart what exits; then stop every process."""
-        try:
-            while not self._stopping.is_set():
-                for worker in list(self.fleet.workers):
-                    if not worker.alive:
-                        self._restart(worker)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), _CHECK_EVERY_S)
-        finally:
-            await asyncio.to_thread(self.fleet.stop_all, signal.SIGTERM, self.grace_s)
+        """Until `request_stop()`: start again what exits."""
+        while not self._stopping.is_set():
+            for worker in list(self.fleet.workers):
+                if not worker.alive:
+                    self._restart(worker)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), _CHECK_EVERY_S)
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     def _restart(self, worker: WorkerProcess) -> None:
         since = time.monotonic() - self._started_at.get(worker.instance_id, 0.0)
@@ -210,15 +220,15 @@ async def serve(settings: Settings, plan: HostPlan, log_dir: Path) -> int:
     supervisor = Supervisor(fleet, plan, grace_s=settings.worker.shutdown_grace_s + 10)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, supervisor.stop)
-    supervisor.start()
-    print(
-        f"serving: {plan.preprocess} preprocess, {plan.inference} inference "
-        f"({'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}), "
-        f"{plan.postprocess} postprocess on {plan.cores} cores; logs in {log_dir}",
-        flush=True,
-    )
-    await supervisor.run()
+        loop.add_signal_handler(sig, supervisor.request_stop)
+    async with supervisor:
+        print(
+            f"serving: {plan.preprocess} preprocess, {plan.inference} inference "
+            f"({'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}), "
+            f"{plan.postprocess} postprocess on {plan.cores} cores; logs in {log_dir}",
+            flush=True,
+        )
+        await supervisor.run()
     print(f"stopped ({supervisor.restarts} restarts)", flush=True)
     return 0
 
