@@ -30,8 +30,10 @@ if not ttl_s or ttl_s < 1 then
   return redis.error_reply('ERR ledger: ttl_s must be >= 1, got ' .. tostring(ARGV[1]))
 end
 
--- Pass 1: validate every argument and every stored state; remember each key's group start.
+-- Pass 1: validate every argument and every stored state; remember each key's group start
+-- and its stored state (pass 2 reads it here, not from Redis again, and keeps it current).
 local starts = {}
+local stored_of = {}
 local a = 2
 local i = 1
 while i <= #KEYS do
@@ -44,9 +46,13 @@ while i <= #KEYS do
     return redis.error_reply('ERR ledger: malformed arguments for ' .. KEYS[i])
   end
   for j = i, i + k - 1 do
-    local stored = redis.call('HGET', KEYS[j], 'state')
-    if stored and not RANK[stored] then
-      return redis.error_reply('ERR ledger: stored state ' .. stored .. ' unknown in ' .. KEYS[j])
+    local key = KEYS[j]
+    if stored_of[key] == nil then
+      local stored = redis.call('HGET', key, 'state')
+      if stored and not RANK[stored] then
+        return redis.error_reply('ERR ledger: stored state ' .. stored .. ' unknown in ' .. key)
+      end
+      stored_of[key] = stored or false
     end
     starts[j] = a
   end
@@ -62,7 +68,7 @@ local out = {}
 for i, key in ipairs(KEYS) do
   local s = starts[i]
   local state, at_ms, n = ARGV[s], ARGV[s + 1], tonumber(ARGV[s + 3])
-  local stored = redis.call('HGET', key, 'state')
+  local stored = stored_of[key]
   local stored_rank = stored and RANK[stored] or 0
   if RANK[state] > stored_rank then
     local fields = {'state', state, string.lower(state) .. '_at_ms', at_ms, 'updated_at_ms', at_ms}
@@ -79,6 +85,7 @@ for i, key in ipairs(KEYS) do
     end
     redis.call('HSET', key, unpack(fields))
     redis.call('EXPIRE', key, ttl_s)
+    stored_of[key] = state
     out[#out + 1] = 'APPLIED'
     out[#out + 1] = state
   elseif state == stored then
