@@ -300,7 +300,7 @@ def run_layout(
 def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Namespace) -> str:
     providers = args.providers.split(",")
     lines = [
-        f"Machine: {bench_model.machine_description(providers)}; {available_cores()} cores.",
+        f"Machine: {bench_model.machine_description(providers)}.",
         f"Command: `python -m bench.bench_host {' '.join(sys.argv[1:])}`",
         "",
         "| raw ONNX Runtime | seq/s |",
