@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -11,8 +15,42 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from schemas import InferenceRequest, Status, decode_result
 from workers.kafka.admin import partitions_of
 from workers.ledger import Ledger, reached
+from workers.service import ensure_pipeline_topics
+from workers.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tests.services import SecureServices
 
 FEATURES = 16
+
+
+@dataclass(frozen=True)
+class SecureNamespace:
+    """A fresh prefix on the secured stack: the settings a client uses and the environment
+    worker processes get, with the pipeline's topics created."""
+
+    prefix: str
+    settings: Settings
+    env: dict[str, str]
+
+
+async def secure_namespace(
+    secure_services: SecureServices, model_repository: Path
+) -> SecureNamespace:
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        kafka=secure_services.kafka(topic_prefix=prefix),
+        redis=secure_services.redis(key_prefix=f"{prefix}:"),
+        model_repository=model_repository,
+    )
+    env = {
+        **secure_services.env(),
+        "CONVEYOR_KAFKA__TOPIC_PREFIX": prefix,
+        "CONVEYOR_REDIS__KEY_PREFIX": f"{prefix}:",
+        "CONVEYOR_MODEL_REPOSITORY": str(model_repository),
+    }
+    await ensure_pipeline_topics(settings)
+    return SecureNamespace(prefix, settings, env)
 
 
 def tiny_request(tenant: str, **options: object) -> InferenceRequest:

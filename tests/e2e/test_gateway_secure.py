@@ -4,12 +4,12 @@ TLS as an ACL user): a V2 request through the gateway is served end to end."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.e2e.helpers import secure_namespace
 from tests.services import SecureServices
 from workers.fleet import WorkerFleet
 from workers.gateway.keys import ApiKeys
@@ -17,8 +17,6 @@ from workers.gateway.launcher import gateway_env, running_gateway
 from workers.kafka.admin import delete_topics_with_prefix
 from workers.ledger.connection import redis_client
 from workers.names import RedisKeys
-from workers.service import ensure_pipeline_topics
-from workers.settings import load_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -26,19 +24,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 async def test_gateway_serves_through_sasl_and_tls(
     secure_services: SecureServices, model_repository: Path, tmp_path: Path
 ) -> None:
-    prefix = f"s{uuid.uuid4().hex[:8]}"
-    settings = load_settings(
-        kafka=secure_services.kafka(topic_prefix=prefix),
-        redis=secure_services.redis(key_prefix=f"{prefix}:"),
-        model_repository=model_repository,
-    )
-    env = {
-        **secure_services.env(),
-        "CONVEYOR_KAFKA__TOPIC_PREFIX": prefix,
-        "CONVEYOR_REDIS__KEY_PREFIX": f"{prefix}:",
-        "CONVEYOR_MODEL_REPOSITORY": str(model_repository),
-    }
-    await ensure_pipeline_topics(settings)
+    namespace = await secure_namespace(secure_services, model_repository)
+    prefix, settings, env = namespace.prefix, namespace.settings, namespace.env
     redis = redis_client(settings.redis)
     key = await ApiKeys(redis, RedisKeys(f"{prefix}:")).add("acme")
     await redis.aclose()

@@ -4,21 +4,18 @@ authorizer on, Redis over TLS as an ACL user): requests are served end to end.""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import pytest
 
 from schemas import InferenceResult, Status
-from tests.e2e.helpers import tiny_request
+from tests.e2e.helpers import secure_namespace, tiny_request
 from tests.services import SecureServices
 from workers.client import Client
 from workers.fleet import WorkerFleet
 from workers.kafka.admin import delete_topics_with_prefix
 from workers.ledger import read_task
 from workers.names import Topics
-from workers.service import ensure_pipeline_topics
-from workers.settings import load_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -26,19 +23,8 @@ pytestmark = pytest.mark.e2e
 async def test_workers_serve_through_sasl_and_tls(
     secure_services: SecureServices, model_repository: Path, tmp_path: Path
 ) -> None:
-    prefix = f"s{uuid.uuid4().hex[:8]}"
-    settings = load_settings(
-        kafka=secure_services.kafka(topic_prefix=prefix),
-        redis=secure_services.redis(key_prefix=f"{prefix}:"),
-        model_repository=model_repository,
-    )
-    env = {
-        **secure_services.env(),
-        "CONVEYOR_KAFKA__TOPIC_PREFIX": prefix,
-        "CONVEYOR_REDIS__KEY_PREFIX": f"{prefix}:",
-        "CONVEYOR_MODEL_REPOSITORY": str(model_repository),
-    }
-    await ensure_pipeline_topics(settings)
+    namespace = await secure_namespace(secure_services, model_repository)
+    prefix, settings, env = namespace.prefix, namespace.settings, namespace.env
     fleet = WorkerFleet(env, tmp_path / "logs")
     try:
         fleet.start_all()
