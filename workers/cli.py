@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers.exits import CommandError, ExitCode, explain
+from workers.exits import CommandError, ExitCode, explain, registry_errors
 from workers.models.repository import RepositoryError
 from workers.settings import DEFAULT_METRICS_PORT, Settings, SettingsError, load_settings
 from workers.stack import NativeStack, StackConfig, StackError
@@ -89,9 +89,8 @@ _POLICY_FIELDS = ("lane", "weight", "rate_per_s", "burst", "max_in_flight", "dea
 async def _tenant_policies(args: argparse.Namespace, settings: Settings) -> int:
     """`tenants set|show|list|delete`: the tenant registry in Redis."""
     import orjson
-    from redis.exceptions import RedisError
 
-    from workers.lanes.registry import PolicyError, TenantPolicy, TenantRegistry
+    from workers.lanes.registry import TenantPolicy, TenantRegistry
     from workers.ledger.connection import redis_client
     from workers.names import RedisKeys
 
@@ -100,37 +99,35 @@ async def _tenant_policies(args: argparse.Namespace, settings: Settings) -> int:
         client, RedisKeys(settings.redis.key_prefix), TenantPolicy.defaults(settings.lanes)
     )
     try:
-        if args.action == "set":
-            changes = {f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None}
-            policy = await registry.set(args.name, **changes)
-        elif args.action == "list":
-            _print_tenant_table(await registry.raw())
-            return 0
-        elif args.action == "delete":
-            if await registry.delete(args.name):
-                print(f"tenant {args.name}: policy deleted")
+        with registry_errors(settings, "tenant registry"):
+            if args.action == "set":
+                changes = {
+                    f: getattr(args, f) for f in _POLICY_FIELDS if getattr(args, f) is not None
+                }
+                policy = await registry.set(args.name, **changes)
+            elif args.action == "list":
+                _print_tenant_table(await registry.raw())
                 return 0
-            print(f"conveyor: tenant {args.name!r} has no policy", file=sys.stderr)
-            return 1
-        elif (found := await registry.get(args.name)) is not None:
-            policy = found
-        else:
-            lanes = settings.lanes
-            treated = (
-                f"served as lane {lanes.default_class}, weight {lanes.default_weight}"
-                if lanes.unknown_tenants == "default"
-                else "rejected (lanes.unknown_tenants = reject)"
-            )
-            print(f"conveyor: tenant {args.name!r} has no policy; it is {treated}", file=sys.stderr)
-            return 1
-    except PolicyError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return 2
-    except RedisError as exc:
-        if (known := explain(exc, settings)) is not None:
-            raise known from None
-        print(f"conveyor: tenant registry: {exc}", file=sys.stderr)
-        return 1
+            elif args.action == "delete":
+                if await registry.delete(args.name):
+                    print(f"tenant {args.name}: policy deleted")
+                    return 0
+                print(f"conveyor: tenant {args.name!r} has no policy", file=sys.stderr)
+                return 1
+            elif (found := await registry.get(args.name)) is not None:
+                policy = found
+            else:
+                lanes = settings.lanes
+                treated = (
+                    f"served as lane {lanes.default_class}, weight {lanes.default_weight}"
+                    if lanes.unknown_tenants == "default"
+                    else "rejected (lanes.unknown_tenants = reject)"
+                )
+                print(
+                    f"conveyor: tenant {args.name!r} has no policy; it is {treated}",
+                    file=sys.stderr,
+                )
+                return 1
     finally:
         await client.aclose()
     print(orjson.dumps(policy.to_dict(), option=orjson.OPT_INDENT_2).decode())

@@ -6,6 +6,8 @@ these (`conveyor check` keeps its probe codes: 0 ready, 1 live but not ready, 2 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +20,7 @@ from aiokafka.errors import (
 )
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
@@ -55,6 +58,23 @@ class PortTakenError(CommandError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, ExitCode.PORT_TAKEN)
+
+
+@contextmanager
+def registry_errors(settings: Settings, what: str) -> Iterator[None]:
+    """The failures of a command on a registry in Redis (tenants, API keys) as one line: a bad
+    value is usage (2), an unreachable or refusing Redis says so (3), any other Redis error
+    names `what` (1)."""
+    from workers.lanes.registry import PolicyError  # the registry imports the settings
+
+    try:
+        yield
+    except PolicyError as exc:
+        raise CommandError(str(exc), ExitCode.USAGE) from None
+    except RedisError as exc:
+        if (known := explain(exc, settings)) is not None:
+            raise known from None
+        raise CommandError(f"{what}: {exc}", ExitCode.TASK_FAILED) from None
 
 
 def explain(error: BaseException, settings: Settings) -> CommandError | None:
