@@ -19,7 +19,7 @@ from typing import Any
 from schemas import ContractError, ErrorCode, ErrorResult, Status
 from schemas.frames import Frame, encode_frame, frame_headers
 from schemas.tensors import Array
-from workers.engine.work import Finished, Outgoing, StageOutput, Work
+from workers.engine.work import Finished, Outgoing, StageOutput, Work, dead_letter_headers
 from workers.ledger import Transition
 from workers.pipelines.collate import collate
 
@@ -138,8 +138,6 @@ def fail_rows(
     an error result, a dead letter (a one-task frame) and a ledger entry."""
     message = error.message.encode("utf-8", "replace").decode("utf-8")
     at_ms = int(time.time() * 1000)
-    record = work.record
-    source = f"{record.topic}/{record.partition}/{record.offset}".encode()
     for i in indices:
         task_id = frame.task_ids[i]
         result = ErrorResult.new(
@@ -161,12 +159,7 @@ def fail_rows(
                 encode_frame(single),
                 [
                     *frame_headers(single),
-                    ("conveyor-error-code", error.code.value.encode()),
-                    ("conveyor-error-message", message[:1024].encode("utf-8", "replace")),
-                    ("conveyor-error-stage", stage.encode()),
-                    ("conveyor-attempts", str(attempts).encode()),
-                    ("conveyor-task-id", task_id.encode("utf-8")),
-                    ("conveyor-source", source),
+                    *dead_letter_headers(work, task_id, error, message, stage, attempts),
                 ],
                 "dead_letter",
             )

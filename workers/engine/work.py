@@ -230,17 +230,12 @@ def fail(
         )
     output.forward(identity.reply_to or results_topic, result, identity.content_type, "error")
     record = work.record
-    dead_letter_headers = [
+    headers = [
         *(record.headers or ()),
-        ("conveyor-error-code", error.code.value.encode()),
-        ("conveyor-error-message", message[:1024].encode("utf-8", "replace")),
-        ("conveyor-error-stage", stage.encode()),
-        ("conveyor-attempts", str(attempts).encode()),
-        ("conveyor-task-id", identity.task_id.encode("utf-8")),
-        ("conveyor-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        *dead_letter_headers(work, identity.task_id, error, message, stage, attempts),
     ]
     output.outgoing.append(
-        Outgoing(dlq_topic, record.key, record.value or b"", dead_letter_headers, "dead_letter")
+        Outgoing(dlq_topic, record.key, record.value or b"", headers, "dead_letter")
     )
     output.finished.append(
         Finished(identity.pipeline, identity.tenant, identity.lane, status, error.code.value)
@@ -259,6 +254,21 @@ def fail(
             error_message=message,
         )
     )
+
+
+def dead_letter_headers(
+    work: Work, task_id: str, error: ContractError, message: str, stage: str, attempts: int
+) -> list[tuple[str, bytes]]:
+    """Why a dead letter is there and where it came from (after its own headers)."""
+    record = work.record
+    return [
+        ("conveyor-error-code", error.code.value.encode()),
+        ("conveyor-error-message", message[:1024].encode("utf-8", "replace")),
+        ("conveyor-error-stage", stage.encode()),
+        ("conveyor-attempts", str(attempts).encode()),
+        ("conveyor-task-id", task_id.encode("utf-8")),
+        ("conveyor-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+    ]
 
 
 def internal_error(exc: BaseException) -> ContractError:
