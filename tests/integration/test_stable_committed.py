@@ -38,54 +38,49 @@ async def owner(services: Services, namespace: Namespace) -> AsyncIterator[AIOKa
         await consumer.stop()
 
 
-async def test_offsets_of_an_open_transaction_are_waited_for_then_read(
-    services: Services, namespace: Namespace, owner: AIOKafkaConsumer
-) -> None:
-    tp = next(iter(owner.assignment()))
-    group = f"{namespace.topic_prefix}-group"
-    assert await stable_committed(owner, [tp]) == {}  # nothing committed yet
-
+@pytest.fixture
+async def transactions(services: Services, namespace: Namespace) -> AsyncIterator[AIOKafkaProducer]:
     producer = AIOKafkaProducer(
         bootstrap_servers=services.kafka_bootstrap,
         transactional_id=f"{namespace.topic_prefix}-txn",
     )
     await producer.start()
-    try:
-        await producer.begin_transaction()
-        await producer.send_offsets_to_transaction({tp: OffsetAndMetadata(42, "cv1:2")}, group)
-        reader = asyncio.create_task(stable_committed(owner, [tp]))
-        await asyncio.sleep(1.0)
-        assert not reader.done(), "offsets of an open transaction were read before its commit"
-        await producer.commit_transaction()
-        found = await asyncio.wait_for(reader, timeout=10)
-    finally:
-        await producer.stop()
-    assert found == {tp: OffsetAndMetadata(42, "cv1:2")}
+    yield producer
+    await producer.stop()
+
+
+async def _open_transaction(
+    producer: AIOKafkaProducer, owner: AIOKafkaConsumer, commit: OffsetAndMetadata
+) -> asyncio.Task[dict[TopicPartition, OffsetAndMetadata]]:
+    """A transaction holding `commit` for the owner's partition, left open, and a reader of
+    the partition's stable offsets started meanwhile (checked to be still waiting)."""
+    tp = next(iter(owner.assignment()))
+    await producer.begin_transaction()
+    await producer.send_offsets_to_transaction({tp: commit}, owner._coordinator.group_id)
+    reader = asyncio.create_task(stable_committed(owner, [tp]))
+    await asyncio.sleep(1.0)
+    assert not reader.done(), "offsets of an open transaction were read before it ended"
+    return reader
+
+
+async def test_offsets_of_an_open_transaction_are_waited_for_then_read(
+    owner: AIOKafkaConsumer, transactions: AIOKafkaProducer
+) -> None:
+    tp = next(iter(owner.assignment()))
+    assert await stable_committed(owner, [tp]) == {}  # nothing committed yet
+    reader = await _open_transaction(transactions, owner, OffsetAndMetadata(42, "cv1:2"))
+    await transactions.commit_transaction()
+    assert await asyncio.wait_for(reader, timeout=10) == {tp: OffsetAndMetadata(42, "cv1:2")}
 
 
 async def test_an_aborted_transaction_leaves_the_older_offset(
-    services: Services, namespace: Namespace, owner: AIOKafkaConsumer
+    owner: AIOKafkaConsumer, transactions: AIOKafkaProducer
 ) -> None:
     tp = next(iter(owner.assignment()))
     await owner.commit({tp: OffsetAndMetadata(7, "")})
-    producer = AIOKafkaProducer(
-        bootstrap_servers=services.kafka_bootstrap,
-        transactional_id=f"{namespace.topic_prefix}-txn",
-    )
-    await producer.start()
-    try:
-        await producer.begin_transaction()
-        await producer.send_offsets_to_transaction(
-            {tp: OffsetAndMetadata(99, "")}, f"{namespace.topic_prefix}-group"
-        )
-        reader = asyncio.create_task(stable_committed(owner, [tp]))
-        await asyncio.sleep(0.5)
-        assert not reader.done()
-        await producer.abort_transaction()
-        found = await asyncio.wait_for(reader, timeout=10)
-    finally:
-        await producer.stop()
-    assert found == {tp: OffsetAndMetadata(7, "")}
+    reader = await _open_transaction(transactions, owner, OffsetAndMetadata(99, ""))
+    await transactions.abort_transaction()
+    assert await asyncio.wait_for(reader, timeout=10) == {tp: OffsetAndMetadata(7, "")}
 
 
 async def test_a_partition_of_another_topic_without_offsets_is_left_out(
