@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
 import time
 from contextlib import AsyncExitStack
@@ -43,6 +41,7 @@ from workers.observability.http import ObservabilityServer
 from workers.observability.metrics import WorkerMetrics
 from workers.observability.registry import WorkerAnnouncement
 from workers.settings import DEFAULT_METRICS_PORT, Settings
+from workers.signals import on_stop_signals
 from workers.stages.inference import InferenceStage
 from workers.stages.postprocess import PostprocessStage
 from workers.stages.preprocess import PreprocessStage
@@ -283,18 +282,8 @@ def _advertised_host(bind_host: str) -> str:
 
 
 def _install_signals(runner: StageRunner) -> None:
-    loop = asyncio.get_running_loop()
-    interrupts = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if signum == signal.SIGINT and interrupts > 1:
-            raise SystemExit(130)  # a second Ctrl-C: the operator does not want to wait
-        log.info(
-            "signal %s: stopping intake, finishing in-flight work", signal.Signals(signum).name
-        )
+    def stop(name: str) -> None:
+        log.info("signal %s: stopping intake, finishing in-flight work", name)
         runner.request_stop()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    on_stop_signals(stop)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import signal
 from contextlib import AsyncExitStack
 
 from workers.exits import PortTakenError
@@ -18,6 +17,7 @@ from workers.gateway.core import Gateway
 from workers.gateway.grpc_service import GrpcFront
 from workers.gateway.http import HttpFront
 from workers.settings import Settings
+from workers.signals import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ async def run_gateway(settings: Settings) -> None:
     config = settings.gateway
     grace_s = settings.worker.shutdown_grace_s
     stop = asyncio.Event()
-    _install_signals(stop)
+    on_stop_signals(lambda _name: stop.set())
     async with AsyncExitStack() as stack:
         gateway = await stack.enter_async_context(Gateway(settings))
         http = HttpFront(gateway, config.http_host, config.http_port, grace_s)
@@ -57,18 +57,3 @@ async def _listen(
             f"port (--{setting.split('.')[1].replace('_', '-')} or CONVEYOR_GATEWAY__"
             f"{setting.split('.')[1].upper()})"
         ) from None
-
-
-def _install_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    interrupts = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if signum == signal.SIGINT and interrupts > 1:
-            raise SystemExit(130)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
