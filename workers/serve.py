@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.fleet import STAGES, WorkerFleet, WorkerProcess
-from workers.kafka.admin import partitions_of
+from workers.kafka.admin import partitions_of_each
 from workers.names import Topics
 from workers.settings import Settings
 
@@ -129,15 +129,15 @@ async def thin_topics(settings: Settings, plan: HostPlan) -> list[str]:
     """Topics with fewer partitions than the processes reading them: the extra processes of
     that stage would hold none of them and idle."""
     topics = Topics(settings.kafka.topic_prefix)
+    readers = {topic: stage for stage in STAGES for topic in topics.inputs_of(stage)}
+    counts = await partitions_of_each(settings.kafka, list(readers))
     found = []
-    for stage in STAGES:
-        for topic in topics.inputs_of(stage):
-            partitions = len(await partitions_of(settings.kafka, topic))
-            if partitions < plan.count(stage):
-                found.append(
-                    f"{topic}: {partitions} partitions for {plan.count(stage)} {stage} "
-                    "processes (add partitions: kafka-topics --alter --partitions N)"
-                )
+    for topic, stage in readers.items():
+        if len(counts[topic]) < plan.count(stage):
+            found.append(
+                f"{topic}: {len(counts[topic])} partitions for {plan.count(stage)} {stage} "
+                "processes (add partitions: kafka-topics --alter --partitions N)"
+            )
     return found
 
 

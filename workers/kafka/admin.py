@@ -82,13 +82,21 @@ async def delete_topics_with_prefix(connection: Connection, prefix: str) -> None
 
 async def partitions_of(connection: Connection, topic: str) -> list[int]:
     """The partition ids of an existing topic; raises when the topic is missing."""
+    return (await partitions_of_each(connection, [topic]))[topic]
+
+
+async def partitions_of_each(connection: Connection, topics: list[str]) -> dict[str, list[int]]:
+    """The partition ids of each existing topic, in one request; raises when one is missing."""
     admin = AIOKafkaAdminClient(**connection_options(connection))
     await start_client(admin, connection)
     try:
-        (described,) = await admin.describe_topics([topic])
-        if described["error_code"] != 0:
-            raise for_code(described["error_code"])(f"topic {topic!r} cannot be described")
-        return sorted(p["partition"] for p in described["partitions"])
+        found = {}
+        for described in await admin.describe_topics(topics):
+            topic = described["topic"]
+            if described["error_code"] != 0:
+                raise for_code(described["error_code"])(f"topic {topic!r} cannot be described")
+            found[topic] = sorted(p["partition"] for p in described["partitions"])
+        return found
     finally:
         await admin.close()
 
