@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from schemas import Status
 from schemas.messages import ERROR_STATUSES
 from workers.ledger.records import Transition
+from workers.ledger.scripts import run_scripts
 from workers.names import RedisKeys
 
 FINAL_STATES = frozenset((Status.DONE, *ERROR_STATUSES))
@@ -80,14 +81,17 @@ class TenantQuota:
                 groups.setdefault((tenant, limit), []).append(i)
         if not groups:
             return answers
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for (tenant, limit), indices in groups.items():
-                await self._admit(
-                    keys=[self._keys.pending(tenant)],
-                    args=[now_ms, self._ttl_ms, limit, *(tasks[i][1] for i in indices)],
-                    client=pipe,
+        replies = await run_scripts(
+            self._redis,
+            [
+                (
+                    self._admit,
+                    [self._keys.pending(tenant)],
+                    [now_ms, self._ttl_ms, limit, *(tasks[i][1] for i in indices)],
                 )
-            replies = await pipe.execute()
+                for (tenant, limit), indices in groups.items()
+            ],
+        )
         for indices, reply in zip(groups.values(), replies, strict=True):
             for i, admitted in zip(indices, reply, strict=True):
                 answers[i] = bool(int(admitted))

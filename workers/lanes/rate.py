@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
+from workers.ledger.scripts import run_scripts
 from workers.names import RedisKeys
 
 _MARGIN_MS = 1000
@@ -105,19 +106,22 @@ class RateQuota:
         buckets: dict[tuple[str, float, int], list[int]] = {}
         for i in limited:
             buckets.setdefault(requests[i], []).append(i)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for (tenant, rate_per_s, burst), indices in buckets.items():
-                await self._take(
-                    keys=[self._keys.rate_bucket(tenant)],
-                    args=[
+        answers = await run_scripts(
+            self._redis,
+            [
+                (
+                    self._take,
+                    [self._keys.rate_bucket(tenant)],
+                    [
                         1e6 / rate_per_s,
                         bucket_size(rate_per_s, burst),
                         max_delay_ms * 1000,
                         len(indices),
                     ],
-                    client=pipe,
                 )
-            answers = await pipe.execute()
+                for (tenant, rate_per_s, burst), indices in buckets.items()
+            ],
+        )
         for indices, waits_us in zip(buckets.values(), answers, strict=True):
             for i, wait_us in zip(indices, waits_us, strict=True):
                 waits_ms[i] = int(wait_us) / 1000

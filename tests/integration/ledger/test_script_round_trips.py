@@ -1,0 +1,90 @@
+"""Script calls of the lanes (in-flight quota, rate buckets) cost one round trip a batch,
+not a SCRIPT EXISTS before it, and survive Redis losing its scripts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import Namespace
+from tests.services import Services
+from workers.lanes.quota import TenantQuota
+from workers.lanes.rate import RateQuota
+from workers.ledger.scripts import run_scripts
+from workers.names import RedisKeys
+
+pytestmark = pytest.mark.integration
+
+
+class CountingConnection(aioredis.Connection):
+    """Counts the packets sent to Redis: one per round trip."""
+
+    sends = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        await super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+async def counted(services: Services) -> AsyncIterator[aioredis.Redis]:
+    pool = aioredis.ConnectionPool.from_url(
+        services.redis_url, connection_class=CountingConnection, max_connections=1
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await pool.disconnect()
+
+
+async def test_quota_of_three_tenants_is_one_round_trip(
+    counted: aioredis.Redis, namespace: Namespace
+) -> None:
+    quota = TenantQuota(counted, RedisKeys(namespace.key_prefix), max_pending=2, ttl_s=60)
+    await quota.admit([("warm", "w0")])  # the script loaded
+    CountingConnection.sends = 0
+
+    admitted = await quota.admit([("acme", "a0"), ("globex", "g0"), ("acme", "a1"), ("acme", "a2")])
+
+    assert admitted == [True, True, True, False]
+    assert CountingConnection.sends == 1
+
+
+async def test_rate_of_two_tenants_is_one_round_trip(
+    counted: aioredis.Redis, namespace: Namespace
+) -> None:
+    rate = RateQuota(counted, RedisKeys(namespace.key_prefix))
+    await rate.take([("warm", 1.0, 1)])
+    CountingConnection.sends = 0
+
+    waits_ms = await rate.take([("acme", 1.0, 1), ("globex", 1.0, 1), ("acme", 1.0, 1)])
+
+    assert waits_ms[:2] == [0.0, 0.0]
+    assert waits_ms[2] > 0  # acme's second: over its burst of 1
+    assert CountingConnection.sends == 1
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    redis_client: aioredis.Redis, namespace: Namespace
+) -> None:
+    keys = RedisKeys(namespace.key_prefix)
+    quota = TenantQuota(redis_client, keys, max_pending=5, ttl_s=60)
+    assert await quota.admit([("acme", "a0")]) == [True]
+    await redis_client.script_flush()  # as a restarted Redis without persistence
+
+    assert await quota.admit([("acme", "a1"), ("globex", "g0")]) == [True, True]
+    assert await quota.pending("acme") == 2
+
+
+async def test_an_error_in_a_script_is_raised(redis_client: aioredis.Redis) -> None:
+    failing = redis_client.register_script("return redis.error_reply('broken on purpose')")
+    fine = redis_client.register_script("return 1")
+
+    with pytest.raises(aioredis.ResponseError, match="broken on purpose"):
+        await run_scripts(redis_client, [(fine, [], []), (failing, [], [])])
+    assert await run_scripts(redis_client, []) == []
