@@ -4,7 +4,8 @@ Run with ``.venv/bin/python -m bench.bench_profile [--tasks N]`` (py-spy comes w
 ``bench`` extra: ``pip install -e '.[bench]'``; it needs ptrace, which root has). Same private
 stack and worker processes as ``bench_pipeline`` (a), one per stage. After a warm-up,
 ``py-spy record`` attaches to each worker (on-CPU samples only, every thread), the burst of
-``--tasks`` requests is published at once and waited for, and the recorders are stopped.
+``--tasks`` requests is published at once (or paced, ``--rate-per-s``, each awaited) and
+waited for, and the recorders are stopped.
 Per stage it reports the process's CPU per task from ``/proc`` over the burst and how the
 samples split: by area (the package of the innermost Python frame: our stages, the codec,
 aiokafka, redis-py, asyncio, ...) and by function (own time). Writes between the
@@ -33,6 +34,7 @@ from workers.models.builders import build_tiny_classifier
 
 START, END = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
 MINILM_MARKERS = "<!-- bench:profile-minilm:start -->", "<!-- bench:profile-minilm:end -->"
+PACED_MARKERS = "<!-- bench:profile-paced:start -->", "<!-- bench:profile-paced:end -->"
 TOP_FUNCTIONS = 12
 SAMPLES_PER_S = 250
 AREAS = (
@@ -123,14 +125,27 @@ def _recorders(fleet: WorkerFleet, out: Path) -> list[tuple[str, subprocess.Pope
 
 
 async def _burst(
-    deployment: bp.Deployment, fleet: WorkerFleet, tasks: int, out: Path, make: bp.MakeRequest
+    deployment: bp.Deployment,
+    fleet: WorkerFleet,
+    tasks: int,
+    out: Path,
+    make: bp.MakeRequest,
+    rate_per_s: float,
 ) -> dict[str, float]:
+    """CPU of every process while `tasks` requests go through: all at once, or one every
+    1/`rate_per_s` (each awaited) when a rate is given."""
     async with Client(deployment.stack.config.kafka_bootstrap, deployment.topics) as client:
         await bp.burst(client, make, 500, 120)  # warm-up
         recorders = _recorders(fleet, out)
         await asyncio.sleep(1.0)  # py-spy attached
         before = bp.cpu_snapshot(deployment.stack_pids, fleet)
-        result = await bp.burst(client, make, tasks, max(120.0, tasks / 100))
+        if rate_per_s:
+            round_trips, _ = await bp.paced(client, make, rate_per_s, tasks / rate_per_s)
+            p50, _, p99 = bp.percentiles(round_trips)
+            how = f"paced at {rate_per_s:,.0f} req/s, round trip p50 {p50:.1f} / p99 {p99:.1f} ms"
+        else:
+            result = await bp.burst(client, make, tasks, max(120.0, tasks / 100))
+            how = f"at {result.tasks_per_s:,.0f} tasks/s"
         cpu = bp.cpu_delta(before, bp.cpu_snapshot(deployment.stack_pids, fleet))
         for _, recorder in recorders:
             recorder.send_signal(signal.SIGINT)  # py-spy writes its file and exits
@@ -138,11 +153,13 @@ async def _burst(
             _, err = recorder.communicate(timeout=60)
             if recorder.returncode not in (0, -signal.SIGINT):
                 raise RuntimeError(f"py-spy on {stage} failed: {err.decode()[-500:]}")
-        print(f"  {tasks} tasks at {result.tasks_per_s:,.0f} tasks/s while sampled", flush=True)
+        print(f"  {tasks} tasks {how} while sampled", flush=True)
         return cpu
 
 
-def measure(tasks: int, pipeline: str) -> tuple[list[StageProfile], dict[str, float]]:
+def measure(
+    tasks: int, pipeline: str, rate_per_s: float = 0.0, keep: Path | None = None
+) -> tuple[list[StageProfile], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="conveyor-profile-") as root_name:
         root = Path(root_name)
         repository = root / "repository"
@@ -158,21 +175,37 @@ def measure(tasks: int, pipeline: str) -> tuple[list[StageProfile], dict[str, fl
             pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
             deployment = bp.Deployment(stack, repository, root / "logs", pids)
             with deployment.fleet({}) as fleet:
-                cpu = asyncio.run(_burst(deployment, fleet, tasks, root, make))
+                cpu = asyncio.run(_burst(deployment, fleet, tasks, root, make, rate_per_s))
             stages = [
                 load_profile(root / f"{stage}.txt", stage, cpu.get(f"{stage} worker(s)", 0.0))
                 for stage in STAGES
             ]
+            if keep is not None:  # the raw stacks, for a flame graph or a closer look
+                keep.mkdir(parents=True, exist_ok=True)
+                for stage in STAGES:
+                    shutil.copy(root / f"{stage}.txt", keep / f"{stage}.txt")
     return stages, cpu
 
 
-def report(stages: Sequence[StageProfile], cpu: dict[str, float], tasks: int, pipeline: str) -> str:
+def report(
+    stages: Sequence[StageProfile],
+    cpu: dict[str, float],
+    tasks: int,
+    pipeline: str,
+    rate_per_s: float = 0.0,
+) -> str:
+    paced = f" --rate-per-s {rate_per_s:g}" if rate_per_s else ""
+    how = (
+        f"one request every 1/{rate_per_s:g} s, each awaited"
+        if rate_per_s
+        else "every request published at once"
+    )
     lines = [
         f"Command: `.venv/bin/python -m bench.bench_profile --tasks {tasks} --pipeline "
-        f"{pipeline}`; one worker per stage, `{pipeline}`, every request published at once; "
+        f"{pipeline}{paced}`; one worker per stage, `{pipeline}`, {how}; "
         "py-spy samples each worker "
         f"{SAMPLES_PER_S} times a second while on CPU (every thread). CPU from /proc over the "
-        "burst.",
+        "run.",
         "",
         "| process | CPU ms per 1,000 tasks |",
         "| --- | ---: |",
@@ -208,11 +241,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="tiny-classify",
         help="text-embedding: MiniLM, one 32-token sentence a request (own section)",
     )
+    parser.add_argument(
+        "--rate-per-s",
+        type=float,
+        default=0.0,
+        help="requests paced at this rate, each awaited, instead of all at once (own section)",
+    )
+    parser.add_argument("--keep", type=Path, help="copy py-spy's raw stacks into this folder")
     options = parser.parse_args(argv)
-    stages, cpu = measure(options.tasks, options.pipeline)
-    markdown = report(stages, cpu, options.tasks, options.pipeline)
+    stages, cpu = measure(options.tasks, options.pipeline, options.rate_per_s, options.keep)
+    markdown = report(stages, cpu, options.tasks, options.pipeline, options.rate_per_s)
     print(markdown)
-    if options.pipeline == "text-embedding":
+    if options.rate_per_s:
+        title = "Where each stage's CPU per task goes at a paced rate"
+        write_section(markdown, BENCHMARKS, *PACED_MARKERS, title)
+    elif options.pipeline == "text-embedding":
         write_section(
             markdown, BENCHMARKS, *MINILM_MARKERS, "Where each stage's CPU per MiniLM task goes"
         )

@@ -166,7 +166,12 @@ def _print_tenant_table(entries: dict[str, bytes]) -> None:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.service import run_worker
 
-    asyncio.run(run_worker(args.stage, settings))
+    if settings.worker.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run_worker(args.stage, settings))
+    else:
+        asyncio.run(run_worker(args.stage, settings))
     return 0
 
 

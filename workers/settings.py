@@ -206,6 +206,11 @@ class WorkerSettings(_Group):
     """First delay when Kafka or Redis refuses a write; doubles up to 5 s, forever."""
     claim_check_threshold_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Tensors larger than this travel between stages through Redis, not Kafka."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The worker's event loop. uvloop (libuv) runs the same asyncio code with cheaper
+    socket reads and writes and callbacks, which are most of what a stage does per frame
+    besides its own work (+13 % tasks/s on the 2-core framework benchmark, BENCHMARKS.md);
+    asyncio: the standard library's, for a platform without uvloop or to rule it out."""
     gc_threshold: int = Field(default=50_000, ge=0)
     """Allocations between the cyclic garbage collector's young collections (CPython's own
     is 700); 0 keeps CPython's. Every task leaves decoded dicts, records and futures behind, and
