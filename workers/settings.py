@@ -208,9 +208,10 @@ class WorkerSettings(_Group):
     """Tensors larger than this travel between stages through Redis, not Kafka."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """The worker's event loop. uvloop (libuv) runs the same asyncio code with cheaper
-    socket reads and writes and callbacks, which are most of what a stage does per frame
-    besides its own work (+13 % tasks/s on the 2-core framework benchmark, BENCHMARKS.md);
-    asyncio: the standard library's, for a platform without uvloop or to rule it out."""
+    socket reads and writes and callbacks, a large part of what a stage does per frame
+    besides its own work (+2-7 % tasks/s and a lower paced p50 on the 2-core framework
+    benchmark, BENCHMARKS.md); asyncio: the standard library's, for a platform without
+    uvloop or to rule it out."""
     gc_threshold: int = Field(default=50_000, ge=0)
     """Allocations between the cyclic garbage collector's young collections (CPython's own
     is 700); 0 keeps CPython's. Every task leaves decoded dicts, records and futures behind, and
