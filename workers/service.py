@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -225,10 +226,11 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         _install_signals(runner)
         _tune_garbage_collection(w.gc_threshold)
         log.info(
-            "%s worker ready: %s -> pipeline topics under %r",
+            "%s worker ready: %s -> pipeline topics under %r (event loop %s)",
             stage_name,
             ", ".join(stage.input_topics),
             topics.prefix,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         await runner.wait()
         log.info(

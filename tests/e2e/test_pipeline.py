@@ -62,6 +62,24 @@ async def test_the_ledger_may_keep_final_states_only(
     ), records[:1]
 
 
+async def test_stages_on_either_event_loop_work_together(
+    pipeline: Pipeline, client: Client, ledger: Ledger
+) -> None:
+    """uvloop is the workers' default; `worker.event_loop=asyncio` keeps the standard one."""
+    loops = {"preprocess": "asyncio", "inference": "uvloop", "postprocess": "asyncio"}
+    for stage, loop in loops.items():
+        pipeline.fleet.start(stage, extra_env={"CONVEYOR_WORKER__EVENT_LOOP": loop})
+    pipeline.fleet.wait_ready()
+
+    ids = await client.submit_many([tiny_request(TENANTS[i % 3]) for i in range(200)])
+    results = await asyncio.gather(*(client.result(i, timeout_s=120) for i in ids))
+
+    assert all(isinstance(r, InferenceResult) for r in results)
+    assert await settled_states(ledger, ids) == {Status.DONE: 200}
+    for worker in pipeline.fleet.workers:
+        assert f"(event loop {loops[worker.stage]})" in worker.log(), worker.log()[-2000:]
+
+
 async def test_a_request_may_pin_a_model_version(pipeline: Pipeline, client: Client) -> None:
     pipeline.fleet.start_all()
     request_v1 = tiny_request("acme", model_version=1)
