@@ -163,15 +163,21 @@ def _print_tenant_table(entries: dict[str, bytes]) -> None:
         print(line)
 
 
+def _run_on(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """`main` on uvloop or on the standard library's loop (`worker.event_loop`,
+    `gateway.event_loop`)."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.service import run_worker
 
-    if settings.worker.event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(run_worker(args.stage, settings))
-    else:
-        asyncio.run(run_worker(args.stage, settings))
+    _run_on(settings.worker.event_loop, run_worker(args.stage, settings))
     return 0
 
 
@@ -213,7 +219,7 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     if changes:
         gateway = settings.gateway.model_copy(update=changes)
         settings = settings.model_copy(update={"gateway": gateway})
-    asyncio.run(run_gateway(settings))
+    _run_on(settings.gateway.event_loop, run_gateway(settings))
     return 0
 
 

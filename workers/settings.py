@@ -429,6 +429,9 @@ class GatewaySettings(_Group):
     """The Open Inference Protocol (KServe V2) gateway, `conveyor gateway`: HTTP and gRPC in
     front of the pipeline for callers who do not speak Kafka."""
 
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The gateway's event loop, as `worker.event_loop`: aiohttp and gRPC's asyncio server
+    run on either."""
     http_host: str = "0.0.0.0"
     """Interface of the HTTP listener (V2 REST, /metrics)."""
     http_port: int = Field(default=8000, ge=0, le=65535)

@@ -35,7 +35,12 @@ async def run_gateway(settings: Settings) -> None:
         await _listen(stack, http, "gateway.http_port", config.http_port)
         await _listen(stack, grpc, "gateway.grpc_port", config.grpc_port)
         # One line that scripts and tests wait on: both listeners are bound.
-        log.info("gateway ready: http %d grpc %d", http.port, grpc.port)
+        log.info(
+            "gateway ready: http %d grpc %d (event loop %s)",
+            http.port,
+            grpc.port,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
         await stop.wait()
         log.info("gateway stopping: readiness off, finishing requests in progress")
         gateway.stopping()
