@@ -162,8 +162,10 @@ class RedisKeys:
         Not `claim:`: that namespace holds claim-checked tensors (`schemas.claim_key`)."""
         return f"{self.prefix}owner:{task_id}"
 
-    def workers_pattern(self) -> str:
-        return f"{self.prefix}worker:*"
+    def workers(self) -> str:
+        """Set of the instance ids that announced a worker (`worker`): readers look there, not
+        through a SCAN of the whole keyspace, which grows with the ledger."""
+        return f"{self.prefix}workers"
 
     def pending(self, tenant: str) -> str:
         """Sorted set of one tenant's admitted, unfinished task ids (score: admission ms)."""

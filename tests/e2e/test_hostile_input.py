@@ -38,6 +38,7 @@ from tests.services import Services
 from workers.fleet import STAGES
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.ledger import Ledger
+from workers.observability.registry import announced_workers
 
 pytestmark = pytest.mark.e2e
 
@@ -227,10 +228,10 @@ async def _readyz_urls(services: Services, pipeline: Pipeline) -> list[str]:
     try:
         async with asyncio.timeout(30):
             while True:
-                found = []
-                async for key in redis.scan_iter(match=pipeline.keys.workers_pattern()):
-                    url = str(await redis.hget(key, "metrics_url"))
-                    found.append(url.removesuffix("/metrics") + "/readyz")
+                found = [
+                    w["metrics_url"].removesuffix("/metrics") + "/readyz"
+                    for w in await announced_workers(redis, pipeline.keys)
+                ]
                 if len(found) == 3:
                     return found
                 await asyncio.sleep(0.1)

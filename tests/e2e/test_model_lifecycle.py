@@ -24,6 +24,7 @@ from workers.ledger import Ledger
 from workers.models.builders import build_tiny_classifier
 from workers.models.builders.faulty import build_faulty_tiny
 from workers.models.routing import RoutingTable
+from workers.observability.registry import announced_workers
 
 pytestmark = pytest.mark.e2e
 
@@ -197,10 +198,9 @@ async def test_canary_split_follows_task_ids_and_shadow_metrics_are_exported(
 async def inference_metrics(services: Services, pipeline: Pipeline) -> str:
     redis = aioredis.Redis.from_url(services.redis_url, decode_responses=True)
     try:
-        async for key in redis.scan_iter(match=pipeline.keys.workers_pattern()):
-            fields = await redis.hgetall(key)
+        for fields in await announced_workers(redis, pipeline.keys):
             if fields["stage"] == "inference":
-                return await asyncio.to_thread(scrape_text, str(fields["metrics_url"]))
+                return await asyncio.to_thread(scrape_text, fields["metrics_url"])
     finally:
         await redis.aclose()
     raise AssertionError("no inference worker announced itself")

@@ -22,6 +22,7 @@ from tests.e2e.helpers import read_topic, tiny_request
 from tests.services import Services
 from workers.client import Client
 from workers.observability.metrics import METRIC_NAMES
+from workers.observability.registry import announced_workers
 from workers.observability.top import discover, frame, render, scrape
 from workers.observability.tracing import trace_id
 
@@ -63,10 +64,10 @@ async def _endpoints(services: Services, pipeline: Pipeline) -> dict[str, str]:
     try:
         async with asyncio.timeout(30):
             while True:
-                found: dict[str, str] = {}
-                async for key in redis.scan_iter(match=pipeline.keys.workers_pattern()):
-                    fields = await redis.hgetall(key)
-                    found[str(fields["stage"])] = str(fields["metrics_url"])
+                found = {
+                    w["stage"]: w["metrics_url"]
+                    for w in await announced_workers(redis, pipeline.keys)
+                }
                 if len(found) == 3:
                     return found
                 await asyncio.sleep(0.1)

@@ -52,6 +52,7 @@ from workers.ledger.connection import redis_client
 from workers.ledger.records import text
 from workers.models.repository import ModelRepository
 from workers.names import STAGES, TENANT_RE, RedisKeys, Topics
+from workers.observability.registry import announced_workers
 from workers.observability.tracing import child_of
 from workers.settings import Settings, SettingsError
 from workers.tasks import TaskSet
@@ -222,19 +223,12 @@ class Gateway:
         return [stage for stage in STAGES if stage not in self._stages]
 
     async def _read_stages(self) -> None:
-        stages: set[str] = set()
         try:
-            keys = [key async for key in self._redis.scan_iter(self.keys.workers_pattern())]
-            if keys:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.hget(key, "stage")
-                    found = await pipe.execute()
-                stages = {text(stage) for stage in found if stage is not None}
+            workers = await announced_workers(self._redis, self.keys)
         except RedisError as exc:  # keep the last view while Redis is away
             log.warning("worker announcements not read: %s", exc)
             return
-        self._stages = frozenset(stages)
+        self._stages = frozenset(w["stage"] for w in workers if "stage" in w)
 
     async def _watch_stages(self) -> None:
         while True:

@@ -1,4 +1,10 @@
-"""Workers announce themselves in Redis, so `conveyor top` finds every metrics endpoint."""
+"""Workers announce themselves in Redis, so `conveyor top` finds every metrics endpoint and the
+gateway knows which stages have a live worker.
+
+An announcement is a hash that expires unless its worker refreshes it, listed in an index set
+(`RedisKeys.workers`): a reader takes the set and the hashes in two round trips, whatever else
+Redis holds. A SCAN for the hashes instead walks the whole keyspace, millions of ledger keys
+in a busy deployment, every time it looks."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from workers.ledger.records import text
 from workers.names import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,8 @@ class WorkerAnnouncement:
         ttl_s: int = 15,
     ) -> None:
         self._redis = redis
+        self._index = keys.workers()
+        self._instance_id = instance_id
         self._key = keys.worker(instance_id)
         self._fields = dict(fields)
         self._ttl_s = ttl_s
@@ -46,7 +55,10 @@ class WorkerAnnouncement:
             await self._task
         self._task = None
         with contextlib.suppress(RedisError):
-            await self._redis.delete(self._key)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key)
+                pipe.srem(self._index, self._instance_id)
+                await pipe.execute()
 
     async def __aenter__(self) -> WorkerAnnouncement:
         await self.start()
@@ -59,6 +71,7 @@ class WorkerAnnouncement:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._key, mapping=self._fields)  # type: ignore[arg-type]
             pipe.expire(self._key, self._ttl_s)
+            pipe.sadd(self._index, self._instance_id)
             await pipe.execute()
 
     async def _refresh(self) -> None:
@@ -68,3 +81,18 @@ class WorkerAnnouncement:
                 await self._announce()
             except RedisError as exc:  # an outage only hides this worker from `top` meanwhile
                 log.warning("cannot refresh worker announcement: %s", exc)
+
+
+async def announced_workers(redis: aioredis.Redis, keys: RedisKeys) -> list[dict[str, str]]:
+    """The fields of every live worker's announcement, in instance id order. Ids whose
+    announcement expired (a worker killed before its stop) leave the index here."""
+    members = sorted(text(m) for m in await redis.smembers(keys.workers()))
+    if not members:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.hgetall(keys.worker(member))
+        found: list[dict[bytes | str, bytes | str]] = await pipe.execute()
+    if gone := [m for m, fields in zip(members, found, strict=True) if not fields]:
+        await redis.srem(keys.workers(), *gone)
+    return [{text(k): text(v) for k, v in fields.items()} for fields in found if fields]

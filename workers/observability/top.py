@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from workers.ledger.connection import RedisConnection, redis_client
 from workers.names import RedisKeys
+from workers.observability.registry import announced_workers
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -37,10 +38,7 @@ class Frame:
 async def discover(connection: RedisConnection, keys: RedisKeys) -> list[dict[str, str]]:
     client = redis_client(connection, decode_responses=True)
     try:
-        found = []
-        async for key in client.scan_iter(match=keys.workers_pattern()):
-            found.append({str(k): str(v) for k, v in (await client.hgetall(key)).items()})
-        return found
+        return await announced_workers(client, keys)
     finally:
         await client.aclose()
 
