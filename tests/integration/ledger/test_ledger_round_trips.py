@@ -8,13 +8,13 @@ side counts EVALSHA calls in `INFO commandstats`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from schemas.messages import Status
 from tests.conftest import Namespace
+from tests.round_trips import CountingConnection, counting_client
 from tests.services import Services
 from workers.ledger import Ledger, Outcome, Transition
 from workers.names import RedisKeys
@@ -24,28 +24,13 @@ pytestmark = pytest.mark.integration
 BATCH = 500
 
 
-class CountingConnection(aioredis.Connection):
-    """Counts the packets sent to Redis: one per round trip."""
-
-    sends = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sends += 1
-        await super().send_packed_command(command, check_health)
-
-
 @pytest.fixture
 async def counted_ledger(services: Services, namespace: Namespace) -> AsyncIterator[Ledger]:
-    pool = aioredis.ConnectionPool.from_url(
-        services.redis_url, connection_class=CountingConnection, max_connections=1
-    )
-    client = aioredis.Redis(connection_pool=pool)
-    try:
-        async with Ledger(client, RedisKeys(namespace.key_prefix), ttl_s=60) as ledger:
-            yield ledger
-    finally:
-        await client.aclose()
-        await pool.disconnect()
+    async with (
+        counting_client(services.redis_url) as client,
+        Ledger(client, RedisKeys(namespace.key_prefix), ttl_s=60) as ledger,
+    ):
+        yield ledger
 
 
 async def _evalsha_calls(client: aioredis.Redis) -> int:

@@ -4,12 +4,12 @@ not a SCRIPT EXISTS before it, and survive Redis losing its scripts."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Namespace
+from tests.round_trips import CountingConnection, counting_client
 from tests.services import Services
 from workers.lanes.quota import TenantQuota
 from workers.lanes.rate import RateQuota
@@ -19,27 +19,10 @@ from workers.names import RedisKeys
 pytestmark = pytest.mark.integration
 
 
-class CountingConnection(aioredis.Connection):
-    """Counts the packets sent to Redis: one per round trip."""
-
-    sends = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sends += 1
-        await super().send_packed_command(command, check_health)
-
-
 @pytest.fixture
 async def counted(services: Services) -> AsyncIterator[aioredis.Redis]:
-    pool = aioredis.ConnectionPool.from_url(
-        services.redis_url, connection_class=CountingConnection, max_connections=1
-    )
-    client = aioredis.Redis(connection_pool=pool)
-    try:
+    async with counting_client(services.redis_url) as client:
         yield client
-    finally:
-        await client.aclose()
-        await pool.disconnect()
 
 
 async def test_quota_of_three_tenants_is_one_round_trip(

@@ -4,12 +4,12 @@ trips however many other keys Redis holds, gone at stop, pruned once expired."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Namespace
+from tests.round_trips import CountingConnection, counting_client
 from tests.services import Services
 from workers.names import RedisKeys
 from workers.observability.registry import WorkerAnnouncement, announced_workers
@@ -17,27 +17,10 @@ from workers.observability.registry import WorkerAnnouncement, announced_workers
 pytestmark = pytest.mark.integration
 
 
-class CountingConnection(aioredis.Connection):
-    """Counts the packets sent to Redis: one per round trip."""
-
-    sends = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sends += 1
-        await super().send_packed_command(command, check_health)
-
-
 @pytest.fixture
 async def counted(services: Services) -> AsyncIterator[aioredis.Redis]:
-    pool = aioredis.ConnectionPool.from_url(
-        services.redis_url, connection_class=CountingConnection, max_connections=1
-    )
-    client = aioredis.Redis(connection_pool=pool)
-    try:
+    async with counting_client(services.redis_url) as client:
         yield client
-    finally:
-        await client.aclose()
-        await pool.disconnect()
 
 
 async def test_announced_workers_are_read_in_two_round_trips(
@@ -52,7 +35,6 @@ async def test_announced_workers_are_read_in_two_round_trips(
         WorkerAnnouncement(redis_client, keys, "pre-1", {"stage": "preprocess"}),
         WorkerAnnouncement(redis_client, keys, "inf-1", {"stage": "inference"}),
     ):
-        await counted.ping()  # connected: the handshake is not a reader's round trip
         CountingConnection.sends = 0
         workers = await announced_workers(counted, keys)
 
