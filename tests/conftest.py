@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from tests.round_trips import counting_client
 from tests.services import SecureServices, Services, secure_session_services, session_services
 from workers.kafka.admin import delete_topics_with_prefix
 from workers.models.builders import find_minilm_package_dir
@@ -57,6 +58,13 @@ async def redis_client(services: Services) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(services.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def counted_redis(services: Services) -> AsyncIterator[aioredis.Redis]:
+    """A client whose packets sent are counted (`CountingConnection.sends`)."""
+    async with counting_client(services.redis_url) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

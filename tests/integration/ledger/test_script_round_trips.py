@@ -3,14 +3,11 @@ not a SCRIPT EXISTS before it, and survive Redis losing its scripts."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Namespace
-from tests.round_trips import CountingConnection, counting_client
-from tests.services import Services
+from tests.round_trips import CountingConnection
 from workers.lanes.quota import TenantQuota
 from workers.lanes.rate import RateQuota
 from workers.ledger.scripts import run_scripts
@@ -19,16 +16,10 @@ from workers.names import RedisKeys
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def counted(services: Services) -> AsyncIterator[aioredis.Redis]:
-    async with counting_client(services.redis_url) as client:
-        yield client
-
-
 async def test_quota_of_three_tenants_is_one_round_trip(
-    counted: aioredis.Redis, namespace: Namespace
+    counted_redis: aioredis.Redis, namespace: Namespace
 ) -> None:
-    quota = TenantQuota(counted, RedisKeys(namespace.key_prefix), max_pending=2, ttl_s=60)
+    quota = TenantQuota(counted_redis, RedisKeys(namespace.key_prefix), max_pending=2, ttl_s=60)
     await quota.admit([("warm", "w0")])  # the script loaded
     CountingConnection.sends = 0
 
@@ -39,9 +30,9 @@ async def test_quota_of_three_tenants_is_one_round_trip(
 
 
 async def test_rate_of_two_tenants_is_one_round_trip(
-    counted: aioredis.Redis, namespace: Namespace
+    counted_redis: aioredis.Redis, namespace: Namespace
 ) -> None:
-    rate = RateQuota(counted, RedisKeys(namespace.key_prefix))
+    rate = RateQuota(counted_redis, RedisKeys(namespace.key_prefix))
     await rate.take([("warm", 1.0, 1)])
     CountingConnection.sends = 0
 

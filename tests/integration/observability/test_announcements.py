@@ -3,28 +3,19 @@ trips however many other keys Redis holds, gone at stop, pruned once expired."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Namespace
-from tests.round_trips import CountingConnection, counting_client
-from tests.services import Services
+from tests.round_trips import CountingConnection
 from workers.names import RedisKeys
 from workers.observability.registry import WorkerAnnouncement, announced_workers
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def counted(services: Services) -> AsyncIterator[aioredis.Redis]:
-    async with counting_client(services.redis_url) as client:
-        yield client
-
-
 async def test_announced_workers_are_read_in_two_round_trips(
-    redis_client: aioredis.Redis, counted: aioredis.Redis, namespace: Namespace
+    redis_client: aioredis.Redis, counted_redis: aioredis.Redis, namespace: Namespace
 ) -> None:
     keys = RedisKeys(namespace.key_prefix)
     async with redis_client.pipeline(transaction=False) as pipe:  # a ledger's worth of keys
@@ -36,7 +27,7 @@ async def test_announced_workers_are_read_in_two_round_trips(
         WorkerAnnouncement(redis_client, keys, "inf-1", {"stage": "inference"}),
     ):
         CountingConnection.sends = 0
-        workers = await announced_workers(counted, keys)
+        workers = await announced_workers(counted_redis, keys)
 
         assert sorted(w["stage"] for w in workers) == ["inference", "preprocess"]
         assert CountingConnection.sends == 2
