@@ -68,6 +68,9 @@ class Options:
     runs: int
     low_rate_per_s: float
     low_rate_s: float
+    low_rate_warmup_s: float
+    """The same paced load first, unmeasured: a fresh broker's JIT compiles the paths of a
+    paced pattern for ~30 s, and a deployment's broker is long past that."""
     batch_size: int
     threads: int
     minilm_s: float
@@ -90,6 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         runs=3,
         low_rate_per_s=200,
         low_rate_s=5 if quick else 15,
+        low_rate_warmup_s=2 if quick else 30,
         batch_size=args.batch_size,
         threads=args.threads,
         minilm_s=4 if quick else 20,
@@ -332,6 +336,7 @@ async def _overhead_runs(
             print(f"  {counts} run {run + 1}: {bursts[-1].tasks_per_s:,.0f} tasks/s", flush=True)
         cpu_s = cpu_delta(before, cpu_snapshot(deployment.stack_pids, fleet))
         await asyncio.sleep(1.0)  # the bursts' stragglers (commits, samples) settle first
+        await paced(client, make, options.low_rate_per_s, options.low_rate_warmup_s)
         before = cpu_snapshot(deployment.stack_pids, fleet)
         rtt, server = await paced(client, make, options.low_rate_per_s, options.low_rate_s)
         paced_cpu_s = cpu_delta(before, cpu_snapshot(deployment.stack_pids, fleet))
@@ -524,8 +529,10 @@ def overhead_table(results: Sequence[OverheadResult], options: Options) -> list[
         "",
         "Latency under saturation is `completed_at_ms - submitted_at_ms` of the median run: "
         "mostly queueing behind the burst, not per-task cost. Paced (one request every "
-        f"1/{options.low_rate_per_s:.0f} s, each awaited by the client), with the CPU of every "
-        "process (workers, broker, Redis, client) over the paced run:",
+        f"1/{options.low_rate_per_s:.0f} s, each awaited by the client) after "
+        f"{options.low_rate_warmup_s:.0f} s of the same load unmeasured (a fresh broker's JIT "
+        "compiles a paced pattern's paths for about that long), with the CPU of every process "
+        "(workers, broker, Redis, client) over the measured run:",
         "",
         "| workers pre/inf/post | rate | client round trip p50 / p99 ms | server p50 / p99 ms "
         "| CPU s per 1,000 tasks | target |",
