@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from workers.eventloop import run_on
 from workers.exits import CommandError, ExitCode, explain, registry_errors
 from workers.models.repository import RepositoryError
 from workers.settings import DEFAULT_METRICS_PORT, Settings, SettingsError, load_settings
@@ -163,21 +164,10 @@ def _print_tenant_table(entries: dict[str, bytes]) -> None:
         print(line)
 
 
-def _run_on(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
-    """`main` on uvloop or on the standard library's loop (`worker.event_loop`,
-    `gateway.event_loop`)."""
-    if event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
-
-
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.service import run_worker
 
-    _run_on(settings.worker.event_loop, run_worker(args.stage, settings))
+    run_on(settings.worker.event_loop, run_worker(args.stage, settings))
     return 0
 
 
@@ -219,7 +209,7 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     if changes:
         gateway = settings.gateway.model_copy(update=changes)
         settings = settings.model_copy(update={"gateway": gateway})
-    _run_on(settings.gateway.event_loop, run_gateway(settings))
+    run_on(settings.gateway.event_loop, run_gateway(settings))
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -19,6 +18,7 @@ from schemas import ClaimCheck
 from workers.control import ControlListener
 from workers.engine.runner import Stage, StageRunner
 from workers.engine.telemetry import StageTelemetry
+from workers.eventloop import running_loop_name
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import client_id, make_consumer, make_producer, start_client
 from workers.kafka.produce import TopicCheck
@@ -230,7 +230,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             stage_name,
             ", ".join(stage.input_topics),
             topics.prefix,
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
+            running_loop_name(),
         )
         await runner.wait()
         log.info(

@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import InferenceRequest, InferenceResult, Status
+from tests.groups import described_group
 from workers.client import Client, Result
 from workers.demo import TENANTS, sentences
 from workers.ledger import read_task
@@ -251,13 +251,7 @@ def test_a_worker_serves_metrics_and_prometheus_scrapes_every_worker() -> None:
 
 
 async def _group_members(group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    (_error, _group, state, _protocol_type, _protocol, members, *_rest) = described.groups[0]
+    state, members = await described_group(KAFKA_BOOTSTRAP, group)
     return len(members) if state == "Stable" else 0
 
 

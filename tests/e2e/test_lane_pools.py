@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from schemas import InferenceResult
 from tests.e2e.conftest import Pipeline
 from tests.e2e.helpers import tiny_request
 from tests.e2e.test_lanes import registry  # noqa: F401  (fixture)
+from tests.groups import described_group
 from tests.offsets import committed_offsets
 from workers.client import Client
 from workers.lanes.registry import TenantRegistry
@@ -105,13 +105,7 @@ def _policies(pid: int) -> set[int]:
 
 async def _assigned_topics(bootstrap: str, group: str) -> dict[str, set[str]]:
     """Each member's assigned topics, by its client id (which ends with its pid)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    (_error, _group, _state, _protocol_type, _protocol, members, *_rest) = described.groups[0]
+    _state, members = await described_group(bootstrap, group)
     found: dict[str, set[str]] = {}
     for _member_id, client, _host, _metadata, assignment in members:
         decoded = ConsumerProtocolMemberAssignment.decode(assignment) if assignment else None

@@ -12,6 +12,7 @@ import errno
 import logging
 from contextlib import AsyncExitStack
 
+from workers.eventloop import running_loop_name
 from workers.exits import PortTakenError
 from workers.gateway.core import Gateway
 from workers.gateway.grpc_service import GrpcFront
@@ -39,7 +40,7 @@ async def run_gateway(settings: Settings) -> None:
             "gateway ready: http %d grpc %d (event loop %s)",
             http.port,
             grpc.port,
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
+            running_loop_name(),
         )
         await stop.wait()
         log.info("gateway stopping: readiness off, finishing requests in progress")
