@@ -39,7 +39,7 @@ from bench import bench_model
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
-from workers.fleet import STAGES, WorkerFleet
+from workers.fleet import FUSED, STAGES, WorkerFleet
 from workers.models.builders import build_tiny_classifier
 from workers.names import Topics
 from workers.service import ensure_pipeline_topics
@@ -75,6 +75,8 @@ class Options:
     threads: int
     minilm_s: float
     scale_out: bool
+    fused: bool
+    """Also one fused worker (the three stages in one process)."""
     efficiency: bool
 
 
@@ -85,6 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads T")
     parser.add_argument("--no-scale-out", action="store_true", help="skip 2 pre / 2 post")
     parser.add_argument("--overhead-only", action="store_true", help="skip (b), MiniLM")
+    parser.add_argument("--no-fused", action="store_true", help="skip the fused worker")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     return Options(
@@ -98,6 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         threads=args.threads,
         minilm_s=4 if quick else 20,
         scale_out=not args.no_scale_out,
+        fused=not args.no_fused,
         efficiency=not args.overhead_only,
     )
 
@@ -178,12 +182,17 @@ class Deployment:
         try:
             for stage, env in workers:
                 fleet.start(stage, 1, env)
-            for stage in STAGES if not workers else ():
+            for stage in () if workers else _stages_of(counts):
                 fleet.start(stage, counts.get(stage, 1), (extra_env or {}).get(stage))
             fleet.wait_ready(timeout_s=120)
             yield fleet
         finally:
             fleet.stop_all()
+
+
+def _stages_of(counts: dict[str, int]) -> tuple[str, ...]:
+    """The worker kinds a layout starts: the three stages, or fused workers only."""
+    return (FUSED,) if FUSED in counts else STAGES
 
 
 # ---- CPU accounting ----------------------------------------------------------------------
@@ -347,6 +356,8 @@ def measure_overhead(deployment: Deployment, options: Options) -> list[OverheadR
     layouts = [{"preprocess": 1, "inference": 1, "postprocess": 1}]
     if options.scale_out:
         layouts.append({"preprocess": 2, "inference": 1, "postprocess": 2})
+    if options.fused:
+        layouts.append({FUSED: 1})
     results = []
     for counts in layouts:
         with deployment.fleet(counts) as fleet:
@@ -465,9 +476,12 @@ def measure_efficiency(deployment: Deployment, options: Options) -> EfficiencyRe
             "CONVEYOR_WORKER__BATCHES_IN_FLIGHT": "2",
         },
     }
+    if options.fused:
+        settings["fused worker"] = {}
     for name, env in settings.items():
         deployment = deployment.fresh()
-        runs.append(_pipeline_run(deployment, options, texts, count, name, env))
+        fused = name == "fused worker"
+        runs.append(_pipeline_run(deployment, options, texts, count, name, env, fused))
         print(f"  pipeline, {name}: {runs[-1].burst.tasks_per_s:,.0f} seq/s", flush=True)
     after = raw()
     return EfficiencyResult({name: (before[name], after[name]) for name in setups}, runs)
@@ -480,9 +494,11 @@ def _pipeline_run(
     count: int,
     setting: str,
     env: dict[str, str],
+    fused: bool = False,
 ) -> PipelineRun:
     inference_env = {"CONVEYOR_WORKER__MAX_BATCH_SIZE": str(options.batch_size), **env}
-    with deployment.fleet({}, {"inference": inference_env}) as fleet:
+    stage = FUSED if fused else "inference"
+    with deployment.fleet({FUSED: 1} if fused else {}, {stage: inference_env}) as fleet:
         burst_, cpu_s = asyncio.run(_efficiency_run(deployment, fleet, texts, count))
     return PipelineRun(setting, burst_, cpu_s)
 
@@ -502,6 +518,8 @@ async def _efficiency_run(
 
 
 def _layout(counts: dict[str, int]) -> str:
+    if FUSED in counts:
+        return f"fused x{counts[FUSED]}"
     return "/".join(str(counts.get(stage, 1)) for stage in STAGES)
 
 
@@ -510,7 +528,7 @@ def overhead_table(results: Sequence[OverheadResult], options: Options) -> list[
         f"### (a) Framework overhead: `tiny-classify`, 1 row per request, "
         f"{options.tiny_requests:,} requests per run",
         "",
-        "| workers pre/inf/post | tasks/s (median of 3) | runs | client publish req/s "
+        "| workers pre/inf/post or fused | tasks/s (median of 3) | runs | client publish req/s "
         "| p50 ms | p95 ms | p99 ms | target |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -534,8 +552,8 @@ def overhead_table(results: Sequence[OverheadResult], options: Options) -> list[
         "compiles a paced pattern's paths for about that long), with the CPU of every process "
         "(workers, broker, Redis, client) over the measured run:",
         "",
-        "| workers pre/inf/post | rate | client round trip p50 / p99 ms | server p50 / p99 ms "
-        "| CPU s per 1,000 tasks | target |",
+        "| workers pre/inf/post or fused | rate | client round trip p50 / p99 ms "
+        "| server p50 / p99 ms | CPU s per 1,000 tasks | target |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for r in results:
@@ -650,6 +668,16 @@ def report(
             options.low_rate_s,
         ),
     ]
+    for r in overhead[1:]:
+        if FUSED in r.counts:
+            lines += [
+                "",
+                *cpu_table(
+                    f"CPU per process over the paced run with {_layout(r.counts)}",
+                    r.low_rate_cpu_s,
+                    options.low_rate_s,
+                ),
+            ]
     if efficiency is None:
         return "\n".join(lines)
     default_run = efficiency.runs[0]

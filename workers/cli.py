@@ -360,7 +360,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     handlers["stack"] = _stack
 
     worker = commands.add_parser("worker", help="run one pipeline stage until SIGTERM")
-    worker.add_argument("stage", choices=["preprocess", "inference", "postprocess"])
+    worker.add_argument(
+        "stage",
+        choices=["preprocess", "inference", "postprocess", "fused"],
+        help="fused: the three stages in one process (small hosts, low rates)",
+    )
     handlers["worker"] = _worker
 
     serve = commands.add_parser(

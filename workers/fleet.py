@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 STAGES = ("preprocess", "inference", "postprocess")
+FUSED = "fused"
+"""The three stages in one worker process (`stages.fused`)."""
 # Several workers share this host: each takes a free loopback port for /metrics and health
 # and announces it in Redis (`conveyor top` reads it there).
 _LOCAL = {
@@ -56,8 +58,8 @@ class WorkerFleet:
     def start(
         self, stage: str, count: int = 1, extra_env: dict[str, str] | None = None
     ) -> list[WorkerProcess]:
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if stage not in (*STAGES, FUSED):
+            raise ValueError(f"stage must be one of {(*STAGES, FUSED)}, got {stage!r}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started = []
         for _ in range(count):

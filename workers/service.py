@@ -43,13 +43,14 @@ from workers.observability.metrics import WorkerMetrics
 from workers.observability.registry import WorkerAnnouncement
 from workers.settings import DEFAULT_METRICS_PORT, Settings
 from workers.signals import on_stop_signals
+from workers.stages.fused import FusedStage
 from workers.stages.inference import InferenceStage
 from workers.stages.postprocess import PostprocessStage
 from workers.stages.preprocess import PreprocessStage
 
 log = logging.getLogger(__name__)
 
-StageName = Literal["preprocess", "inference", "postprocess"]
+StageName = Literal["preprocess", "inference", "postprocess", "fused"]
 
 
 def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
@@ -155,7 +156,9 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         )
         stage: Stage
         admission = None
-        group = topics.group_of(stage_name, w.lanes)
+        # A fused worker reads requests in preprocess's group: beside preprocess workers it
+        # takes a share of the partitions instead of doing every request a second time.
+        group = topics.group_of("preprocess" if stage_name == "fused" else stage_name, w.lanes)
         transactional_id = None
         if w.delivery == "exactly_once":
             transactional_id = f"{group}.{w.instance_id or instance}"
@@ -164,7 +167,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
         )
         await start_client(producer, settings.kafka)
         stack.push_async_callback(producer.stop)
-        if stage_name == "preprocess":
+        if stage_name in ("preprocess", "fused"):
             admission = Admission(
                 directory,
                 RateQuota(redis, keys),
@@ -175,7 +178,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 ),
                 claims=TaskClaims(redis, keys, settings.redis.task_ttl_s),
             )
-            stage = PreprocessStage(
+            preprocess = PreprocessStage(
                 topics,
                 repository,
                 settings.limits,
@@ -186,11 +189,20 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 lane_of_tenant=directory.lane,
                 lanes=w.lanes,
             )
+            stage = preprocess
+        if stage_name == "fused":
+            stage = FusedStage(
+                preprocess,
+                await _inference_stage(
+                    stack, settings, topics, repository, metrics, redis, keys, instance
+                ),
+                PostprocessStage(topics, repository, limits),
+            )
         elif stage_name == "inference":
             stage = await _inference_stage(
                 stack, settings, topics, repository, metrics, redis, keys, instance
             )
-        else:
+        elif stage_name == "postprocess":
             stage = PostprocessStage(
                 topics, repository, limits, w.max_batch_size, w.max_wait_ms, w.lanes
             )

@@ -94,9 +94,26 @@ def _same_answer(a: Any, b: Any) -> bool:
     )
 
 
-@pytest.mark.parametrize("mode", ["at_least_once", "exactly_once"])
+STAGED = ("preprocess", "inference", "postprocess")
+
+
+@pytest.mark.parametrize(
+    ("mode", "stages"),
+    [
+        ("at_least_once", STAGED),
+        ("exactly_once", STAGED),
+        # The three stages in one process: one transaction from request to result.
+        ("exactly_once", ("fused",)),
+    ],
+    ids=["at_least_once", "exactly_once", "exactly_once-fused"],
+)
 async def test_chaos_loses_nothing(
-    services: Services, pipeline: Pipeline, client: Client, ledger: Ledger, mode: str
+    services: Services,
+    pipeline: Pipeline,
+    client: Client,
+    ledger: Ledger,
+    mode: str,
+    stages: tuple[str, ...],
 ) -> None:
     if services.restart_kafka is None or services.restart_redis is None:
         pytest.skip(f"the {services.origin} stack cannot be restarted by the test")
@@ -107,7 +124,7 @@ async def test_chaos_loses_nothing(
         "CONVEYOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "CONVEYOR_WORKER__TRANSACTION_TIMEOUT_MS": "10000",
     }
-    for stage in ("preprocess", "inference", "postprocess"):
+    for stage in stages:
         pipeline.fleet.start(stage, 2, extra_env=env)
     requests, poison = _requests(seed=len(mode))
     rng = random.Random(mode)
@@ -146,7 +163,7 @@ async def test_chaos_loses_nothing(
     dead = await read_topic(bootstrap, pipeline.topics.dlq)
     assert {dict(r.headers)["conveyor-task-id"].decode() for r in dead} == poison
     print(
-        f"\nchaos {mode}: {TASKS} tasks, {figures}, lost 0, "
+        f"\nchaos {mode} {'+'.join(stages)}: {TASKS} tasks, {figures}, lost 0, "
         f"duplicates {sum(per_task.values()) - len(per_task)}"
     )
     assert figures["kills"] == KILLS

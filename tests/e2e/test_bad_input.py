@@ -119,10 +119,14 @@ CASES: list[Callable[[str], BadRequest]] = [
 ]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["staged", "fused"])
 async def test_malformed_requests_fail_with_a_reason_and_workers_survive(
-    pipeline: Pipeline, client: Client, ledger: Ledger
+    pipeline: Pipeline, client: Client, ledger: Ledger, fused: bool
 ) -> None:
-    pipeline.fleet.start_all()
+    if fused:  # the three stages in one process answer bad input as the staged ones do
+        pipeline.fleet.start("fused")
+    else:
+        pipeline.fleet.start_all()
     bad = [make(f"bad-{i}") for i, make in enumerate(CASES)]
     for i, case in enumerate(bad):
         # The task id travels in a header, as any client's would: the only identity an

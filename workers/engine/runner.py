@@ -448,9 +448,8 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             self._budget.ran(batch.key, sum(w.rows for w in fresh), run_s)
             outgoing = await output.records(self.claims, self._max_record_bytes)
             transitions = output.transitions
-            if not self._every_state:
-                reaches = self.stage.reaches
-                transitions = [t for t in transitions if t.state is not reaches or t.is_final]
+            if not self._every_state:  # a stage's own states are the ones it reaches
+                transitions = [t for t in transitions if t.is_final]
             delivered = await self.delivery.deliver(
                 items, outgoing, transitions, partial(self._still_ours, items)
             )

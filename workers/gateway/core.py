@@ -220,6 +220,8 @@ class Gateway:
         return self._ready and not self.missing_stages()
 
     def missing_stages(self) -> list[str]:
+        if "fused" in self._stages:  # one worker that runs all three
+            return []
         return [stage for stage in STAGES if stage not in self._stages]
 
     async def _read_stages(self) -> None:

@@ -104,7 +104,13 @@ def render(view: Frame) -> str:
         "",
         f"{'stage':<12} {'workers':>7} " + " ".join(f"{c:>10}" for c in columns),
     ]
-    for stage in ("preprocess", "inference", "postprocess"):
+    shown = (
+        "preprocess",
+        "inference",
+        "postprocess",
+        *(["fused"] if "fused" in view.workers else []),
+    )
+    for stage in shown:
         row = view.stages.get(stage, {})
         lines.append(
             f"{stage:<12} {view.workers.get(stage, 0):>7} "

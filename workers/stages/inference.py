@@ -88,12 +88,12 @@ class InferenceStage(AnswersFailures):
             work.tenant = frame.tenant
             work.rows = max(1, frame.rows)
             work.lane = self.topics.lane_of(record.topic) or DEFAULT_LANE
-            self._place(work, frame)
+            self.place(work, frame)
         except ContractError as error:
             work.error = error
         return work
 
-    def _place(self, work: Work, frame: Frame) -> None:
+    def place(self, work: Work, frame: Frame) -> None:
         """The batch key (model, version pin, shape bucket) and the fair-share cost of a frame."""
         model = self.repository.models.get(frame.model_name or "")
         config = model.batching if model else BatchingConfig()
