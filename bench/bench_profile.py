@@ -29,12 +29,13 @@ from bench import bench_model
 from bench import bench_pipeline as bp
 from bench.report import BENCHMARKS, write_section
 from workers.client import Client
-from workers.fleet import STAGES, WorkerFleet
+from workers.fleet import FUSED, STAGES, WorkerFleet
 from workers.models.builders import build_tiny_classifier
 
 START, END = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
 MINILM_MARKERS = "<!-- bench:profile-minilm:start -->", "<!-- bench:profile-minilm:end -->"
 PACED_MARKERS = "<!-- bench:profile-paced:start -->", "<!-- bench:profile-paced:end -->"
+FUSED_MARKERS = "<!-- bench:profile-fused:start -->", "<!-- bench:profile-fused:end -->"
 TOP_FUNCTIONS = 12
 SAMPLES_PER_S = 250
 AREAS = (
@@ -158,8 +159,13 @@ async def _burst(
 
 
 def measure(
-    tasks: int, pipeline: str, rate_per_s: float = 0.0, keep: Path | None = None
+    tasks: int,
+    pipeline: str,
+    rate_per_s: float = 0.0,
+    keep: Path | None = None,
+    fused: bool = False,
 ) -> tuple[list[StageProfile], dict[str, float]]:
+    kinds = (FUSED,) if fused else STAGES
     with tempfile.TemporaryDirectory(prefix="conveyor-profile-") as root_name:
         root = Path(root_name)
         repository = root / "repository"
@@ -174,15 +180,15 @@ def measure(
         with bp.private_stack(root / "stack") as stack:
             pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
             deployment = bp.Deployment(stack, repository, root / "logs", pids)
-            with deployment.fleet({}) as fleet:
+            with deployment.fleet({FUSED: 1} if fused else {}) as fleet:
                 cpu = asyncio.run(_burst(deployment, fleet, tasks, root, make, rate_per_s))
             stages = [
                 load_profile(root / f"{stage}.txt", stage, cpu.get(f"{stage} worker(s)", 0.0))
-                for stage in STAGES
+                for stage in kinds
             ]
             if keep is not None:  # the raw stacks, for a flame graph or a closer look
                 keep.mkdir(parents=True, exist_ok=True)
-                for stage in STAGES:
+                for stage in kinds:
                     shutil.copy(root / f"{stage}.txt", keep / f"{stage}.txt")
     return stages, cpu
 
@@ -193,8 +199,11 @@ def report(
     tasks: int,
     pipeline: str,
     rate_per_s: float = 0.0,
+    fused: bool = False,
 ) -> str:
     paced = f" --rate-per-s {rate_per_s:g}" if rate_per_s else ""
+    paced += " --fused" if fused else ""
+    workers = "one fused worker" if fused else "one worker per stage"
     how = (
         f"one request every 1/{rate_per_s:g} s, each awaited"
         if rate_per_s
@@ -202,7 +211,7 @@ def report(
     )
     lines = [
         f"Command: `.venv/bin/python -m bench.bench_profile --tasks {tasks} --pipeline "
-        f"{pipeline}{paced}`; one worker per stage, `{pipeline}`, {how}; "
+        f"{pipeline}{paced}`; {workers}, `{pipeline}`, {how}; "
         "py-spy samples each worker "
         f"{SAMPLES_PER_S} times a second while on CPU (every thread). CPU from /proc over the "
         "run.",
@@ -248,11 +257,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="requests paced at this rate, each awaited, instead of all at once (own section)",
     )
     parser.add_argument("--keep", type=Path, help="copy py-spy's raw stacks into this folder")
+    parser.add_argument(
+        "--fused", action="store_true", help="one fused worker instead (own section)"
+    )
     options = parser.parse_args(argv)
-    stages, cpu = measure(options.tasks, options.pipeline, options.rate_per_s, options.keep)
-    markdown = report(stages, cpu, options.tasks, options.pipeline, options.rate_per_s)
+    o = options
+    stages, cpu = measure(o.tasks, o.pipeline, o.rate_per_s, o.keep, o.fused)
+    markdown = report(stages, cpu, o.tasks, o.pipeline, o.rate_per_s, o.fused)
     print(markdown)
-    if options.rate_per_s:
+    if options.fused:
+        title = "Where the fused worker's CPU per task goes"
+        write_section(markdown, BENCHMARKS, *FUSED_MARKERS, title)
+    elif options.rate_per_s:
         title = "Where each stage's CPU per task goes at a paced rate"
         write_section(markdown, BENCHMARKS, *PACED_MARKERS, title)
     elif options.pipeline == "text-embedding":

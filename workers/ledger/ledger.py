@@ -24,6 +24,11 @@ from workers.ledger.records import Outcome, TaskRecord, Transition, TransitionRe
 from workers.names import RedisKeys
 
 TRANSITION_LUA = resources.files(__package__).joinpath("transition.lua").read_text("utf-8")
+# The script's reply letters (see transition.lua).
+_OUTCOMES = {outcome.value[0]: outcome for outcome in Outcome}
+_STATES = {status.value[0]: status for status in Status}
+if len(_STATES) != len(Status):
+    raise RuntimeError("every task state needs a first letter of its own (transition.lua)")
 STATES_LUA = """
 local states = {}
 for i, key in ipairs(KEYS) do
@@ -107,13 +112,13 @@ class Ledger:
             args += [first.state.value, first.at_ms, len(run), len(fields)]
             for name, value in fields.items():
                 args += [name, value]
-        reply = await script(keys=keys, args=args)
-        if not isinstance(reply, list) or len(reply) != 2 * len(transitions):
+        reply = text(await script(keys=keys, args=args))
+        if len(reply) != 2 * len(transitions):
             raise RuntimeError(
                 f"ledger script returned {reply!r} for {len(transitions)} transitions"
             )
         return [
-            TransitionResult(t.task_id, Outcome(text(reply[2 * i])), Status(text(reply[2 * i + 1])))
+            TransitionResult(t.task_id, _OUTCOMES[reply[2 * i]], _STATES[reply[2 * i + 1]])
             for i, t in enumerate(transitions)
         ]
 

@@ -15,8 +15,9 @@
 --                                  accepted_at_ms (a jump from nothing records acceptance).
 --   new state == stored state   -> DUPLICATE: attempts += 1, nothing else changes.
 --   otherwise (lower rank, or another terminal state) -> STALE: nothing changes.
--- Returns a flat array: outcome_1, state_1, outcome_2, state_2, ... where state_i is the
--- state stored after transition i.
+-- Returns one string of two letters per transition: its outcome (A APPLIED, D DUPLICATE,
+-- S STALE) and the first letter of the state stored after it (all seven differ). One bulk
+-- reply, not an array of 2n: the client parses a frame of a thousand tasks in one read.
 --
 -- Everything is validated before the first write, so a bad call changes nothing.
 
@@ -86,15 +87,12 @@ for i, key in ipairs(KEYS) do
     redis.call('HSET', key, unpack(fields))
     redis.call('EXPIRE', key, ttl_s)
     stored_of[key] = state
-    out[#out + 1] = 'APPLIED'
-    out[#out + 1] = state
+    out[#out + 1] = 'A' .. string.sub(state, 1, 1)
   elseif state == stored then
     redis.call('HINCRBY', key, 'attempts', 1)
-    out[#out + 1] = 'DUPLICATE'
-    out[#out + 1] = stored
+    out[#out + 1] = 'D' .. string.sub(stored, 1, 1)
   else
-    out[#out + 1] = 'STALE'
-    out[#out + 1] = stored
+    out[#out + 1] = 'S' .. string.sub(stored, 1, 1)
   end
 end
-return out
+return table.concat(out)

@@ -59,9 +59,15 @@ class PriorityExecutor:
         self._top: collections.deque[_Job] = collections.deque()
         self._rest: list[tuple[int, int, _Job]] = []
         self._order = itertools.count()
-        self._changed = threading.Condition()
+        # One lock, a condition per kind of thread, and counts of the threads waiting that no
+        # call has been promised to: a call wakes one thread that may take it, not all of
+        # them (each thread woken for nothing costs a wake-up and a turn at the GIL).
+        self._lock = threading.Lock()
+        self._general_wake = threading.Condition(self._lock)
+        self._express_wake = threading.Condition(self._lock)
         self._closed = False
         self._idle_express = 0
+        self._idle_general = 0
         self._initializer = initializer
         kinds = [(False, f"{name}-{i}") for i in range(workers)]
         kinds += [(True, f"{name}-express-{i}") for i in range(express)]
@@ -77,34 +83,47 @@ class PriorityExecutor:
     ) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         job: _Job = (future, function, args)
-        with self._changed:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("executor is shut down")
             if priority <= self.express_priority:
                 self._top.append(job)
+                self._wake(express_first=True)
             else:
                 heapq.heappush(self._rest, (priority, next(self._order), job))
-            self._changed.notify_all()
+                self._wake(express_first=False)
         return future
+
+    def _wake(self, express_first: bool) -> None:
+        """Wake one idle thread that may take the call just queued (the lock is held): for a
+        top call an express thread, else a general one; for any other call a general one."""
+        if express_first and self._idle_express:
+            self._idle_express -= 1
+            self._express_wake.notify()
+        elif self._idle_general:
+            self._idle_general -= 1
+            self._general_wake.notify()
 
     def shutdown(self, wait: bool = True) -> None:
         """No more submissions; jobs already queued still run. Idempotent."""
-        with self._changed:
+        with self._lock:
             self._closed = True
-            self._changed.notify_all()
+            self._idle_express = self._idle_general = 0
+            self._express_wake.notify_all()
+            self._general_wake.notify_all()
         if wait:
             for thread in self._threads:
                 thread.join()
 
     def _next(self, express: bool) -> _Job | None:
         """The next job this thread may take, waiting for one; None once shut down and done."""
-        with self._changed:
+        with self._lock:
             while True:
                 if express:
                     if self._top:
                         job = self._top.popleft()
                         if self._top:  # general threads left these to this thread: not now
-                            self._changed.notify_all()
+                            self._wake(express_first=True)
                         return job
                 else:
                     # A top job is left to an idle express thread, which is already woken.
@@ -114,13 +133,13 @@ class PriorityExecutor:
                         return heapq.heappop(self._rest)[2]
                 if self._closed and not self._top and (express or not self._rest):
                     return None
+                # Counted idle until a call is promised to this thread (`_wake`).
                 if express:
                     self._idle_express += 1
-                try:
-                    self._changed.wait()
-                finally:
-                    if express:
-                        self._idle_express -= 1
+                    self._express_wake.wait()
+                else:
+                    self._idle_general += 1
+                    self._general_wake.wait()
 
     def _work(self, express: bool) -> None:
         if self._initializer is not None:

@@ -4,6 +4,7 @@ one itself. Threads are held with events, never sleeps."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 
 import pytest
@@ -164,3 +165,27 @@ def test_workers_must_be_positive() -> None:
         PriorityExecutor(0, "none")
     with pytest.raises(ValueError, match="express must be >= 0, got -1"):
         PriorityExecutor(1, "none", express=-1)
+
+
+def test_calls_from_many_threads_all_run_with_one_wake_up_each() -> None:
+    """A call wakes one idle thread that may take it: none is left waiting while a thread
+    that could run it sleeps (a lost wake-up would leave a future unresolved here)."""
+    executor = PriorityExecutor(2, "test", express=1)
+    futures: list[concurrent.futures.Future[int]] = []
+    lock = threading.Lock()
+
+    def submit_many(offset: int) -> None:
+        for i in range(500):
+            future = executor.submit((offset + i) % 3, lambda n=i: n)
+            with lock:
+                futures.append(future)
+
+    submitters = [threading.Thread(target=submit_many, args=(k,)) for k in range(4)]
+    for thread in submitters:
+        thread.start()
+    for thread in submitters:
+        thread.join(WAIT_S)
+    done, pending = concurrent.futures.wait(futures, timeout=WAIT_S)
+    assert not pending
+    assert len(done) == 2000
+    executor.shutdown()
