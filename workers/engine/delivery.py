@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -35,6 +35,7 @@ from workers.engine.work import Outgoing, Work
 from workers.kafka.offsets import OffsetTracker
 from workers.kafka.produce import TopicCheck, produce_each
 from workers.ledger import Ledger, Transition
+from workers.ledger.ledger import RedisStep
 from workers.names import Topics
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,11 @@ class Delivery(Protocol):
         outgoing: list[Outgoing],
         transitions: list[Transition],
         still_ours: Callable[[], bool] = lambda: True,
+        also: Sequence[RedisStep] = (),
     ) -> bool:
         """Make a batch durable; False (nothing written) when its partitions were revoked
-        meanwhile: their next owner does the work instead."""
+        meanwhile: their next owner does the work instead. `also`: commands that go with the
+        ledger's write (`Ledger.record`)."""
         ...
 
     async def commit(self) -> None: ...
@@ -140,6 +143,7 @@ class AtLeastOnce:
         outgoing: list[Outgoing],
         transitions: list[Transition],
         still_ours: Callable[[], bool] = lambda: True,
+        also: Sequence[RedisStep] = (),
     ) -> bool:
         if not still_ours():
             return False
@@ -148,14 +152,11 @@ class AtLeastOnce:
             # across sessions the ledger absorbs the repeat.
             await self.retry(lambda: self._sender.send(outgoing, transitions), "kafka")
         if transitions:
-            await self.retry(lambda: self._record(transitions), "ledger")
+            await self.retry(lambda: self.ledger.record(transitions, also), "ledger")
         for work in items:
             if work.finish_part():
                 self.offsets.finished(work.partition, work.record.offset)
         return True
-
-    async def _record(self, transitions: list[Transition]) -> None:
-        await self.ledger.record(transitions)
 
     async def commit(self) -> None:
         offsets = self.offsets.to_commit()
@@ -201,6 +202,7 @@ class ExactlyOnce:
         outgoing: list[Outgoing],
         transitions: list[Transition],
         still_ours: Callable[[], bool] = lambda: True,
+        also: Sequence[RedisStep] = (),
     ) -> bool:
         async with self._turn:
             # Checked with the turn held: a revoke that came while this batch waited for it
@@ -218,7 +220,7 @@ class ExactlyOnce:
                 # fencing in aiokafka's send_offsets_to_transaction to stop it broker-side).
                 if not still_ours():
                     return False
-                await self._transaction(outgoing, transitions)
+                await self._transaction(outgoing, transitions, also)
                 return True
 
             # An aborted transaction leaves nothing visible, so the whole of it is simply
@@ -231,7 +233,12 @@ class ExactlyOnce:
         async with self._turn:
             pass
 
-    async def _transaction(self, outgoing: list[Outgoing], transitions: list[Transition]) -> None:
+    async def _transaction(
+        self,
+        outgoing: list[Outgoing],
+        transitions: list[Transition],
+        also: Sequence[RedisStep],
+    ) -> None:
         offsets = self.offsets.to_commit()
         try:
             await self.producer.begin_transaction()
@@ -240,7 +247,7 @@ class ExactlyOnce:
             # tried again with the replacement (`outgoing` now holds what was delivered).
             outgoing[:] = await self._sender.send(outgoing, transitions)
             if transitions:
-                await self.retry(lambda: self._record(transitions), "ledger")
+                await self.retry(lambda: self.ledger.record(transitions, also), "ledger")
             if offsets:
                 await self.producer.send_offsets_to_transaction(offsets, self.group_id)
         except ProducerFenced as exc:
@@ -260,9 +267,6 @@ class ExactlyOnce:
             # it (InitProducerId completes or aborts it) and reads on from what committed.
             raise FatalDelivery(f"transaction outcome unknown after {exc!r}") from exc
         self.offsets.committed(offsets)
-
-    async def _record(self, transitions: list[Transition]) -> None:
-        await self.ledger.record(transitions)
 
     async def commit(self) -> None:
         """Offsets are committed inside each batch's transaction."""

@@ -450,17 +450,20 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             transitions = output.transitions
             if not self._every_state:  # a stage's own states are the ones it reaches
                 transitions = [t for t in transitions if t.is_final]
+            # Tasks that ended leave their tenant's in-flight count in the ledger's round trip.
+            release = self.quota.release_step(transitions) if self.quota is not None else None
             delivered = await self.delivery.deliver(
-                items, outgoing, transitions, partial(self._still_ours, items)
+                items,
+                outgoing,
+                transitions,
+                partial(self._still_ours, items),
+                also=[release] if release is not None else [],
             )
             if not delivered:
                 log.info(
                     "%s: batch of revoked partitions left to their next owner", self.stage.name
                 )
                 return
-            if self.quota is not None:
-                quota = self.quota
-                await self._retry(partial(quota.release, transitions), "ledger")
             self.processed += len(fresh)
             self.skipped += len(items) - len(fresh)
             self.telemetry.batch_done(batch, len(fresh), output)

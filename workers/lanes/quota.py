@@ -13,9 +13,11 @@ import time
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from schemas import Status
 from schemas.messages import ERROR_STATUSES
+from workers.ledger.ledger import RedisStep
 from workers.ledger.records import Transition
 from workers.ledger.scripts import run_scripts
 from workers.names import RedisKeys
@@ -99,16 +101,29 @@ class TenantQuota:
 
     async def release(self, transitions: Iterable[Transition]) -> None:
         """Stop counting tasks that reached a final state (idempotent)."""
-        finals = [t for t in transitions if t.state in FINAL_STATES and t.tenant]
-        if not finals:
+        step = self.release_step(transitions)
+        if step is None:
             return
-        by_tenant: dict[str, list[str]] = {}
-        for t in finals:
-            by_tenant.setdefault(t.tenant or "", []).append(t.task_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for tenant, task_ids in by_tenant.items():
-                pipe.zrem(self._keys.pending(tenant), *task_ids)
+            step(pipe)
             await pipe.execute()
+
+    def release_step(self, transitions: Iterable[Transition]) -> RedisStep | None:
+        """`release` as commands for another round trip (the ledger's, `Ledger.record`);
+        None when no task of `transitions` is final."""
+        by_tenant: dict[str, list[str]] = {}
+        for t in transitions:
+            if t.state in FINAL_STATES and t.tenant:
+                by_tenant.setdefault(t.tenant, []).append(t.task_id)
+        if not by_tenant:
+            return None
+        keys = {self._keys.pending(tenant): task_ids for tenant, task_ids in by_tenant.items()}
+
+        def release(pipe: Pipeline) -> None:
+            for key, task_ids in keys.items():
+                pipe.zrem(key, *task_ids)
+
+        return release
 
     async def pending(self, tenant: str) -> int:
         """Tasks of `tenant` counted now (expired ones excluded)."""
