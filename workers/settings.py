@@ -372,6 +372,11 @@ class RuntimeSettings(_Group):
     """Model threads beyond `concurrent_runs` that run only batches of the top lane, at the
     worker's own CPU priority: a realtime batch starts at once beside the bulk runs in
     progress, and the kernel gives it the cores first (`compute_nice`)."""
+    inline_run_max_ms: float = Field(default=0.5, ge=0)
+    """On the CPU provider, a run expected to take at most this long (the model's recent
+    time per row times the batch's rows) runs on the event loop instead of a model thread:
+    for a model that fast the hand-off to a thread and back costs more CPU than the run
+    (BENCHMARKS.md, Pipeline). 0: every run on a model thread."""
 
     def threads_per_run(self, cores: int) -> int:
         """`intra_op_threads`, or the cores shared out among the general runs."""

@@ -45,6 +45,7 @@ _OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 _DEVICE_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+_CPU = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class RuntimeOptions:
     """Intra-op threads busy-wait for work (ORT's default is on; see RuntimeSettings)."""
     compute_nice: int = 10
     """Nice value added to the general model threads and the loader (see RuntimeSettings)."""
+    inline_run_max_s: float = 0.0
+    """Runs expected to be this short run on the event loop (RuntimeSettings.inline_run_max_ms)."""
 
     @classmethod
     def from_settings(cls, settings: RuntimeSettings, cores: int | None = None) -> RuntimeOptions:
@@ -82,6 +85,7 @@ class RuntimeOptions:
             device_id=settings.device_id,
             allow_spinning=settings.allow_spinning,
             compute_nice=settings.compute_nice,
+            inline_run_max_s=settings.inline_run_max_ms / 1000,
         )
 
 
@@ -163,6 +167,9 @@ class OnnxModel:
         self.providers: list[str] = self.session.get_providers()
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._bind = options.io_binding and self.providers[0] in _DEVICE_PROVIDERS
+        self._inline_max_s = options.inline_run_max_s if self.providers[0] == _CPU else 0.0
+        self._s_per_row: float | None = None
+        """Recent run time per batch row (moving average); None until a run was timed."""
         log.info(
             "loaded %s v%d from %s on %s (io_binding=%s)",
             version.name,
@@ -171,6 +178,24 @@ class OnnxModel:
             self.providers,
             self._bind,
         )
+
+    def runs_inline(self, feeds: dict[str, Array]) -> bool:
+        """Whether a run of `feeds` is expected to be shorter than a thread hand-off is worth
+        (`inline_run_max_s`; never on a device provider, never before a run was timed)."""
+        if not self._inline_max_s or self._s_per_row is None:
+            return False
+        rows = len(next(iter(feeds.values()), ()))
+        return self._s_per_row * max(1, rows) <= self._inline_max_s
+
+    def timed(self, feeds: dict[str, Array]) -> tuple[dict[str, Array], float]:
+        """`run`, and the seconds it took, which the next `runs_inline` goes by."""
+        started = time.perf_counter()
+        outputs = self.run(feeds)
+        seconds = time.perf_counter() - started
+        per_row = seconds / max(1, len(next(iter(feeds.values()), ())))
+        last = self._s_per_row
+        self._s_per_row = per_row if last is None else 0.8 * last + 0.2 * per_row
+        return outputs, seconds
 
     def run(self, feeds: dict[str, Array]) -> dict[str, Array]:
         """Run one batch (blocking: call it from a worker thread)."""
@@ -296,9 +321,12 @@ class ModelRuntime:
         self, model: OnnxModel, feeds: dict[str, Array], *, priority: int = 0
     ) -> tuple[dict[str, Array], float]:
         """Run one batch and say how many seconds the model took, not counting the wait for
-        a thread. Waiting runs go lowest `priority` first (a batch's highest lane)."""
+        a thread. Waiting runs go lowest `priority` first (a batch's highest lane); a run
+        shorter than a hand-off runs here (`OnnxModel.runs_inline`)."""
+        if model.runs_inline(feeds):
+            return model.timed(feeds)
         return await asyncio.wrap_future(
-            self._require_executor().submit(priority, _timed, model.run, feeds)
+            self._require_executor().submit(priority, model.timed, feeds)
         )
 
     async def infer(self, version: ModelVersion, feeds: dict[str, Array]) -> dict[str, Array]:
@@ -313,14 +341,6 @@ class ModelRuntime:
         if self._executor is None:
             raise RuntimeError("ModelRuntime is not started")
         return self._executor
-
-
-def _timed(
-    function: Callable[[T], dict[str, Array]], argument: T
-) -> tuple[dict[str, Array], float]:
-    started = time.perf_counter()
-    outputs = function(argument)
-    return outputs, time.perf_counter() - started
 
 
 def _lower_priority(nice: int) -> None:

@@ -236,6 +236,12 @@ class _NiceProbe:
             self.release.wait(5)
         return {"nice": np.array(_own_nice())}
 
+    def runs_inline(self, feeds: dict[str, Any]) -> bool:
+        return False
+
+    def timed(self, feeds: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        return self.run(feeds), 0.0
+
 
 async def test_express_runs_keep_the_loop_priority_while_general_runs_are_lowered() -> None:
     loop_nice = _own_nice()
@@ -317,3 +323,41 @@ def test_device_providers_get_their_device_and_tensorrt_keeps_its_engines(
     fp32_only = dataclasses.replace(options, precision="fp32")
     assert provider_options(TRT, with_fp16, fp32_only)["trt_fp16_enable"] == "False"
     assert provider_options(CPU, with_fp16, options) == {}
+
+
+class _ThreadRecordingModel(OnnxModel):
+    """Records the thread each run happened on."""
+
+    def __init__(self, version: ModelVersion, options: RuntimeOptions) -> None:
+        super().__init__(version, options)
+        self.threads: list[str] = []
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.threads.append(threading.current_thread().name)
+        return super().run(feeds)
+
+
+async def test_runs_shorter_than_a_thread_hand_off_run_on_the_event_loop(
+    repository: ModelRepository,
+) -> None:
+    """`inline_run_max_s`: once a run was timed, a batch expected to take less runs where it
+    is awaited; a larger one (its rows times the time per row) still goes to a thread."""
+    options = dataclasses.replace(CPU_ONLY, inline_run_max_s=0.05)
+    model = _ThreadRecordingModel(_version(repository, 1), options)
+    assert not model.runs_inline({"features": _features(1)})  # never timed yet
+    async with ModelRuntime(options) as runtime:
+        first, _ = await runtime.timed_run(model, {"features": _features(1)})
+        assert model.runs_inline({"features": _features(1)})
+        second, seconds = await runtime.timed_run(model, {"features": _features(1)})
+        assert not model.runs_inline({"features": _features(10**7)})  # too many rows
+    loop_thread = threading.current_thread().name
+    assert model.threads[0] != loop_thread
+    assert model.threads[1] == loop_thread
+    np.testing.assert_array_equal(first["logits"], second["logits"])
+    assert seconds > 0
+
+
+def test_inline_runs_are_off_at_zero(repository: ModelRepository) -> None:
+    model = OnnxModel(_version(repository, 1), CPU_ONLY)  # inline_run_max_s 0
+    model.timed({"features": _features(1)})
+    assert not model.runs_inline({"features": _features(1)})
