@@ -425,6 +425,7 @@ class EfficiencyResult:
         return run.burst.tasks_per_s / self.raw_seq_per_s(self.best_raw)
 
 
+FUSED_SETTING = "fused worker"
 RAW_ONE_RUN = "1 run x T threads"
 RAW_SPINNING = "1 run x T threads, spinning"
 RAW_CONCURRENT = "T runs x 1 thread"
@@ -477,10 +478,10 @@ def measure_efficiency(deployment: Deployment, options: Options) -> EfficiencyRe
         },
     }
     if options.fused:
-        settings["fused worker"] = {}
+        settings[FUSED_SETTING] = {}
     for name, env in settings.items():
         deployment = deployment.fresh()
-        fused = name == "fused worker"
+        fused = name == FUSED_SETTING
         runs.append(_pipeline_run(deployment, options, texts, count, name, env, fused))
         print(f"  pipeline, {name}: {runs[-1].burst.tasks_per_s:,.0f} seq/s", flush=True)
     after = raw()
@@ -629,13 +630,14 @@ def where_time_goes(e: EfficiencyResult) -> list[str]:
     cores = os.cpu_count() or 1
     for run in e.runs:
         slowdown = statistics.median(run.inference_batches_ms()) / e.raw_ms_per_batch
-        inference_s = sum(s for name, s in run.cpu_s.items() if name.startswith("inference"))
+        model_worker = "fused" if run.setting == FUSED_SETTING else "inference"
+        inference_s = sum(s for name, s in run.cpu_s.items() if name.startswith(model_worker))
         others_s = sum(run.cpu_s.values()) - inference_s
         lines.append(
             f"- {run.setting}: ORT ran {run.mean_batch:.1f} tasks per batch, each batch took "
             f"{slowdown:.2f}x the raw time of one run on all cores, ORT time / wall "
-            f"{run.ort_time_share:.0%}; the inference worker used {inference_s:.1f} CPU s and "
-            f"everything else (broker, Redis, other workers, client) {others_s:.1f} CPU s of "
+            f"{run.ort_time_share:.0%}; the {model_worker} worker used {inference_s:.1f} CPU s "
+            f"and everything else (broker, Redis, other workers, client) {others_s:.1f} CPU s of "
             f"the {cores * run.burst.elapsed_s:.1f} the {cores} cores had."
         )
     return lines
@@ -690,6 +692,19 @@ def report(
             default_run.cpu_s,
             default_run.burst.elapsed_s,
         ),
+        *[
+            line
+            for run in efficiency.runs
+            if run.setting == FUSED_SETTING
+            for line in [
+                "",
+                *cpu_table(
+                    "CPU per process during the MiniLM run with one fused worker",
+                    run.cpu_s,
+                    run.burst.elapsed_s,
+                ),
+            ]
+        ],
         "",
         *where_time_goes(efficiency),
     ]
