@@ -69,9 +69,9 @@ def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
 
 
 def _serial_tokenizer() -> None:
-    """A fused worker runs the model in its own process: the tokenizer's thread pool would
-    take the cores from the model's runs (MiniLM on 2 cores: +4 % seq/s with the tokenizer
-    on one thread, BENCHMARKS.md). What the user set stays."""
+    """A fused worker tokenizes in the process that runs the model: the tokenizer's thread
+    pool would take the cores from the model's runs (MiniLM on 2 cores: +4 % seq/s with the
+    tokenizer on one thread, BENCHMARKS.md). What the user set stays."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

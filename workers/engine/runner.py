@@ -448,7 +448,7 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             self._budget.ran(batch.key, sum(w.rows for w in fresh), run_s)
             outgoing = await output.records(self.claims, self._max_record_bytes)
             transitions = output.transitions
-            if not self._every_state:  # a stage's own states are the ones it reaches
+            if not self._every_state:  # DONE and the error states only (`redis.ledger_states`)
                 transitions = [t for t in transitions if t.is_final]
             # Tasks that ended leave their tenant's in-flight count in the ledger's round trip.
             release = self.quota.release_step(transitions) if self.quota is not None else None
