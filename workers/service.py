@@ -68,13 +68,6 @@ def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
             os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
 
 
-def _serial_tokenizer() -> None:
-    """A fused worker tokenizes in the process that runs the model: the tokenizer's thread
-    pool would take the cores from the model's runs (MiniLM on 2 cores: +4 % seq/s with the
-    tokenizer on one thread, BENCHMARKS.md). What the user set stays."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 def _tune_garbage_collection(threshold: int) -> None:
     """`worker.gc_threshold`; and what start-up built moves to the permanent generation,
     which the collector no longer walks (it lives as long as the worker anyway)."""
@@ -117,8 +110,6 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
     """Run one stage until SIGTERM/SIGINT; a second SIGINT exits at once."""
     w = settings.worker
     _lower_cpu_priority(w.nice, w.sched_idle)
-    if stage_name == "fused":
-        _serial_tokenizer()
     topics = Topics(settings.kafka.topic_prefix)
     repository = ModelRepository(settings.model_repository)
     limits = settings.limits.decode_limits()

