@@ -188,8 +188,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 ExitCode.USAGE,
             ) from None
     counts = (args.preprocess, args.inference, args.postprocess)
-    if any(n is not None and n < 1 for n in counts):
+    if any(n is not None and n < 1 for n in (*counts, args.fused)):
         raise CommandError("process counts must be >= 1", ExitCode.USAGE)
+    if args.fused is not None and any(n is not None for n in counts):
+        raise CommandError(
+            "--fused runs fused workers instead of processes per stage: give one or the other",
+            ExitCode.USAGE,
+        )
     plan = plan_host(
         available_cores(),
         gpus,
@@ -197,6 +202,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         inference=args.inference,
         postprocess=args.postprocess,
         concurrent_runs=settings.runtime.concurrent_runs,
+        fused=args.fused or 0,
     )
     return asyncio.run(serve(settings, plan, args.log_dir))
 
@@ -375,6 +381,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         serve.add_argument(
             f"--{stage}", type=int, default=None, metavar="N", help=f"{stage} processes"
         )
+    serve.add_argument(
+        "--fused",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N fused workers (the three stages in one process) instead of processes per stage",
+    )
     serve.add_argument(
         "--gpus",
         default=None,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.fleet import STAGES, WorkerFleet, WorkerProcess
+from workers.fleet import FUSED, STAGES, WorkerFleet, WorkerProcess
 from workers.kafka.admin import partitions_of_each
 from workers.names import Topics
 from workers.settings import Settings
@@ -45,42 +45,57 @@ class HostPlan:
     gpus: tuple[int, ...] = ()
     """Devices the inference processes are pinned to, round robin; empty: CPU inference."""
     concurrent_runs: int = 2
+    fused: int = 0
+    """Fused workers (the three stages in one process) instead of processes per stage."""
 
     def __post_init__(self) -> None:
-        if min(self.cores, self.preprocess, self.inference, self.postprocess) < 1:
+        counts = (
+            (self.fused,) if self.fused else (self.preprocess, self.inference, self.postprocess)
+        )
+        if min(self.cores, *counts) < 1:
             raise ValueError(f"every count must be >= 1: {self}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of worker process the plan runs: the three stages, or fused workers."""
+        return (FUSED,) if self.fused else STAGES
 
     def count(self, stage: str) -> int:
         counts = {
             "preprocess": self.preprocess,
             "inference": self.inference,
             "postprocess": self.postprocess,
+            FUSED: self.fused,
         }
         return counts[stage]
 
     @property
     def cpu_threads(self) -> int:
-        """Tokenizer threads of one CPU-stage process: its share of the cores."""
-        return max(1, self.cores // (self.preprocess + self.inference + self.postprocess))
+        """Tokenizer threads of one CPU-stage (or fused) process: its share of the cores."""
+        processes = self.fused or self.preprocess + self.inference + self.postprocess
+        return max(1, self.cores // processes)
 
     @property
     def inference_threads(self) -> int:
-        """ORT intra-op threads of one run of a CPU inference process: the cores the CPU
-        stages leave, shared among the inference processes' concurrent runs."""
+        """ORT intra-op threads of one run of a CPU inference (or fused) process: the cores
+        the CPU stages leave, shared among the model processes' concurrent runs."""
+        if self.fused:
+            return max(1, self.cores // (self.fused * self.concurrent_runs))
         left = max(1, self.cores - self.preprocess - self.postprocess)
         return max(1, left // (self.inference * self.concurrent_runs))
 
     def environment(self, stage: str, index: int) -> dict[str, str]:
         """What process `index` of `stage` is told through its environment."""
         threads = {"OMP_NUM_THREADS": "1"}  # numpy's BLAS: the stages' arrays are small
-        if stage == "preprocess":
+        tokenizes, runs_model = stage in ("preprocess", FUSED), stage in ("inference", FUSED)
+        if tokenizes:
             threads["RAYON_NUM_THREADS"] = str(self.cpu_threads)  # the tokenizer's pool
             threads["TOKENIZERS_PARALLELISM"] = "true" if self.cpu_threads > 1 else "false"
-        if stage == "inference" and not self.gpus:
+        if runs_model and not self.gpus:
             threads["CONVEYOR_RUNTIME__INTRA_OP_THREADS"] = str(self.inference_threads)
         # What the user set for every process stays theirs.
         env = {name: value for name, value in threads.items() if name not in os.environ}
-        if stage == "inference" and self.gpus:
+        if runs_model and self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[index % len(self.gpus)])
             env["CONVEYOR_RUNTIME__DEVICE_ID"] = "0"  # the one device it sees
         return env
@@ -94,11 +109,17 @@ def plan_host(
     inference: int | None = None,
     postprocess: int | None = None,
     concurrent_runs: int = 2,
+    fused: int = 0,
 ) -> HostPlan:
     """Defaults: a quarter of the cores each to preprocess and postprocess processes (their
     cost per task is alike: decoding, frames, Kafka), and one inference process per GPU (two
     runs in flight keep one busy) or, without a GPU, a quarter of the cores in processes of
-    several threads. What is left serves the broker and Redis where they share the host."""
+    several threads. What is left serves the broker and Redis where they share the host.
+    `fused`: that many fused workers instead, sharing the cores (and GPUs, round robin)."""
+    if fused:
+        return HostPlan(
+            cores, 0, 0, 0, gpus=tuple(gpus), concurrent_runs=concurrent_runs, fused=fused
+        )
     quarter = max(1, cores // 4)
     return HostPlan(
         cores=cores,
@@ -129,7 +150,12 @@ async def thin_topics(settings: Settings, plan: HostPlan) -> list[str]:
     """Topics with fewer partitions than the processes reading them: the extra processes of
     that stage would hold none of them and idle."""
     topics = Topics(settings.kafka.topic_prefix)
-    readers = {topic: stage for stage in STAGES for topic in topics.inputs_of(stage)}
+    # A fused worker reads what preprocess reads.
+    readers = {
+        topic: stage
+        for stage in plan.kinds
+        for topic in topics.inputs_of("preprocess" if stage == FUSED else stage)
+    }
     counts = await partitions_of_each(settings.kafka, list(readers))
     found = []
     for topic, stage in readers.items():
@@ -154,7 +180,7 @@ class Supervisor:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        for stage in STAGES:
+        for stage in self.plan.kinds:
             for index in range(self.plan.count(stage)):
                 for worker in self.fleet.start(stage, 1, self.plan.environment(stage, index)):
                     self._started_at[worker.instance_id] = time.monotonic()
@@ -222,16 +248,18 @@ async def serve(settings: Settings, plan: HostPlan, log_dir: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, supervisor.request_stop)
     async with supervisor:
-        print(
-            f"serving: {plan.preprocess} preprocess, {plan.inference} inference "
-            f"({'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}), "
-            f"{plan.postprocess} postprocess on {plan.cores} cores; logs in {log_dir}",
-            flush=True,
+        devices = f"GPUs {','.join(map(str, plan.gpus))}" if plan.gpus else "CPU"
+        processes = (
+            f"{plan.fused} fused ({devices})"
+            if plan.fused
+            else f"{plan.preprocess} preprocess, {plan.inference} inference ({devices}), "
+            f"{plan.postprocess} postprocess"
         )
+        print(f"serving: {processes} on {plan.cores} cores; logs in {log_dir}", flush=True)
         await supervisor.run()
     print(f"stopped ({supervisor.restarts} restarts)", flush=True)
     return 0
 
 
 def _widest(plan: HostPlan) -> int:
-    return max(plan.preprocess, plan.inference, plan.postprocess)
+    return max(plan.count(kind) for kind in plan.kinds)

@@ -171,6 +171,9 @@ def test_bad_settings_and_arguments_are_usage_errors(
     assert done.returncode == ExitCode.USAGE
     assert "CONVEYOR_CONFIG names nope.toml" in one_line(done)
     assert conveyor("submit", "--no-such-option", env=nothing_listening).returncode == 2
+    done = conveyor("serve", "--fused", "2", "--preprocess", "2", env=nothing_listening)
+    assert done.returncode == ExitCode.USAGE
+    assert "give one or the other" in one_line(done)
 
 
 @pytest.fixture

@@ -97,6 +97,44 @@ async def test_serve_runs_processes_per_stage_restarts_the_dead_and_stops_on_sig
     assert not [pid for pid in running if _alive(pid)], "a worker outlived serve"
 
 
+async def test_serve_fused_runs_fused_workers(
+    pipeline: Pipeline, client: Client, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "serve-logs"
+    serve = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "workers", "serve", "--gpus", "none", "--fused", "2"),
+        *("--log-dir", str(log_dir)),
+        env={**os.environ, **pipeline.fleet.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await _wait_for(lambda: _assigned(log_dir) >= 2, "2 fused workers holding partitions")
+        names = sorted(p.stem.split("-", 1)[1] for p in log_dir.glob("*.log"))
+        assert names == ["fused-0", "fused-1"]
+        rng = np.random.default_rng(1)
+        requests = [
+            InferenceRequest.new(
+                tenant="acme",
+                pipeline="tiny-classify",
+                inputs={"features": rng.standard_normal((1, TINY_FEATURES)).astype(np.float32)},
+            )
+            for _ in range(30)
+        ]
+        await client.submit_many(requests)
+        results = [await client.result(r.task_id, timeout_s=120) for r in requests]
+        assert all(isinstance(r, InferenceResult) for r in results)
+        serve.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(serve.communicate(), timeout=90)
+    finally:
+        if serve.returncode is None:
+            serve.kill()
+            await serve.wait()
+    text = output.decode(errors="replace")
+    assert serve.returncode == 0, text
+    assert "serving: 2 fused (CPU)" in text
+
+
 async def test_topics_with_fewer_partitions_than_their_processes_are_named(
     pipeline: Pipeline,
 ) -> None:

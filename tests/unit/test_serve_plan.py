@@ -53,3 +53,29 @@ def test_counts_given_win_and_threads_the_user_set_stay_theirs(
 def test_counts_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="every count must be >= 1"):
         HostPlan(cores=4, preprocess=0, inference=1, postprocess=1)
+
+
+def test_fused_workers_share_the_cores_and_gpus_among_themselves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS", "CONVEYOR_RUNTIME__INTRA_OP_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    plan = plan_host(8, fused=2)
+    assert plan.kinds == ("fused",)
+    assert plan.count("fused") == 2
+    # 8 cores for 2 processes of 2 concurrent runs: 2 threads a run; 4 tokenizer threads each.
+    assert plan.environment("fused", 1) == {
+        "OMP_NUM_THREADS": "1",
+        "RAYON_NUM_THREADS": "4",
+        "TOKENIZERS_PARALLELISM": "true",
+        "CONVEYOR_RUNTIME__INTRA_OP_THREADS": "2",
+    }
+    on_gpus = plan_host(16, gpus=(0, 1), fused=3)
+    assert [on_gpus.environment("fused", i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
+        "0",
+        "1",
+        "0",
+    ]
+    assert "CONVEYOR_RUNTIME__INTRA_OP_THREADS" not in on_gpus.environment("fused", 0)
+    with pytest.raises(ValueError, match="every count must be >= 1"):
+        HostPlan(cores=4, preprocess=0, inference=0, postprocess=0, fused=-1)
