@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import bench_pipeline as bp
 from workers.client import Client
-from workers.fleet import FUSED, STAGES, WorkerFleet
+from workers.fleet import FUSED, WorkerFleet
 from workers.models.builders import build_tiny_classifier
 
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for round_ in range(1, options.rounds + 1):
                 for name, env in variants.items():
                     deployment = deployment.fresh()
-                    kinds = (FUSED,) if counts else STAGES
+                    kinds = bp.stages_of(counts)
                     with deployment.fleet(counts, {kind: env for kind in kinds}) as fleet:
                         rtt, cpu = asyncio.run(
                             _measure(

@@ -182,7 +182,7 @@ class Deployment:
         try:
             for stage, env in workers:
                 fleet.start(stage, 1, env)
-            for stage in () if workers else _stages_of(counts):
+            for stage in () if workers else stages_of(counts):
                 fleet.start(stage, counts.get(stage, 1), (extra_env or {}).get(stage))
             fleet.wait_ready(timeout_s=120)
             yield fleet
@@ -190,7 +190,7 @@ class Deployment:
             fleet.stop_all()
 
 
-def _stages_of(counts: dict[str, int]) -> tuple[str, ...]:
+def stages_of(counts: dict[str, int]) -> tuple[str, ...]:
     """The worker kinds a layout starts: the three stages, or fused workers only."""
     return (FUSED,) if FUSED in counts else STAGES
 

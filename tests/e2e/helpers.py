@@ -7,12 +7,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from schemas import InferenceRequest, Status, decode_result
+from schemas import InferenceRequest, InferenceResult, Status, decode_result
 from workers.kafka.admin import partitions_of
 from workers.ledger import Ledger, reached
 from workers.service import ensure_pipeline_topics
@@ -98,3 +98,16 @@ async def settled_states(
             if all(s is not None and reached(s, Status.DONE) for s in states.values()):
                 return Counter(states.values())
             await asyncio.sleep(0.05)
+
+
+async def answered_once(
+    ledger: Ledger, bootstrap: str, results_topic: str, ids: list[str], results: list[Any]
+) -> None:
+    """Every task succeeded, is DONE in the ledger, and has exactly one result record."""
+    assert all(isinstance(r, InferenceResult) for r in results), [
+        r for r in results if not isinstance(r, InferenceResult)
+    ][:3]
+    assert await settled_states(ledger, ids) == {Status.DONE: len(ids)}
+    per_task = await results_per_task(bootstrap, results_topic)
+    assert set(per_task) == set(ids)
+    assert max(per_task.values()) == 1, "a task was answered twice"

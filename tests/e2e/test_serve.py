@@ -47,16 +47,38 @@ def _assigned(log_dir: Path) -> int:
     return sum(": assigned [" in p.read_text(errors="replace") for p in log_dir.glob("*.log"))
 
 
+async def _serve(pipeline: Pipeline, log_dir: Path, *args: str) -> asyncio.subprocess.Process:
+    """`conveyor serve` with the pipeline's settings, CPU only, its output kept."""
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "workers", "serve", "--gpus", "none", "--log-dir", str(log_dir)),
+        *args,
+        env={**os.environ, **pipeline.fleet.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _all_answered(client: Client, count: int, tenants: tuple[str, ...], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    requests = [
+        InferenceRequest.new(
+            tenant=tenants[i % len(tenants)],
+            pipeline="tiny-classify",
+            inputs={"features": rng.standard_normal((1, TINY_FEATURES)).astype(np.float32)},
+        )
+        for i in range(count)
+    ]
+    await client.submit_many(requests)
+    results = [await client.result(r.task_id, timeout_s=120) for r in requests]
+    assert all(isinstance(r, InferenceResult) for r in results)
+
+
 async def test_serve_runs_processes_per_stage_restarts_the_dead_and_stops_on_sigterm(
     pipeline: Pipeline, client: Client, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "serve-logs"
-    serve = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "workers", "serve", "--gpus", "none", "--log-dir", str(log_dir)),
-        *("--preprocess", "2", "--inference", "1", "--postprocess", "1"),
-        env={**os.environ, **pipeline.fleet.env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    serve = await _serve(
+        pipeline, log_dir, "--preprocess", "2", "--inference", "1", "--postprocess", "1"
     )
     try:
         await _wait_for(lambda: _assigned(log_dir) >= 4, "4 workers holding partitions")
@@ -70,18 +92,7 @@ async def test_serve_runs_processes_per_stage_restarts_the_dead_and_stops_on_sig
             lambda: len([p for p in _children(serve.pid) if p not in workers]) == 1,
             "the killed worker started again",
         )
-        rng = np.random.default_rng(0)
-        requests = [
-            InferenceRequest.new(
-                tenant=("acme", "globex")[i % 2],
-                pipeline="tiny-classify",
-                inputs={"features": rng.standard_normal((1, TINY_FEATURES)).astype(np.float32)},
-            )
-            for i in range(60)
-        ]
-        await client.submit_many(requests)
-        results = [await client.result(r.task_id, timeout_s=120) for r in requests]
-        assert all(isinstance(r, InferenceResult) for r in results)
+        await _all_answered(client, 60, ("acme", "globex"), seed=0)
 
         running = _children(serve.pid)
         serve.send_signal(signal.SIGTERM)
@@ -101,29 +112,12 @@ async def test_serve_fused_runs_fused_workers(
     pipeline: Pipeline, client: Client, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "serve-logs"
-    serve = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "workers", "serve", "--gpus", "none", "--fused", "2"),
-        *("--log-dir", str(log_dir)),
-        env={**os.environ, **pipeline.fleet.env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    serve = await _serve(pipeline, log_dir, "--fused", "2")
     try:
         await _wait_for(lambda: _assigned(log_dir) >= 2, "2 fused workers holding partitions")
         names = sorted(p.stem.split("-", 1)[1] for p in log_dir.glob("*.log"))
         assert names == ["fused-0", "fused-1"]
-        rng = np.random.default_rng(1)
-        requests = [
-            InferenceRequest.new(
-                tenant="acme",
-                pipeline="tiny-classify",
-                inputs={"features": rng.standard_normal((1, TINY_FEATURES)).astype(np.float32)},
-            )
-            for _ in range(30)
-        ]
-        await client.submit_many(requests)
-        results = [await client.result(r.task_id, timeout_s=120) for r in requests]
-        assert all(isinstance(r, InferenceResult) for r in results)
+        await _all_answered(client, 30, ("acme",), seed=1)
         serve.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(serve.communicate(), timeout=90)
     finally:

@@ -35,7 +35,7 @@ from workers.engine.work import Outgoing, Work
 from workers.kafka.offsets import OffsetTracker
 from workers.kafka.produce import TopicCheck, produce_each
 from workers.ledger import Ledger, Transition
-from workers.ledger.ledger import RedisStep
+from workers.ledger.scripts import RedisStep
 from workers.names import Topics
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,8 @@ from redis.asyncio.client import Pipeline
 
 from schemas import Status
 from schemas.messages import ERROR_STATUSES
-from workers.ledger.ledger import RedisStep
 from workers.ledger.records import Transition
-from workers.ledger.scripts import run_scripts
+from workers.ledger.scripts import RedisStep, run_scripts
 from workers.names import RedisKeys
 
 FINAL_STATES = frozenset((Status.DONE, *ERROR_STATUSES))

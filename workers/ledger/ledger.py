@@ -10,24 +10,21 @@ the caller decides whether to retry. Retrying is safe: a repeated transition is 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from types import TracebackType
 from typing import Self
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from schemas.messages import Status
 from workers.ledger.connection import RedisConnection, redis_client
 from workers.ledger.records import Outcome, TaskRecord, Transition, TransitionResult, text
+from workers.ledger.scripts import RedisStep, run_scripts
 from workers.names import RedisKeys
 
 TRANSITION_LUA = resources.files(__package__).joinpath("transition.lua").read_text("utf-8")
-RedisStep = Callable[[Pipeline], None]
-"""Commands another component adds to the ledger's round trip (`Ledger.record`'s `also`)."""
 # The script's reply letters (see transition.lua).
 _OUTCOMES = {outcome.value[0]: outcome for outcome in Outcome}
 _STATES = {status.value[0]: status for status in Status}
@@ -120,7 +117,7 @@ class Ledger:
             args += [first.state.value, first.at_ms, len(run), len(fields)]
             for name, value in fields.items():
                 args += [name, value]
-        reply = text(await self._run(script, keys, args, also))
+        reply = text((await run_scripts(self._redis, [(script, keys, args)], also))[0])
         if len(reply) != 2 * len(transitions):
             raise RuntimeError(
                 f"ledger script returned {reply!r} for {len(transitions)} transitions"
@@ -129,32 +126,6 @@ class Ledger:
             TransitionResult(t.task_id, _OUTCOMES[reply[2 * i]], _STATES[reply[2 * i + 1]])
             for i, t in enumerate(transitions)
         ]
-
-    async def _run(
-        self,
-        script: AsyncScript,
-        keys: list[str],
-        args: list[str | int],
-        also: Sequence[RedisStep],
-    ) -> bytes | str:
-        """The script's reply; with `also`, in one pipeline (plain EVALSHA: see `scripts`)."""
-        if not also:
-            reply: bytes | str = await script(keys=keys, args=args)
-            return reply
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            for step in also:
-                step(pipe)
-            replies = await pipe.execute(raise_on_error=False)
-        if error := next((r for r in replies[1:] if isinstance(r, Exception)), None):
-            raise error
-        if isinstance(replies[0], NoScriptError):  # Redis restarted: nothing was applied
-            reply = await script(keys=keys, args=args)
-            return reply
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        first: bytes | str = replies[0]
-        return first
 
     async def states(self, task_ids: Sequence[str]) -> dict[str, Status | None]:
         """The stored state of each task (None when unknown or expired), in one command."""

@@ -9,26 +9,38 @@ flushed) did nothing, so it is run again through the script object, which loads 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, KeyT
 
 ScriptCall = tuple[AsyncScript, Sequence[KeyT], Sequence[EncodableT]]
 """A registered script, its keys and its arguments."""
+RedisStep = Callable[[Pipeline], None]
+"""Commands another component adds to a round trip (`run_scripts`' `also`)."""
 
 
-async def run_scripts(redis: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Each call's reply, in order: one round trip while the scripts are loaded."""
+async def run_scripts(
+    redis: aioredis.Redis, calls: Sequence[ScriptCall], also: Sequence[RedisStep] = ()
+) -> list[Any]:
+    """Each call's reply, in order: one round trip while the scripts are loaded. `also`:
+    plain commands sent after the calls in the same round trip (their replies are checked
+    for errors, not returned)."""
     if not calls:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for step in also:
+            step(pipe)
+        everything: list[Any] = await pipe.execute(raise_on_error=False)
+    replies = everything[: len(calls)]
+    if error := next((r for r in everything[len(calls) :] if isinstance(r, Exception)), None):
+        raise error
     for i, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
             script, keys, args = calls[i]
