@@ -2,15 +2,19 @@
 processes per stage and the load clients -- serving MiniLM, one 32-token sentence a request.
 
     python -m bench.bench_host [--source DIR] [--providers CUDAExecutionProvider,...]
-        [--layouts 4:1:4,6:1:6] [--clients 4] [--seconds 60] [--precision fp32|fp16] [--out FILE]
+        [--layouts 4:1:4,fused:8] [--clients 4] [--seconds 60] [--precision fp32|fp16]
+        [--paced-fractions 0.1,0.5] [--worker-env NAME=VALUE ...] [--out FILE]
 
-For each layout (preprocess:inference:postprocess processes, each told its share of the
-cores as `conveyor serve` tells it), `--clients` load processes keep `--window` requests each
-in flight (closed loop) for `--seconds` after a warm-up, each reading the answers from a reply
+For each layout (preprocess:inference:postprocess processes, or `fused:N` fused workers, each
+told its share of the cores as `conveyor serve` tells it, the topics widened to the most
+processes reading one), `--clients` load processes keep `--window` requests each in flight
+(closed loop) for `--seconds` after a warm-up, each reading the answers from a reply
 topic of its own with a plain consumer. Reported: tasks/s answered inside the window (sum over
 clients), latency p50/p99 of those answers, tasks lost (submitted, never answered after a
 drain), CPU seconds by process kind, GPU utilization (nvidia-smi, where there is one), and
-raw ONNX Runtime at batch 128 measured in the same run as the yardstick. On the lent GPU host
+raw ONNX Runtime at batch 128 measured in the same run as the yardstick. `--paced-fractions`
+runs each layout again, paced at those fractions of the rate it just sustained (latency at
+10 % and 50 % of capacity). On the lent GPU host
 `bench/device_pipeline.sh` runs it (HOST=1).
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -40,12 +45,11 @@ from bench import bench_model
 from bench.bench_pipeline import Deployment, cpu_delta, cpu_snapshot, percentiles, private_stack
 from schemas import InferenceRequest, InferenceResult, decode_result
 from workers.client import Client
-from workers.fleet import STAGES
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.models.builders import build_minilm, find_minilm_package_dir
 from workers.models.runtime import OnnxModel, RuntimeOptions, available_cores
 from workers.names import Topics
-from workers.serve import HostPlan
+from workers.serve import HostPlan, plan_host
 
 TENANTS = ("acme", "globex", "initech")
 SEQ_TOKENS = 32
@@ -73,13 +77,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, help="MiniLM's folder (default: the package)")
     parser.add_argument("--providers", default="CPUExecutionProvider")
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    parser.add_argument("--layouts", default="1:1:1", help="pre:inf:post,... processes")
+    parser.add_argument(
+        "--layouts", default="1:1:1", help="pre:inf:post or fused:N processes, comma-separated"
+    )
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--window", type=int, default=4096, help="requests in flight a client")
     parser.add_argument(
         "--rate-per-s",
         default="0",
         help="paced load over all clients, a run per rate for each layout: 0,1200 (0: saturate)",
+    )
+    parser.add_argument(
+        "--paced-fractions",
+        default="",
+        help="after each saturated run, paced runs at these fractions of its tasks/s: 0.1,0.5",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set for every worker, e.g. CONVEYOR_REDIS__LEDGER_STATES=final",
     )
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup-s", type=float, default=10.0)
@@ -174,8 +192,19 @@ async def run_client(args: argparse.Namespace) -> dict[str, object]:
 
 
 def parse_layout(text: str, cores: int, gpus: tuple[int, ...]) -> HostPlan:
+    """`pre:inf:post` processes per stage, or `fused:N` fused workers."""
+    if text.startswith("fused:"):
+        return plan_host(cores, gpus, fused=int(text.removeprefix("fused:")))
     pre, inf, post = (int(n) for n in text.split(":"))
     return HostPlan(cores, pre, inf, post, gpus)
+
+
+def layout_name(plan: HostPlan) -> str:
+    return (
+        f"fused:{plan.fused}"
+        if plan.fused
+        else f"{plan.preprocess}:{plan.inference}:{plan.postprocess}"
+    )
 
 
 @contextlib.contextmanager
@@ -228,12 +257,17 @@ def run_layout(
     replies = [f"hostbench-{deployment.prefix}-{i}" for i in range(args.clients)]
     bootstrap = deployment.stack.config.kafka_bootstrap
     asyncio.run(ensure_topics(bootstrap, [TopicSpec(t, 4) for t in replies]))
+    chosen = dict(item.split("=", 1) for item in args.worker_env)
     workers = [
         (
             stage,
-            {"CONVEYOR_WORKER__MAX_BATCH_SIZE": str(args.max_batch), **plan.environment(stage, i)},
+            {
+                "CONVEYOR_WORKER__MAX_BATCH_SIZE": str(args.max_batch),
+                **plan.environment(stage, i),
+                **chosen,
+            },
         )
-        for stage in STAGES
+        for stage in plan.kinds
         for i in range(plan.count(stage))
     ]
     with deployment.fleet({}, workers=workers) as fleet:
@@ -307,7 +341,7 @@ def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Name
         "|---|---|",
         *(f"| {name} | {value:,.0f} |" for name, value in raw.items()),
         "",
-        "| pre:inf:post | load | tasks/s | vs raw fp32 b128 | p50 ms | p99 ms | lost "
+        "| processes | load | tasks/s | vs raw fp32 b128 | p50 ms | p99 ms | lost "
         "| failed | GPU busy (median) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -321,18 +355,18 @@ def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Name
             else f"{args.clients} clients x {args.window} in flight"
         )
         lines.append(
-            f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {load} "
+            f"| {layout_name(plan)} | {load} "
             f"| {run.tasks_per_s:,.0f} | {run.tasks_per_s / base:.2f} | {run.p50_ms:.1f} "
             f"| {run.p99_ms:.1f} | {run.lost} | {run.failed} | {busy} |"
         )
     lines += ["", "CPU seconds per 1,000 tasks answered (warm-up and drain included):", ""]
     kinds = sorted({k for run in runs for k in run.cpu_s})
-    lines += ["| pre:inf:post | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    lines += ["| processes | load | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 2) + "|"]
     for run in runs:
         tasks = max(1.0, float(run.submitted - run.lost))  # the CPU covers warm-up and drain
         cells = " | ".join(f"{run.cpu_s.get(k, 0.0) / tasks * 1000:.2f}" for k in kinds)
-        plan = run.layout
-        lines.append(f"| {plan.preprocess}:{plan.inference}:{plan.postprocess} | {cells} |")
+        load = f"{run.rate_per_s:,.0f}/s" if run.rate_per_s else "saturated"
+        lines.append(f"| {layout_name(run.layout)} | {load} | {cells} |")
     return "\n".join(lines)
 
 
@@ -369,11 +403,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
             deployment = Deployment(stack, repository, root / "logs", pids, providers=providers)
             runs = []
+            fractions = [float(f) for f in args.paced_fractions.split(",") if f]
             for text in args.layouts.split(","):
                 plan = parse_layout(text, cores, (0,) if gpu else ())
+                # Topics as wide as `conveyor serve` makes them for this plan.
+                widest = max(plan.count(kind) for kind in plan.kinds)
+                fresh = dataclasses.replace(deployment, partitions=max(4, widest))
                 for rate in (float(r) for r in args.rate_per_s.split(",")):
-                    runs.append(run_layout(deployment.fresh(), plan, args, texts_file, rate))
+                    runs.append(run_layout(fresh.fresh(), plan, args, texts_file, rate))
                     print(runs[-1], flush=True)
+                    for fraction in fractions if rate == 0 else ():
+                        paced = round(runs[-1].tasks_per_s * fraction)
+                        runs.append(run_layout(fresh.fresh(), plan, args, texts_file, paced))
+                        print(runs[-1], flush=True)
     markdown = report(runs, raw, args)
     print(markdown)
     if args.out:

@@ -142,6 +142,9 @@ class Deployment:
     prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """The workers' `runtime.providers`."""
+    partitions: int | None = None
+    """Partitions of the pipeline's topics (default: the settings' default), as `conveyor
+    serve` widens them to the most processes reading one topic."""
 
     def fresh(self) -> Deployment:
         """The same stack under a new prefix: new topics, nothing left over from a run."""
@@ -158,6 +161,7 @@ class Deployment:
             "CONVEYOR_MODEL_REPOSITORY": str(self.repository),
             "CONVEYOR_RUNTIME__PROVIDERS": json.dumps(list(self.providers)),
             "CONVEYOR_LOG_LEVEL": "WARNING",
+            **({"CONVEYOR_KAFKA__PARTITIONS": str(self.partitions)} if self.partitions else {}),
         }
 
     @property
@@ -173,9 +177,13 @@ class Deployment:
     ) -> Iterator[WorkerFleet]:
         """Topics created, workers started and ready; every worker stopped on exit. `workers`
         (stage, environment) pairs, when given, are started instead of `counts`."""
-        settings = load_settings(
-            kafka={"bootstrap": self.stack.config.kafka_bootstrap, "topic_prefix": self.prefix}
-        )
+        kafka: dict[str, object] = {
+            "bootstrap": self.stack.config.kafka_bootstrap,
+            "topic_prefix": self.prefix,
+        }
+        if self.partitions:
+            kafka["partitions"] = self.partitions
+        settings = load_settings(kafka=kafka)
         asyncio.run(ensure_pipeline_topics(settings))
         env = {**self.env, "CONVEYOR_LOG_LEVEL": "INFO"}  # wait_ready reads "assigned" lines
         fleet = WorkerFleet(env, self.log_dir / self.prefix)
