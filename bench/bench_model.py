@@ -90,9 +90,12 @@ def _gpu_name() -> str:
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "unknown"
 
 
-def build_repository(root: Path, source: Path | None = None) -> ModelVersion:
-    """Build MiniLM into ``root`` (from the weights package, or `source`) and return v1."""
-    build_minilm(source or find_minilm_package_dir(), root)
+def build_repository(
+    root: Path, source: Path | None = None, encoder_layers: int = 6
+) -> ModelVersion:
+    """Build MiniLM into ``root`` (from the weights package, or `source`) and return v1;
+    `encoder_layers` < 6: a cheaper stand-in of the same inputs and outputs."""
+    build_minilm(source or find_minilm_package_dir(), root, encoder_layers=encoder_layers)
     return minilm_version(root)
 
 

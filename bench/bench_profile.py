@@ -164,6 +164,7 @@ def measure(
     rate_per_s: float = 0.0,
     keep: Path | None = None,
     fused: bool = False,
+    encoder_layers: int = 6,
 ) -> tuple[list[StageProfile], dict[str, float]]:
     kinds = (FUSED,) if fused else STAGES
     with tempfile.TemporaryDirectory(prefix="conveyor-profile-") as root_name:
@@ -171,7 +172,7 @@ def measure(
         repository = root / "repository"
         if pipeline == "text-embedding":
             # One 32-token sentence a request, as bench_host sends them.
-            version = bench_model.build_repository(repository)
+            version = bench_model.build_repository(repository, encoder_layers=encoder_layers)
             tokenizer = bench_model.tokenizer_of(version)
             make = bp.text_requests(bench_model.sentences(tokenizer, 32, 1024))
         else:
@@ -200,9 +201,11 @@ def report(
     pipeline: str,
     rate_per_s: float = 0.0,
     fused: bool = False,
+    encoder_layers: int = 6,
 ) -> str:
     paced = f" --rate-per-s {rate_per_s:g}" if rate_per_s else ""
     paced += " --fused" if fused else ""
+    paced += f" --encoder-layers {encoder_layers}" if encoder_layers != 6 else ""
     workers = "one fused worker" if fused else "one worker per stage"
     how = (
         f"one request every 1/{rate_per_s:g} s, each awaited"
@@ -260,10 +263,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fused", action="store_true", help="one fused worker instead (own section)"
     )
+    parser.add_argument(
+        "--encoder-layers",
+        type=int,
+        default=6,
+        help="text-embedding: MiniLM's first N encoder layers only (0: about a GPU's speed)",
+    )
     options = parser.parse_args(argv)
     o = options
-    stages, cpu = measure(o.tasks, o.pipeline, o.rate_per_s, o.keep, o.fused)
-    markdown = report(stages, cpu, o.tasks, o.pipeline, o.rate_per_s, o.fused)
+    stages, cpu = measure(
+        o.tasks, o.pipeline, o.rate_per_s, o.keep, o.fused, encoder_layers=o.encoder_layers
+    )
+    markdown = report(
+        stages, cpu, o.tasks, o.pipeline, o.rate_per_s, o.fused, encoder_layers=o.encoder_layers
+    )
     print(markdown)
     if options.fused:
         title = "Where the fused worker's CPU per task goes"

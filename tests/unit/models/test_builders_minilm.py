@@ -217,6 +217,28 @@ def test_rejects_bad_max_sequence_length(
         build_minilm(minilm_source, tmp_path, max_sequence_length=max_sequence_length)
 
 
+def test_fewer_encoder_layers_keep_the_contract_and_change_the_embedding(
+    minilm_source: Path,
+    session: ort.InferenceSession,
+    tokenizer: Tokenizer,
+    reference: tuple[list[str], FloatArray],
+    tmp_path: Path,
+) -> None:
+    model_dir = build_minilm(minilm_source, tmp_path, encoder_layers=0)
+    stand_in = _session(model_dir / "1" / "model.onnx")
+    inputs = _encode(tokenizer, reference[0])
+
+    (pooled,) = stand_in.run(["sentence_embedding"], inputs)
+
+    assert [o.name for o in stand_in.get_outputs()] == ["sentence_embedding"]
+    assert pooled.shape == (len(reference[0]), 384)
+    # Embeddings and pooling only: not the model's answer (a stand-in for benchmarks).
+    full = _embed(session, tokenizer, reference[0])
+    assert not np.allclose(pooled, full, atol=1e-2)
+    with pytest.raises(ValueError, match="got 7"):
+        build_minilm(minilm_source, tmp_path / "bad", encoder_layers=7)
+
+
 @pytest.fixture(scope="session")
 def fp16_dir(minilm_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_minilm(

@@ -83,13 +83,19 @@ def build_minilm(
     pooling_in_graph: bool = True,
     max_sequence_length: int = 256,
     precision: Literal["fp32", "fp16"] = "fp32",
+    encoder_layers: int = NUM_LAYERS,
 ) -> Path:
     """Writes the model, tokenizer and config into ``repository``; returns the model folder.
     ``precision="fp16"`` adds the float16 variant for CUDA and TensorRT (see ``fp16``).
+    ``encoder_layers`` below 6 keeps only the first ones: MiniLM's inputs, outputs and
+    tokenizer at a fraction of its cost, for benchmarks of the stages around a model as
+    fast as a GPU's on a machine without one (not the real model: never served as it).
 
     ``source_dir`` holds ``model.safetensors`` and ``tokenizer.json``
     (see ``find_minilm_package_dir``). Rebuilding from the same inputs gives identical bytes.
     """
+    if not 0 <= encoder_layers <= NUM_LAYERS:
+        raise ValueError(f"encoder_layers must be in [0, {NUM_LAYERS}], got {encoder_layers}")
     weights = load_file(str(source_dir / "model.safetensors"))
     max_positions = weights["embeddings.position_embeddings.weight"].shape[0]
     if not 1 <= max_sequence_length <= max_positions:
@@ -99,7 +105,7 @@ def build_minilm(
     graph = GraphBuilder(MODEL_NAME)
     hidden = _embeddings(graph, weights, max_sequence_length)
     mask_bias = _attention_mask_bias(graph)
-    for layer in range(NUM_LAYERS):
+    for layer in range(encoder_layers):
         hidden = _encoder_layer(graph, weights, f"encoder.layer.{layer}", hidden, mask_bias)
     inputs = [
         tensor_info("input_ids", INT64, ["batch", "seq"]),
