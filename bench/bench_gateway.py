@@ -44,6 +44,7 @@ from bench.bench_pipeline import (
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceResult, Status
 from workers.client import Client
+from workers.fleet import FUSED
 from workers.gateway.keys import ApiKeys
 from workers.gateway.launcher import GatewayProcess, gateway_env, running_gateway
 from workers.ledger import TaskRecord, reached
@@ -69,6 +70,8 @@ class Options:
     saturation_s: float
     saturation_callers: tuple[int, ...]
     ceiling_requests: int
+    fused: bool = False
+    """One fused worker behind the gateway instead of one worker per stage."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -78,6 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--section",
         default="gateway",
         help="BENCHMARKS.md markers to write between (bench:SECTION:start/end)",
+    )
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="one fused worker behind the gateway (the small-host layout) instead of three",
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -89,6 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         saturation_s=10 if quick else 30,
         saturation_callers=(128, 512),
         ceiling_requests=5_000 if quick else 20_000,
+        fused=bool(args.fused),
     )
 
 
@@ -377,7 +386,7 @@ def _run(deployment: Deployment, options: Options) -> Measured:
     settings = _settings(deployment)
     key = asyncio.run(_add_key(settings))
     log_dir = deployment.log_dir / deployment.prefix
-    with deployment.fleet({}):
+    with deployment.fleet({FUSED: 1} if options.fused else {}):
         env = gateway_env(settings, CONVEYOR_LOG_LEVEL="WARNING")
         env["CONVEYOR_LOG_LEVEL"] = "INFO"  # the ready line
         with running_gateway(env, log_dir / "gateway.log") as gateway:
@@ -394,9 +403,11 @@ def report(m: Measured, options: Options) -> str:
     cpu = os.cpu_count()
     load = os.getloadavg()
     lines = [
-        f"Machine: {cpu} cores; Kafka broker, Redis, the three workers, the gateway and the "
+        f"Machine: {cpu} cores; Kafka broker, Redis, "
+        f"{'one fused worker' if options.fused else 'the three workers'}, the gateway and the "
         "load generator all share them.",
         f"Command: `.venv/bin/python -m bench.bench_gateway{' --quick' if options.quick else ''}"
+        f"{' --fused' if options.fused else ''}"
         f"{'' if options.section == 'gateway' else ' --section ' + options.section}`"
         f"; private native stack on free ports; `tiny-classify`, one row per request; load "
         f"average at the end {load[0]:.2f} / {load[1]:.2f} (1 / 5 min).",
