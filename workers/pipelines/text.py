@@ -107,12 +107,18 @@ def _tensors(encodings: Sequence[Encoding], truncate: bool, max_length: int) -> 
                     f"inputs.text[{row}] is longer than {max_length} tokens and truncate is false",
                     f"inputs.text[{row}]",
                 )
-    seq = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(encodings), seq), dtype=np.int64)
-    mask = np.zeros((len(encodings), seq), dtype=np.int64)
-    for row, encoding in enumerate(encodings):
-        ids[row, : len(encoding.ids)] = encoding.ids
-        mask[row, : len(encoding.attention_mask)] = encoding.attention_mask
+    # `Encoding.ids` builds a new list on every access: read each once. Without padding
+    # every token is attended, so the mask is 1 exactly where a row has a token.
+    rows = [e.ids for e in encodings]
+    if len(rows) == 1:  # the usual request: one text
+        ids = np.array(rows, dtype=np.int64)
+        mask = np.ones_like(ids)
+    else:
+        lengths = [len(tokens) for tokens in rows]
+        ids = np.zeros((len(rows), max(lengths)), dtype=np.int64)
+        for row, tokens in enumerate(rows):
+            ids[row, : len(tokens)] = tokens
+        mask = (np.arange(ids.shape[1]) < np.array(lengths)[:, None]).astype(np.int64)
     return {"input_ids": ids, "attention_mask": mask}
 
 
