@@ -48,6 +48,9 @@ class Work:
     """What fair sharing counts for the record: rows, or tokens for models that count them."""
     admitted: bool = False
     """Admission took the record's rate-quota token already (a delayed record comes back)."""
+    slot: bool | None = None
+    """The tenant's in-flight slot as asked with the task id's claim, in the same round trip:
+    True taken (or the task's already), False refused at the cap; None: not asked yet."""
     may_be_redelivered: bool = True
     """An earlier owner of the partition may have done this record (see
     `OffsetTracker.may_be_redelivered`): only then is the ledger asked before the work."""

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 
 from schemas import ContractError, ErrorCode, InferenceRequest
 from workers.engine.work import Work
-from workers.lanes.quota import TenantQuota
+from workers.lanes.quota import ADMITTED, REFUSED, TenantQuota
 from workers.lanes.rate import RateQuota
 from workers.lanes.registry import TenantDirectory, TenantPolicy
 from workers.lanes.replies import ReplyTopics
 from workers.ledger.claims import TaskClaims
+from workers.ledger.scripts import run_scripts
 from workers.names import LANES
 from workers.settings import LaneSettings
 
@@ -91,15 +92,48 @@ class Admission:
         if self.claims is None:
             return
         claiming = [w for w in requests if w.error is None]
-        owned = await self.claims.claim([(w.message.task_id, _source(w)) for w in claiming])
-        for work, ours in zip(claiming, owned, strict=True):
-            if not ours:
-                work.error = ContractError(
-                    ErrorCode.DUPLICATE_ID,
-                    f"task id {work.message.task_id!r} is already taken by another request; "
-                    "its answer stands (use a new id for a new request)",
-                    "id",
-                )
+        if not claiming:
+            return
+        claim, owned_of = self.claims.claim_call(
+            [(w.message.task_id, _source(w)) for w in claiming]
+        )
+        # Each tenant's in-flight slot goes in the same round trip where nothing must come
+        # first (see `_slot_now`); the rest are asked in `admit`.
+        early = [(w, p) for w in claiming if (p := self._slot_now(w)) is not None]
+        slot_calls, codes_of = self.pending.admit_calls(
+            [(w.message.tenant, w.message.task_id) for w, _ in early],
+            [p.max_in_flight for _, p in early],
+        )
+        replies = await run_scripts(self.claims.redis, [claim, *slot_calls])
+        codes = {id(w): code for (w, _), code in zip(early, codes_of(replies[1:]), strict=True)}
+        taken_by_duplicates: list[tuple[str, str]] = []
+        for work, ours in zip(claiming, owned_of(replies[0]), strict=True):
+            code = codes.get(id(work))
+            if ours:
+                work.slot = None if code is None else code != REFUSED
+                continue
+            work.error = ContractError(
+                ErrorCode.DUPLICATE_ID,
+                f"task id {work.message.task_id!r} is already taken by another request; "
+                "its answer stands (use a new id for a new request)",
+                "id",
+            )
+            if code == ADMITTED:  # counted now, for a task the first request no longer holds
+                taken_by_duplicates.append((work.message.tenant, work.message.task_id))
+        if taken_by_duplicates:
+            await self.pending.release_tasks(taken_by_duplicates)
+
+    def _slot_now(self, work: Work) -> TenantPolicy | None:
+        """The tenant's policy when its slot may be taken with the claim: not for a record
+        that may be a redelivery (the ledger may say its task is done: a slot taken again
+        would never be given back), nor where the rate quota comes first (a request refused
+        by it must hold no slot), nor for a tenant found full (held without asking)."""
+        if work.may_be_redelivered:
+            return None
+        policy = self.directory.policy(work.message.tenant)
+        if policy is None or (policy.rate_per_s > 0 and not work.admitted):
+            return None
+        return None if self.is_full(work.message.tenant) else policy
 
     async def admit(self, items: list[Work]) -> Holds:
         """Refuse what must be refused (`work.error`), place the rest in their lanes; returns
@@ -159,15 +193,22 @@ class Admission:
         if delay:
             now = self._clock()
             self._full_until = {t: u for t, u in self._full_until.items() if u > now}
-            held = [w for w, _ in placed if w.message.tenant in self._full_until]
-            placed = [(w, p) for w, p in placed if w.message.tenant not in self._full_until]
+            # A record whose slot was taken with its claim holds it: it goes on.
+            held = [w for w, _ in placed if w.message.tenant in self._full_until and not w.slot]
+            placed = [
+                (w, p) for w, p in placed if w.slot or w.message.tenant not in self._full_until
+            ]
         if not placed:
             return held
-        caps = [p.max_in_flight for _, p in placed]
-        admitted = await self.pending.admit(
-            [(w.message.tenant, w.message.task_id) for w, _ in placed], caps
+        ask = [(w, p) for w, p in placed if w.slot is None]
+        asked = await self.pending.admit(
+            [(w.message.tenant, w.message.task_id) for w, _ in ask],
+            [p.max_in_flight for _, p in ask],
         )
-        for (work, policy), ok in zip(placed, admitted, strict=True):
+        answers = {id(w): ok for (w, _), ok in zip(ask, asked, strict=True)}
+        for work, policy in placed:
+            ok = work.slot if work.slot is not None else answers[id(work)]
+            work.slot = None  # asked again if the record is held and comes back
             if ok:
                 continue
             tenant = work.message.tenant

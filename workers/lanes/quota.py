@@ -10,7 +10,8 @@ record, a crashed worker) stops counting after `ttl_s`, so a tenant's quota cann
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -18,7 +19,7 @@ from redis.asyncio.client import Pipeline
 from schemas import Status
 from schemas.messages import ERROR_STATUSES
 from workers.ledger.records import Transition
-from workers.ledger.scripts import RedisStep, run_scripts
+from workers.ledger.scripts import RedisStep, ScriptCall, run_scripts
 from workers.names import RedisKeys
 
 FINAL_STATES = frozenset((Status.DONE, *ERROR_STATUSES))
@@ -31,7 +32,7 @@ local admitted, added = {}, false
 for i = 4, #ARGV do
     local task = ARGV[i]
     if redis.call('ZSCORE', key, task) then
-        admitted[i - 3] = 1
+        admitted[i - 3] = 2
     elseif count >= cap then
         admitted[i - 3] = 0
     else
@@ -47,7 +48,9 @@ end
 return admitted
 """
 """Admits the tasks ARGV[4..] of one tenant (KEYS[1]) in order, as one call per task would:
-1 admitted (or already), 0 refused at the cap."""
+1 admitted now, 2 admitted already, 0 refused at the cap."""
+
+ADMITTED, ALREADY, REFUSED = 1, 2, 0
 
 
 class TenantQuota:
@@ -70,8 +73,15 @@ class TenantQuota:
     ) -> list[bool]:
         """For each (tenant, task_id): True when admitted (or already admitted). `caps`: a
         cap per task (its tenant's own), where 0 means `max_pending`; one round trip."""
+        calls, answers = self.admit_calls(tasks, caps)
+        return [code != REFUSED for code in answers(await run_scripts(self._redis, calls))]
+
+    def admit_calls(
+        self, tasks: Sequence[tuple[str, str]], caps: Sequence[int] | None = None
+    ) -> tuple[list[ScriptCall], Callable[[Sequence[Any]], list[int]]]:
+        """`admit` as script calls for another round trip (`run_scripts`), and what turns
+        their replies into one code per task: ADMITTED, ALREADY or REFUSED."""
         caps = caps or [0] * len(tasks)
-        answers = [True] * len(tasks)
         now_ms = int(time.time() * 1000)
         # One script call per (tenant, cap), with all of its tasks: a tenant's tasks of a
         # poll are admitted in one step, not one call each.
@@ -80,23 +90,23 @@ class TenantQuota:
             limit = cap or self.max_pending
             if limit > 0:
                 groups.setdefault((tenant, limit), []).append(i)
-        if not groups:
-            return answers
-        replies = await run_scripts(
-            self._redis,
-            [
-                (
-                    self._admit,
-                    [self._keys.pending(tenant)],
-                    [now_ms, self._ttl_ms, limit, *(tasks[i][1] for i in indices)],
-                )
-                for (tenant, limit), indices in groups.items()
-            ],
-        )
-        for indices, reply in zip(groups.values(), replies, strict=True):
-            for i, admitted in zip(indices, reply, strict=True):
-                answers[i] = bool(int(admitted))
-        return answers
+        calls: list[ScriptCall] = [
+            (
+                self._admit,
+                [self._keys.pending(tenant)],
+                [now_ms, self._ttl_ms, limit, *(tasks[i][1] for i in indices)],
+            )
+            for (tenant, limit), indices in groups.items()
+        ]
+
+        def answers(replies: Sequence[Any]) -> list[int]:
+            codes = [ADMITTED] * len(tasks)  # uncapped: nothing to count
+            for indices, reply in zip(groups.values(), replies, strict=True):
+                for i, code in zip(indices, reply, strict=True):
+                    codes[i] = int(code)
+            return codes
+
+        return calls, answers
 
     async def release(self, transitions: Iterable[Transition]) -> None:
         """Stop counting tasks that reached a final state (idempotent)."""
@@ -105,6 +115,16 @@ class TenantQuota:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             step(pipe)
+            await pipe.execute()
+
+    async def release_tasks(self, tasks: Iterable[tuple[str, str]]) -> None:
+        """Stop counting these (tenant, task id)s (idempotent)."""
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, task_id in tasks:
+            by_tenant.setdefault(tenant, []).append(task_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant, task_ids in by_tenant.items():
+                pipe.zrem(self._keys.pending(tenant), *task_ids)
             await pipe.execute()
 
     def release_step(self, transitions: Iterable[Transition]) -> RedisStep | None:

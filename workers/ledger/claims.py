@@ -9,10 +9,12 @@ record or result. A claim lives as long as a ledger record (`redis.task_ttl_s`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from workers.ledger.scripts import ScriptCall, run_scripts
 from workers.names import RedisKeys
 
 CLAIM_LUA = """
@@ -39,7 +41,7 @@ class TaskClaims:
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys, ttl_s: int) -> None:
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
-        self._redis, self._keys, self._ttl_s = redis, keys, ttl_s
+        self.redis, self._keys, self._ttl_s = redis, keys, ttl_s
         self._script = redis.register_script(CLAIM_LUA)
 
     async def claim(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
@@ -47,6 +49,15 @@ class TaskClaims:
         the same record again); False for a duplicate."""
         if not claims:
             return []
+        call, owned = self.claim_call(claims)
+        (reply,) = await run_scripts(self.redis, [call])
+        return owned(reply)
+
+    def claim_call(
+        self, claims: Sequence[tuple[str, str]]
+    ) -> tuple[ScriptCall, Callable[[Any], list[bool]]]:
+        """`claim` as a script call for a round trip shared with others (`run_scripts`), and
+        what turns its reply into `claim`'s answer."""
         keys = [self._keys.id_owner(task_id) for task_id, _ in claims]
-        reply = await self._script(keys=keys, args=[self._ttl_s, *(s for _, s in claims)])
-        return [bool(int(flag)) for flag in reply]
+        call: ScriptCall = (self._script, keys, [self._ttl_s, *(s for _, s in claims)])
+        return call, lambda reply: [bool(int(flag)) for flag in reply]
