@@ -11,7 +11,8 @@ deadline, then its rate quota (a token bucket shared by every replica: over it, 
 REJECTED with QUOTA_EXCEEDED, or held until its token is due, by configuration), then its
 cap on tasks in flight (over it: REJECTED, or in `delay` mode held until the tenant has room,
 its records then waiting in Kafka once the worker holds its partitions' share). Each step is
-one Redis round trip for the whole batch.
+one Redis round trip for the whole batch; the in-flight slots of new requests that need no
+earlier step ride in the round trip of the id claims.
 """
 
 from __future__ import annotations
@@ -195,6 +196,8 @@ class Admission:
             self._full_until = {t: u for t, u in self._full_until.items() if u > now}
             # A record whose slot was taken with its claim holds it: it goes on.
             held = [w for w, _ in placed if w.message.tenant in self._full_until and not w.slot]
+            for work in held:
+                work.slot = None  # asked again when it comes back
             placed = [
                 (w, p) for w, p in placed if w.slot or w.message.tenant not in self._full_until
             ]
