@@ -64,35 +64,59 @@ if a - 1 ~= #ARGV then
   return redis.error_reply('ERR ledger: expected ' .. (a - 1) .. ' arguments, got ' .. #ARGV)
 end
 
--- Pass 2: apply.
+-- Pass 2: apply. The fields of a key's applied transitions gather and go in one HSET and
+-- one EXPIRE per key at the end (a fused worker's task passes three states in one call);
+-- later pairs override earlier ones, as separate HSETs in order would.
 local out = {}
+local order = {}
+local pending = {}
+local function flush(key)
+  local fields = pending[key]
+  if fields then
+    redis.call('HSET', key, unpack(fields))
+    redis.call('EXPIRE', key, ttl_s)
+    pending[key] = nil
+  end
+end
 for i, key in ipairs(KEYS) do
   local s = starts[i]
   local state, at_ms, n = ARGV[s], ARGV[s + 1], tonumber(ARGV[s + 3])
   local stored = stored_of[key]
   local stored_rank = stored and RANK[stored] or 0
   if RANK[state] > stored_rank then
-    local fields = {'state', state, string.lower(state) .. '_at_ms', at_ms, 'updated_at_ms', at_ms}
+    local fields = pending[key]
+    if not fields then
+      fields = {}
+      pending[key] = fields
+      order[#order + 1] = key
+    end
+    local function add(name, value)
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
+    add('state', state)
+    add(string.lower(state) .. '_at_ms', at_ms)
+    add('updated_at_ms', at_ms)
     if not stored then
-      fields[#fields + 1] = 'attempts'
-      fields[#fields + 1] = '0'
+      add('attempts', '0')
       if state ~= 'ACCEPTED' then
-        fields[#fields + 1] = 'accepted_at_ms'
-        fields[#fields + 1] = at_ms
+        add('accepted_at_ms', at_ms)
       end
     end
-    for p = s + 4, s + 3 + 2 * n do
-      fields[#fields + 1] = ARGV[p]
+    for p = s + 4, s + 3 + 2 * n, 2 do
+      add(ARGV[p], ARGV[p + 1])
     end
-    redis.call('HSET', key, unpack(fields))
-    redis.call('EXPIRE', key, ttl_s)
     stored_of[key] = state
     out[#out + 1] = 'A' .. string.sub(state, 1, 1)
   elseif state == stored then
+    flush(key)  -- the count goes on top of what this call wrote
     redis.call('HINCRBY', key, 'attempts', 1)
     out[#out + 1] = 'D' .. string.sub(stored, 1, 1)
   else
     out[#out + 1] = 'S' .. string.sub(stored, 1, 1)
   end
+end
+for _, key in ipairs(order) do
+  flush(key)
 end
 return table.concat(out)
