@@ -51,6 +51,7 @@ from workers.models.builders import build_minilm, find_minilm_package_dir
 from workers.models.runtime import OnnxModel, RuntimeOptions, available_cores
 from workers.names import Topics
 from workers.serve import HostPlan, plan_host
+from workers.settings import KafkaSettings
 
 TENANTS = ("acme", "globex", "initech")
 SEQ_TOKENS = 32
@@ -424,8 +425,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for text in args.layouts.split(","):
                 plan = parse_layout(text, cores, (0,) if gpu else ())
                 # Topics as wide as `conveyor serve` makes them for this plan.
-                widest = max(plan.count(kind) for kind in plan.kinds)
-                wide = dataclasses.replace(deployment, partitions=max(4, widest))
+                wide = dataclasses.replace(
+                    deployment, partitions=max(KafkaSettings().partitions, plan.widest)
+                )
                 for rate in (float(r) for r in args.rate_per_s.split(",")):
                     runs.append(run_layout(wide.fresh(), plan, args, texts_file, rate))
                     print(runs[-1], flush=True)

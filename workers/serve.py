@@ -70,6 +70,11 @@ class HostPlan:
         return counts[stage]
 
     @property
+    def widest(self) -> int:
+        """The most processes of one kind: the partitions each topic they read needs."""
+        return max(self.count(kind) for kind in self.kinds)
+
+    @property
     def cpu_threads(self) -> int:
         """Tokenizer threads of one CPU-stage (or fused) process: its share of the cores."""
         processes = self.fused or self.preprocess + self.inference + self.postprocess
@@ -232,7 +237,7 @@ async def serve(settings: Settings, plan: HostPlan, log_dir: Path) -> int:
     settings = settings.model_copy(
         update={
             "kafka": settings.kafka.model_copy(
-                update={"partitions": max(settings.kafka.partitions, _widest(plan))}
+                update={"partitions": max(settings.kafka.partitions, plan.widest)}
             )
         }
     )
@@ -259,7 +264,3 @@ async def serve(settings: Settings, plan: HostPlan, log_dir: Path) -> int:
         await supervisor.run()
     print(f"stopped ({supervisor.restarts} restarts)", flush=True)
     return 0
-
-
-def _widest(plan: HostPlan) -> int:
-    return max(plan.count(kind) for kind in plan.kinds)

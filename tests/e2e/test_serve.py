@@ -4,12 +4,13 @@ that dies is started again, SIGTERM stops them all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +48,34 @@ def _assigned(log_dir: Path) -> int:
     return sum(": assigned [" in p.read_text(errors="replace") for p in log_dir.glob("*.log"))
 
 
-async def _serve(pipeline: Pipeline, log_dir: Path, *args: str) -> asyncio.subprocess.Process:
-    """`conveyor serve` with the pipeline's settings, CPU only, its output kept."""
-    return await asyncio.create_subprocess_exec(
+@contextlib.asynccontextmanager
+async def _serving(
+    pipeline: Pipeline, log_dir: Path, *args: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`conveyor serve` with the pipeline's settings, CPU only, its output kept; killed on
+    the way out if a test left it running."""
+    serve = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "workers", "serve", "--gpus", "none", "--log-dir", str(log_dir)),
         *args,
         env={**os.environ, **pipeline.fleet.env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    try:
+        yield serve
+    finally:
+        if serve.returncode is None:
+            serve.kill()
+            await serve.wait()
+
+
+async def _stopped(serve: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then what serve printed once it exited (with 0)."""
+    serve.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(serve.communicate(), timeout=90)
+    text = output.decode(errors="replace")
+    assert serve.returncode == 0, text
+    return text
 
 
 async def _all_answered(client: Client, count: int, tenants: tuple[str, ...], seed: int) -> None:
@@ -77,10 +97,8 @@ async def test_serve_runs_processes_per_stage_restarts_the_dead_and_stops_on_sig
     pipeline: Pipeline, client: Client, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "serve-logs"
-    serve = await _serve(
-        pipeline, log_dir, "--preprocess", "2", "--inference", "1", "--postprocess", "1"
-    )
-    try:
+    layout = ("--preprocess", "2", "--inference", "1", "--postprocess", "1")
+    async with _serving(pipeline, log_dir, *layout) as serve:
         await _wait_for(lambda: _assigned(log_dir) >= 4, "4 workers holding partitions")
         workers = _children(serve.pid)
         assert len(workers) == 4
@@ -95,14 +113,7 @@ async def test_serve_runs_processes_per_stage_restarts_the_dead_and_stops_on_sig
         await _all_answered(client, 60, ("acme", "globex"), seed=0)
 
         running = _children(serve.pid)
-        serve.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(serve.communicate(), timeout=90)
-    finally:
-        if serve.returncode is None:
-            serve.kill()
-            await serve.wait()
-    text = output.decode(errors="replace")
-    assert serve.returncode == 0, text
+        text = await _stopped(serve)
     assert "serving: 2 preprocess, 1 inference (CPU), 1 postprocess" in text
     assert "stopped (1 restarts)" in text
     assert not [pid for pid in running if _alive(pid)], "a worker outlived serve"
@@ -112,20 +123,12 @@ async def test_serve_fused_runs_fused_workers(
     pipeline: Pipeline, client: Client, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "serve-logs"
-    serve = await _serve(pipeline, log_dir, "--fused", "2")
-    try:
+    async with _serving(pipeline, log_dir, "--fused", "2") as serve:
         await _wait_for(lambda: _assigned(log_dir) >= 2, "2 fused workers holding partitions")
         names = sorted(p.stem.split("-", 1)[1] for p in log_dir.glob("*.log"))
         assert names == ["fused-0", "fused-1"]
         await _all_answered(client, 30, ("acme",), seed=1)
-        serve.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(serve.communicate(), timeout=90)
-    finally:
-        if serve.returncode is None:
-            serve.kill()
-            await serve.wait()
-    text = output.decode(errors="replace")
-    assert serve.returncode == 0, text
+        text = await _stopped(serve)
     assert "serving: 2 fused (CPU)" in text
 
 
