@@ -33,7 +33,8 @@ from schemas import (
 )
 from workers.kafka.admin import partitions_of
 from workers.kafka.clients import Connection, bootstrap_of, connection_options, start_client
-from workers.kafka.produce import Record, produce_all
+from workers.kafka.gather import GatheringProducer
+from workers.kafka.produce import Record
 from workers.names import Topics
 from workers.tasks import TaskSet
 
@@ -74,6 +75,7 @@ class Client:
         )
         self.content_type = content_type
         self._producer: AIOKafkaProducer | None = None
+        self._publisher: GatheringProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[Result]] = {}
         # Results seen lately, so `result()` answers before or after arrival, more than once;
@@ -102,6 +104,9 @@ class Client:
             linger_ms=0,
         )
         await start_client(self._producer, self.connection)
+        # Concurrent `submit`s share publications (one record batch per partition).
+        self._publisher = GatheringProducer(self._producer)
+        await self._publisher.start()
         # read_committed: in exactly-once mode a result of an aborted transaction never counts.
         self._consumer = AIOKafkaConsumer(
             **connection_options(self.connection),
@@ -122,6 +127,9 @@ class Client:
         `_CLOSE_TIMEOUT_S` to close: a close stuck on an unresponsive broker must not keep a
         finished program (a CLI command, a gateway shutting down) alive."""
         await self._tasks.cancel()
+        if self._publisher is not None:
+            await self._publisher.stop()
+            self._publisher = None
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
         for kafka_client in (consumer, producer):
@@ -150,9 +158,10 @@ class Client:
         return request.task_id
 
     async def submit_many(self, requests: Iterable[InferenceRequest]) -> list[str]:
-        """Publish many requests at once (one record batch per partition); returns their
-        task ids once the broker acknowledged all of them."""
-        producer = self._require_producer()
+        """Publish many requests at once (one record batch per partition, shared with
+        concurrent callers); returns their task ids once the broker acknowledged all of them.
+        Raises as `produce_all` for these requests' records."""
+        publisher = self._require_publisher()
         records: list[Record] = []
         ids = []
         for request in requests:
@@ -167,7 +176,7 @@ class Client:
                 )
             )
             ids.append(request.task_id)
-        await produce_all(producer, records)
+        await publisher.produce(records)
         return ids
 
     async def submit_raw(
@@ -179,10 +188,8 @@ class Client:
     async def submit_raw_many(
         self, records: Iterable[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]
     ) -> None:
-        producer = self._require_producer()
-        await produce_all(
-            producer,
-            ((self.requests_topic, key, value, headers) for value, key, headers in records),
+        await self._require_publisher().produce(
+            [(self.requests_topic, key, value, headers) for value, key, headers in records]
         )
 
     # ---- results ----------------------------------------------------------------------
@@ -254,10 +261,10 @@ class Client:
         if self._reader_error is not None:
             raise RuntimeError("the results reader stopped") from self._reader_error
 
-    def _require_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
+    def _require_publisher(self) -> GatheringProducer:
+        if self._publisher is None:
             raise RuntimeError("client is not started")
-        return self._producer
+        return self._publisher
 
 
 def _with_reply_to(request: InferenceRequest, reply_to: str) -> InferenceRequest:

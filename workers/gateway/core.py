@@ -44,7 +44,6 @@ from workers.gateway.errors import GatewayError
 from workers.gateway.keys import ApiKeys, KeyDirectory
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.models import ModelCatalog, ServedModel
-from workers.gateway.publisher import Publisher
 from workers.gateway.tensors import InferBody
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.ledger import TaskRecord
@@ -120,7 +119,6 @@ class Gateway:
         self._redis = redis_client(settings.redis, resilient=True)
         self._directory: KeyDirectory | None = None
         self._client: Client | None = None
-        self._publisher: Publisher | None = None
         self._session: aiohttp.ClientSession | None = None
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._tasks = TaskSet(self._crashed)
@@ -170,8 +168,6 @@ class Gateway:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.callback_timeout_s)
             )
-        self._publisher = Publisher(self._client)
-        self._tasks.start(self._publisher.run(), "gateway-publisher")
         self._tasks.start(self._keep_results(self._client), "gateway-keep-results")
         await self._read_stages()
         self._tasks.start(self._watch_stages(), "gateway-watch-stages")
@@ -383,9 +379,8 @@ class Gateway:
             )
 
     async def _publish(self, client: Client, request: InferenceRequest) -> None:
-        assert self._publisher is not None
         try:
-            await self._publisher.publish(request)
+            await client.submit(request)  # concurrent callers share publications
         except RuntimeError as exc:
             raise GatewayError(503, "UNAVAILABLE", str(exc), request.task_id) from None
         except KafkaError as exc:

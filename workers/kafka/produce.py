@@ -101,12 +101,19 @@ async def produce_all(producer: AIOKafkaProducer, records: Iterable[Record]) -> 
     first retriable delivery error (the caller retries the whole call), or, once the others
     are delivered, `UnknownTopicOrPartitionError` for a topic that does not exist and
     `RecordsRefused` for other refusals."""
-    refused = await produce_each(producer, records)
+    error = refusal_error(await produce_each(producer, records))
+    if error is not None:
+        raise error
+
+
+def refusal_error(refused: list[Refused]) -> KafkaError | None:
+    """What `produce_all` raises for these refusals: `UnknownTopicOrPartitionError` for a
+    topic that does not exist (what callers know it as), else `RecordsRefused`; None for
+    none."""
     for refusal in refused:
         if refusal.reason.endswith("does not exist"):
-            raise UnknownTopicOrPartitionError(refusal.reason)  # what callers know it as
-    if refused:
-        raise RecordsRefused(refused)
+            return UnknownTopicOrPartitionError(refusal.reason)
+    return RecordsRefused(refused) if refused else None
 
 
 async def produce_each(
