@@ -152,6 +152,11 @@ class Client:
 
     # ---- submit -----------------------------------------------------------------------
 
+    @property
+    def publications(self) -> int:
+        """Publications to the broker so far (concurrent submits share them)."""
+        return self._publisher.publications if self._publisher is not None else 0
+
     async def submit(self, request: InferenceRequest) -> str:
         """Publish one request (acknowledged by the broker); returns its task id."""
         await self.submit_many([request])
