@@ -39,6 +39,12 @@ local ttl_s = tonumber(ARGV[1])
 if not ttl_s or ttl_s < 1 then
   return redis.error_reply('ERR ledger: ttl_s must be >= 1, got ' .. tostring(ARGV[1]))
 end
+-- Redis 7.0 turns a number argument into text with "%.17g", thousands of instructions a
+-- call; an integer's digits are the same text at a fraction of the cost.
+local ttl = ttl_s
+if ttl_s % 1 == 0 and ttl_s < 1e15 then
+  ttl = string.format('%d', ttl_s)
+end
 
 -- Pass 1: validate every argument and every stored state; remember each transition's group
 -- and each key's stored state (pass 2 reads it here, not from Redis again, and keeps it
@@ -135,7 +141,7 @@ local function flush(key)
   local node = pending[key]
   if node then
     call('HSET', key, unpack(node.args or fields_of(node)))
-    call('EXPIRE', key, ttl_s)
+    call('EXPIRE', key, ttl)
     pending[key] = nil
   end
 end
