@@ -86,10 +86,12 @@ async def test_final_state_is_highest_rank_seen_first_terminal_wins(
 
 def expected_hashes(
     before: dict[str, dict[str, str]], transitions: list[Transition]
-) -> dict[str, dict[str, str]]:
+) -> tuple[dict[str, dict[str, str]], list[TransitionResult]]:
     """The model of every field: applied transitions write in order (later values win),
-    a duplicate counts an attempt; what the script stores must be exactly this."""
+    a duplicate counts an attempt; what the script stores must be exactly this. And each
+    transition's result."""
     hashes = {task: dict(fields) for task, fields in before.items()}
+    results = []
     for t in transitions:
         stored = hashes.get(t.task_id)
         current = Status(stored["state"]) if stored else None
@@ -102,10 +104,15 @@ def expected_hashes(
                 if t.state is not Status.ACCEPTED:
                     written["accepted_at_ms"] = at_ms
             hashes[t.task_id] = (stored or {}) | written | t.fields()
+            results.append(TransitionResult(t.task_id, Outcome.APPLIED, t.state))
         elif t.state == current:
             assert stored is not None
             stored["attempts"] = str(int(stored["attempts"]) + 1)
-    return hashes
+            results.append(TransitionResult(t.task_id, Outcome.DUPLICATE, current))
+        else:
+            assert current is not None
+            results.append(TransitionResult(t.task_id, Outcome.STALE, current))
+    return hashes, results
 
 
 _TASKS = ("a", "b", "c")
@@ -160,10 +167,11 @@ async def test_every_field_is_what_transitions_in_order_write(
 
     earlier, batch = fresh(earlier), fresh(batch)
     await ledger.record(earlier)
-    before = expected_hashes({}, earlier)
-    await ledger.record(batch)
+    before, _ = expected_hashes({}, earlier)
+    results = await ledger.record(batch)
 
-    expected = expected_hashes(before, batch)
+    expected, expected_results = expected_hashes(before, batch)
+    assert results == expected_results
     for task in {f"{run}-{t}" for t in _TASKS}:
         key = keys.task(task)
         stored = await redis_client.hgetall(key)
