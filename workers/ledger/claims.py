@@ -18,14 +18,15 @@ from workers.ledger.scripts import ScriptCall, run_scripts
 from workers.names import RedisKeys
 
 CLAIM_LUA = """
+local call, ttl = redis.call, ARGV[1]
 local out = {}
 for i, key in ipairs(KEYS) do
   local source = ARGV[i + 1]
-  local old = redis.call('GET', key)
-  if not old then
-    redis.call('SET', key, source, 'EX', ARGV[1])
-    out[i] = 1
-  elseif old == source then
+  -- One command where GET then SET took two (Redis's one thread runs this for every task):
+  -- it sets only where no claim is, and answers the claim found either way (NX with GET:
+  -- Redis 7.0).
+  local old = call('SET', key, source, 'NX', 'GET', 'EX', ttl)
+  if not old or old == source then
     out[i] = 1
   else
     out[i] = 0

@@ -9,7 +9,6 @@ the caller decides whether to retry. Retrying is safe: a repeated transition is 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from importlib import resources
 from types import TracebackType
@@ -94,7 +93,7 @@ class Ledger:
     async def record(
         self, transitions: Sequence[Transition], also: Sequence[RedisStep] = ()
     ) -> list[TransitionResult]:
-        """Applies `transitions` in order, in one round trip; one result per transition.
+        """Applies `transitions` as in order, in one round trip; one result per transition.
 
         Several transitions of the same task in one batch are applied one after another.
         An empty batch makes no call to Redis. After a Redis restart the script is reloaded
@@ -105,26 +104,42 @@ class Ledger:
         script = self._running_script()
         if not transitions:
             return []
+        # Transitions alike but for their task go as one group: its state, time and fields
+        # once, and Redis's thread pays per group. Those of different tasks touch different
+        # hashes, so they may go in any order; a task's own keep theirs: its n-th transition
+        # goes in the n-th layer, and within a layer alike ones go together (a poll's tasks
+        # of several tenants, interleaved, form one group per tenant, not one per run).
+        layers: list[dict[tuple[object, ...], list[int]]] = []
+        seen: dict[str, int] = {}
+        for i, t in enumerate(transitions):
+            n = seen.get(t.task_id, 0)
+            seen[t.task_id] = n + 1
+            if n == len(layers):
+                layers.append({})
+            layers[n].setdefault(t.shared(), []).append(i)
+        order: list[int] = []
         keys: list[str] = []
         args: list[str | int] = [self._ttl_s]
-        # Runs of transitions alike but for their task (a frame's) share one group: its
-        # state, time and fields go once, not once per task.
-        for _, alike in itertools.groupby(transitions, key=Transition.shared):
-            run = list(alike)
-            first = run[0]
-            fields = first.fields()
-            keys += [self._keys.task(t.task_id) for t in run]
-            args += [first.state.value, first.at_ms, len(run), len(fields)]
-            for name, value in fields.items():
-                args += [name, value]
+        for layer in layers:
+            for run in layer.values():
+                first = transitions[run[0]]
+                fields = first.fields()
+                order += run
+                keys += [self._keys.task(transitions[i].task_id) for i in run]
+                args += [first.state.value, first.at_ms, len(run), len(fields)]
+                for name, value in fields.items():
+                    args += [name, value]
         reply = text((await run_scripts(self._redis, [(script, keys, args)], also))[0])
         if len(reply) != 2 * len(transitions):
             raise RuntimeError(
                 f"ledger script returned {reply!r} for {len(transitions)} transitions"
             )
+        sent_at = [0] * len(transitions)  # where each transition's reply letters are
+        for p, i in enumerate(order):
+            sent_at[i] = 2 * p
         return [
-            TransitionResult(t.task_id, _OUTCOMES[reply[2 * i]], _STATES[reply[2 * i + 1]])
-            for i, t in enumerate(transitions)
+            TransitionResult(t.task_id, _OUTCOMES[reply[p]], _STATES[reply[p + 1]])
+            for t, p in zip(transitions, sent_at, strict=True)
         ]
 
     async def states(self, task_ids: Sequence[str]) -> dict[str, Status | None]:

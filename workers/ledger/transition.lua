@@ -25,37 +25,58 @@ local RANK = {
   ACCEPTED = 1, PREPROCESSED = 2, INFERRED = 3,
   DONE = 4, FAILED = 4, EXPIRED = 4, REJECTED = 4,
 }
+-- Redis's one thread runs this for every task: the strings a state needs are made once per
+-- call, not once per task, and the per-task work is table lookups.
+local STAMP, APPLIED, DUPLICATE, STALE = {}, {}, {}, {}
+for state in pairs(RANK) do
+  local letter = string.sub(state, 1, 1)
+  STAMP[state] = string.lower(state) .. '_at_ms'
+  APPLIED[state], DUPLICATE[state], STALE[state] = 'A' .. letter, 'D' .. letter, 'S' .. letter
+end
+local call = redis.call
 
 local ttl_s = tonumber(ARGV[1])
 if not ttl_s or ttl_s < 1 then
   return redis.error_reply('ERR ledger: ttl_s must be >= 1, got ' .. tostring(ARGV[1]))
 end
+-- Redis 7.0 turns a number argument into text with "%.17g", thousands of instructions a
+-- call; an integer's digits are the same text at a fraction of the cost.
+local ttl = ttl_s
+if ttl_s % 1 == 0 and ttl_s < 1e15 then
+  ttl = string.format('%d', ttl_s)
+end
 
--- Pass 1: validate every argument and every stored state; remember each key's group start
--- and its stored state (pass 2 reads it here, not from Redis again, and keeps it current).
-local starts = {}
+-- Pass 1: validate every argument and every stored state; remember each transition's group
+-- and each key's stored state (pass 2 reads it here, not from Redis again, and keeps it
+-- current).
+local group_of = {}
 local stored_of = {}
+local nkeys = #KEYS
 local a = 2
 local i = 1
-while i <= #KEYS do
+while i <= nkeys do
   local state, at_ms = ARGV[a], tonumber(ARGV[a + 1])
   local k, n = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if not RANK[state] then
+  local rank = RANK[state]
+  if not rank then
     return redis.error_reply('ERR ledger: unknown state ' .. tostring(state) .. ' for ' .. KEYS[i])
   end
-  if not at_ms or not k or not n or k < 1 or i + k - 1 > #KEYS then
+  if not at_ms or not k or not n or k < 1 or i + k - 1 > nkeys then
     return redis.error_reply('ERR ledger: malformed arguments for ' .. KEYS[i])
   end
+  -- `after`: the nodes (below) this group leads to, by the node it starts from.
+  local group = { state = state, at_ms = ARGV[a + 1], rank = rank, first = a + 4,
+                  last = a + 3 + 2 * n, after = {} }
   for j = i, i + k - 1 do
     local key = KEYS[j]
     if stored_of[key] == nil then
-      local stored = redis.call('HGET', key, 'state')
+      local stored = call('HGET', key, 'state')
       if stored and not RANK[stored] then
         return redis.error_reply('ERR ledger: stored state ' .. stored .. ' unknown in ' .. key)
       end
       stored_of[key] = stored or false
     end
-    starts[j] = a
+    group_of[j] = group
   end
   i = i + k
   a = a + 4 + 2 * n
@@ -64,56 +85,90 @@ if a - 1 ~= #ARGV then
   return redis.error_reply('ERR ledger: expected ' .. (a - 1) .. ' arguments, got ' .. #ARGV)
 end
 
--- Pass 2: apply. The fields of a key's applied transitions gather and go in one HSET and
--- one EXPIRE per key at the end (a fused worker's task passes three states in one call);
--- later pairs override earlier ones, as separate HSETs in order would.
+-- The fields of a key's applied transitions gather and go in one HSET and one EXPIRE per
+-- key at the end (a fused worker's task passes three states in one call). What gathers
+-- depends only on the groups applied since the key's last write and on whether the task
+-- was known, and a frame's tasks all take the same path: so each key points at a node of
+-- a tree of such paths, and a node's fields are worked out once, by its first key written.
+-- They hold each field once, where its first pair put it, with the last value (what
+-- separate HSETs in order would leave): Redis's small hashes find a field by a linear scan.
+local UNKNOWN, KNOWN = {}, {}
+local function put(args, index, count, name, value)
+  local p = index[name]
+  if p then
+    args[p] = value
+    return count
+  end
+  args[count + 1] = name
+  args[count + 2] = value
+  index[name] = count + 2
+  return count + 2
+end
+local function fields_of(leaf)
+  local path, depth = {}, 0
+  local root = leaf
+  while root.group do
+    depth = depth + 1
+    path[depth] = root.group
+    root = root.parent
+  end
+  local args, index, count = {}, {}, 0
+  for d = depth, 1, -1 do
+    local group = path[d]
+    local state, at_ms = group.state, group.at_ms
+    count = put(args, index, count, 'state', state)
+    count = put(args, index, count, STAMP[state], at_ms)
+    count = put(args, index, count, 'updated_at_ms', at_ms)
+    if d == depth and root == UNKNOWN then
+      count = put(args, index, count, 'attempts', '0')
+      if state ~= 'ACCEPTED' then
+        count = put(args, index, count, 'accepted_at_ms', at_ms)
+      end
+    end
+    for p = group.first, group.last, 2 do
+      count = put(args, index, count, ARGV[p], ARGV[p + 1])
+    end
+  end
+  leaf.args = args
+  return args
+end
+
+-- Pass 2: apply.
 local out = {}
 local order = {}
 local pending = {}
 local function flush(key)
-  local fields = pending[key]
-  if fields then
-    redis.call('HSET', key, unpack(fields))
-    redis.call('EXPIRE', key, ttl_s)
+  local node = pending[key]
+  if node then
+    call('HSET', key, unpack(node.args or fields_of(node)))
+    call('EXPIRE', key, ttl)
     pending[key] = nil
   end
 end
-for i, key in ipairs(KEYS) do
-  local s = starts[i]
-  local state, at_ms, n = ARGV[s], ARGV[s + 1], tonumber(ARGV[s + 3])
+for j = 1, nkeys do
+  local key, group = KEYS[j], group_of[j]
   local stored = stored_of[key]
-  local stored_rank = stored and RANK[stored] or 0
-  if RANK[state] > stored_rank then
-    local fields = pending[key]
-    if not fields then
-      fields = {}
-      pending[key] = fields
+  local state = group.state
+  if group.rank > (stored and RANK[stored] or 0) then
+    local parent = pending[key]
+    if not parent then
+      parent = stored and KNOWN or UNKNOWN
       order[#order + 1] = key
     end
-    local function add(name, value)
-      fields[#fields + 1] = name
-      fields[#fields + 1] = value
+    local node = group.after[parent]
+    if not node then
+      node = { parent = parent, group = group }
+      group.after[parent] = node
     end
-    add('state', state)
-    add(string.lower(state) .. '_at_ms', at_ms)
-    add('updated_at_ms', at_ms)
-    if not stored then
-      add('attempts', '0')
-      if state ~= 'ACCEPTED' then
-        add('accepted_at_ms', at_ms)
-      end
-    end
-    for p = s + 4, s + 3 + 2 * n, 2 do
-      add(ARGV[p], ARGV[p + 1])
-    end
+    pending[key] = node
     stored_of[key] = state
-    out[#out + 1] = 'A' .. string.sub(state, 1, 1)
+    out[j] = APPLIED[state]
   elseif state == stored then
     flush(key)  -- the count goes on top of what this call wrote
-    redis.call('HINCRBY', key, 'attempts', 1)
-    out[#out + 1] = 'D' .. string.sub(stored, 1, 1)
+    call('HINCRBY', key, 'attempts', 1)
+    out[j] = DUPLICATE[state]
   else
-    out[#out + 1] = 'S' .. string.sub(stored, 1, 1)
+    out[j] = STALE[stored]
   end
 end
 for _, key in ipairs(order) do

@@ -153,11 +153,14 @@ class PreprocessStage(AnswersFailures):
             started = time.perf_counter()
             answers = self._run_preprocessor(group)
             each_ms = (time.perf_counter() - started) * 1000 / len(group)
+            # All of the group's tasks are preprocessed by now: one time for all of them lets
+            # the ledger write them as one group (per-task times split a frame into several).
+            preprocessed_at_ms = int(time.time() * 1000)
             for resolved, answer in zip(group, answers, strict=True):
                 try:
                     if isinstance(answer, BaseException):
                         raise answer
-                    self._add(output, frames, resolved, answer, each_ms)
+                    self._add(output, frames, resolved, answer, each_ms, preprocessed_at_ms)
                 except ContractError as error:
                     self._fail(output, resolved.work, error, _status_of(error))
                 except Exception as exc:  # a bug in a plug-in fails its task, never the worker
@@ -214,6 +217,7 @@ class PreprocessStage(AnswersFailures):
         resolved: _Resolved,
         tensors: dict[str, Array],
         preprocess_ms: float,
+        preprocessed_at_ms: int,
     ) -> None:
         work, request, model = resolved.work, resolved.request, resolved.model
         checked = arrays_of(normalize_tensors(tensors, "tensors"))
@@ -252,7 +256,7 @@ class PreprocessStage(AnswersFailures):
             Transition(
                 task_id=request.task_id,
                 state=Status.PREPROCESSED,
-                at_ms=int(time.time() * 1000),
+                at_ms=preprocessed_at_ms,
                 tenant=request.tenant,
                 pipeline=request.pipeline,
                 stage=self.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from schemas.messages import Status
 from tests.conftest import Namespace
 from workers.ledger import Ledger, Outcome, Transition, TransitionResult
+from workers.ledger.records import text
 from workers.names import RedisKeys
 
 pytestmark = pytest.mark.integration
@@ -80,3 +82,98 @@ async def test_final_state_is_highest_rank_seen_first_terminal_wins(
     }
     assert record.timestamps_ms == {Status.ACCEPTED: 1_000} | applied_at
     assert record.updated_at_ms == max(applied_at.values())
+
+
+def expected_hashes(
+    before: dict[str, dict[str, str]], transitions: list[Transition]
+) -> tuple[dict[str, dict[str, str]], list[TransitionResult]]:
+    """The model of every field: applied transitions write in order (later values win),
+    a duplicate counts an attempt; what the script stores must be exactly this. And each
+    transition's result."""
+    hashes = {task: dict(fields) for task, fields in before.items()}
+    results = []
+    for t in transitions:
+        stored = hashes.get(t.task_id)
+        current = Status(stored["state"]) if stored else None
+        if current is None or RANK[t.state] > RANK[current]:
+            at_ms = str(t.at_ms)
+            written = {"state": t.state.value, f"{t.state.value.lower()}_at_ms": at_ms}
+            written["updated_at_ms"] = at_ms
+            if stored is None:
+                written["attempts"] = "0"
+                if t.state is not Status.ACCEPTED:
+                    written["accepted_at_ms"] = at_ms
+            hashes[t.task_id] = (stored or {}) | written | t.fields()
+            results.append(TransitionResult(t.task_id, Outcome.APPLIED, t.state))
+        elif t.state == current:
+            assert stored is not None
+            stored["attempts"] = str(int(stored["attempts"]) + 1)
+            results.append(TransitionResult(t.task_id, Outcome.DUPLICATE, current))
+        else:
+            assert current is not None
+            results.append(TransitionResult(t.task_id, Outcome.STALE, current))
+    return hashes, results
+
+
+_TASKS = ("a", "b", "c")
+_shapes = st.builds(
+    Transition,
+    task_id=st.just("-"),
+    state=st.sampled_from(list(Status)),
+    at_ms=st.sampled_from([1_000, 2_000]),
+    tenant=st.sampled_from([None, "t1", "t2"]),
+    model_name=st.sampled_from([None, "m"]),
+    model_version=st.sampled_from([None, 1, 2]),
+    batch_id=st.sampled_from([None, "b1", "b2"]),
+    error_code=st.sampled_from([None, "E"]),
+    stage=st.sampled_from([None, "inference"]),
+)
+
+
+@st.composite
+def _transitions(draw: st.DrawFn, max_size: int) -> list[Transition]:
+    """Transitions of a few shapes only, so that runs of them alike (but for the task) go
+    as groups, reaching tasks that stand in different places."""
+    shapes = draw(st.lists(_shapes, min_size=1, max_size=3))
+    picks = draw(
+        st.lists(st.tuples(st.sampled_from(_TASKS), st.sampled_from(shapes)), max_size=max_size)
+    )
+    return [dataclasses.replace(shape, task_id=task) for task, shape in picks]
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    earlier=_transitions(max_size=4),
+    batch=_transitions(max_size=16),
+)
+async def test_every_field_is_what_transitions_in_order_write(
+    ledger: Ledger,
+    redis_client: aioredis.Redis,
+    namespace: Namespace,
+    earlier: list[Transition],
+    batch: list[Transition],
+) -> None:
+    # Tasks passing several states in one call (a fused worker's) have their fields
+    # gathered into one write; it must leave what one write per transition would.
+    run = uuid.uuid4().hex
+    keys = RedisKeys(namespace.key_prefix)
+
+    def fresh(transitions: list[Transition]) -> list[Transition]:
+        return [dataclasses.replace(t, task_id=f"{run}-{t.task_id}") for t in transitions]
+
+    earlier, batch = fresh(earlier), fresh(batch)
+    await ledger.record(earlier)
+    before, _ = expected_hashes({}, earlier)
+    results = await ledger.record(batch)
+
+    expected, expected_results = expected_hashes(before, batch)
+    assert results == expected_results
+    for task in {f"{run}-{t}" for t in _TASKS}:
+        key = keys.task(task)
+        stored = await redis_client.hgetall(key)
+        assert {text(k): text(v) for k, v in stored.items()} == expected.get(task, {})
+        assert (await redis_client.ttl(key) > 0) == (task in expected)

@@ -9,8 +9,9 @@ import redis.asyncio as aioredis
 
 from schemas import Status
 from tests.conftest import Namespace
-from workers.lanes.quota import TenantQuota
+from workers.lanes.quota import ADMITTED, ALREADY, REFUSED, TenantQuota
 from workers.ledger import Transition
+from workers.ledger.scripts import run_scripts
 from workers.names import RedisKeys
 
 
@@ -51,6 +52,23 @@ async def test_a_lost_task_stops_counting_after_the_ttl(
     assert await quota.pending("acme") == 0
     assert await quota.admit([("acme", "fresh")]) == [True]
     assert await redis_client.ttl(keys.pending("acme")) > 0
+
+
+async def test_a_task_admitted_again_keeps_its_admission_time(
+    redis_client: aioredis.Redis, namespace: Namespace
+) -> None:
+    # A redelivery must not renew a task's place: its TTL counts from the first admission.
+    keys = RedisKeys(namespace.key_prefix)
+    quota = TenantQuota(redis_client, keys, max_pending=2, ttl_s=60)
+    admitted_at = int(time.time() * 1000) - 30_000
+    await redis_client.zadd(keys.pending("acme"), {"old": admitted_at})
+    calls, answers = quota.admit_calls([("acme", "old"), ("acme", "new"), ("acme", "old")])
+    assert answers(await run_scripts(redis_client, calls)) == [ALREADY, ADMITTED, ALREADY]
+    assert await redis_client.zscore(keys.pending("acme"), "old") == admitted_at
+    # At the cap a known task is still admitted again, an unknown one refused.
+    calls, answers = quota.admit_calls([("acme", "new"), ("acme", "other"), ("acme", "old")])
+    assert answers(await run_scripts(redis_client, calls)) == [ALREADY, REFUSED, ALREADY]
+    assert await redis_client.zscore(keys.pending("acme"), "old") == admitted_at
 
 
 async def test_zero_turns_the_cap_off(redis_client: aioredis.Redis, namespace: Namespace) -> None:
