@@ -93,7 +93,8 @@ class Ledger:
     async def record(
         self, transitions: Sequence[Transition], also: Sequence[RedisStep] = ()
     ) -> list[TransitionResult]:
-        """Applies `transitions` as in order, in one round trip; one result per transition.
+        """Applies `transitions` as if one after another, in one round trip; one result per
+        transition.
 
         Several transitions of the same task in one batch are applied one after another.
         An empty batch makes no call to Redis. After a Redis restart the script is reloaded
