@@ -49,9 +49,7 @@ async def test_concurrent_callers_share_publications_and_every_record_arrives(
 ) -> None:
     topic = await _topic(services, namespace)
     async with GatheringProducer(producer) as gathering:
-        await asyncio.gather(
-            *(gathering.produce([_record(topic, f"k{i}")]) for i in range(300))
-        )
+        await asyncio.gather(*(gathering.produce([_record(topic, f"k{i}")]) for i in range(300)))
         # One publication at a time: whoever comes while one is in flight waits for the next.
         assert 1 <= gathering.publications <= 30
     keys = sorted(r.key for r in await read_topic(services.kafka_bootstrap, topic))
