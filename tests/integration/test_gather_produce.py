@@ -7,16 +7,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from schemas import InferenceRequest, decode_request
 from tests.conftest import Namespace
 from tests.e2e.helpers import read_topic
 from tests.services import Services
+from workers.client import Client
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.gather import GatheringProducer
 from workers.kafka.produce import Record, RecordsRefused
+from workers.names import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +94,25 @@ async def test_a_stopped_producer_refuses_calls(producer: AIOKafkaProducer) -> N
     with pytest.raises(RuntimeError, match="not running"):
         await gathering.produce([("t", b"k", b"v", [])])
     await gathering.stop()  # idempotent
+
+
+async def test_a_clients_concurrent_submits_share_publications(
+    services: Services, namespace: Namespace
+) -> None:
+    topics = Topics(namespace.topic_prefix)
+    await ensure_topics(
+        services.kafka_bootstrap, [TopicSpec(topics.requests, 2), TopicSpec(topics.results, 1)]
+    )
+    requests = [
+        InferenceRequest.new(
+            tenant="acme", pipeline="tiny-classify", inputs={"x": np.full((1, 2), i, np.float32)}
+        )
+        for i in range(200)
+    ]
+    async with Client(services.kafka_bootstrap, topics) as client:
+        ids = await asyncio.gather(*(client.submit(r) for r in requests))
+        assert client.publications <= 20  # not one each
+    assert ids == [r.task_id for r in requests]
+    published = await read_topic(services.kafka_bootstrap, topics.requests)
+    decoded = {decode_request(r.value or b"", r.headers).task_id for r in published}
+    assert decoded == set(ids)
