@@ -31,6 +31,7 @@ from schemas import (
     headers_for,
     key_for,
 )
+from workers.component import Component
 from workers.kafka.admin import partitions_of
 from workers.kafka.clients import Connection, bootstrap_of, connection_options, start_client
 from workers.kafka.gather import GatheringProducer
@@ -46,7 +47,7 @@ Result = InferenceResult | ErrorResult
 _CLOSE_TIMEOUT_S = 10.0
 
 
-class Client:
+class Client(Component):
     """Submits requests and receives their results; one instance per event loop."""
 
     def __init__(
@@ -142,13 +143,6 @@ class Client:
                 log.warning(
                     "%s did not close in %.0f s", type(kafka_client).__name__, _CLOSE_TIMEOUT_S
                 )
-
-    async def __aenter__(self) -> Client:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ---- submit -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from workers.component import Component
 from workers.kafka.admin import partitions_of
 from workers.kafka.clients import Connection, connection_options
 from workers.models.lifecycle import ROLES, ModelLifecycle
@@ -100,7 +101,7 @@ async def apply(lifecycle: ModelLifecycle, command: ControlCommand) -> bool:
     return await lifecycle.rollback(command.model, source)
 
 
-class ControlListener:
+class ControlListener(Component):
     """Reads the control topic from its end and applies each command in order."""
 
     def __init__(self, lifecycle: ModelLifecycle, connection: Connection, topic: str) -> None:
@@ -135,13 +136,6 @@ class ControlListener:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-
-    async def __aenter__(self) -> ControlListener:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():

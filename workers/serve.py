@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.component import Component
 from workers.fleet import FUSED, STAGES, WorkerFleet, WorkerProcess
 from workers.kafka.admin import partitions_of_each
 from workers.names import Topics
@@ -172,7 +173,7 @@ async def thin_topics(settings: Settings, plan: HostPlan) -> list[str]:
     return found
 
 
-class Supervisor:
+class Supervisor(Component):
     """Starts the plan's processes, starts again any that exits, and stops them all (each gets
     the worker's own drain on SIGTERM: in-flight batches finish, offsets commit)."""
 
@@ -207,13 +208,6 @@ class Supervisor:
                     self._restart(worker)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), _CHECK_EVERY_S)
-
-    async def __aenter__(self) -> Supervisor:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _restart(self, worker: WorkerProcess) -> None:
         since = time.monotonic() - self._started_at.get(worker.instance_id, 0.0)

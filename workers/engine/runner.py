@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 from schemas import ClaimCheck, ContractError, Status
 from schemas.claimcheck import has_claims
 from schemas.frames import Frame
+from workers.component import Component
 from workers.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce
 from workers.engine.framing import cut
 from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
@@ -79,7 +80,7 @@ TopicSelector = Callable[[Iterable[str]], frozenset[str]]
 """Of the cluster's topics, those a stage reads (see `lanes.intake`)."""
 
 
-class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
+class StageRunner(ConsumerRebalanceListener, Component):  # type: ignore[misc]
     """Runs one stage against Kafka and the ledger until stopped."""
 
     def __init__(
@@ -223,13 +224,6 @@ class StageRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._loops.cancel()
         await self._commit()
         self._started = False
-
-    async def __aenter__(self) -> StageRunner:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _still_running_after(self, seconds: float) -> bool:
         """Waits `seconds`; False as soon as a stop is requested."""

@@ -19,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -39,6 +38,7 @@ from schemas import (
     encode,
 )
 from workers.client import Client, Result
+from workers.component import Component
 from workers.gateway.answers import task_body
 from workers.gateway.errors import GatewayError
 from workers.gateway.keys import ApiKeys, KeyDirectory
@@ -103,7 +103,7 @@ def instance_name(configured: str | None) -> str:
     return (host.strip("-_") or "gateway")[:64]
 
 
-class Gateway:
+class Gateway(Component):
     """Publishes V2 requests as tasks and answers them; one per gateway process."""
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
@@ -190,18 +190,6 @@ class Gateway:
             await self._session.close()
             self._session = None
         await self._redis.aclose()
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def ready(self) -> bool:

@@ -18,6 +18,7 @@ import grpc
 from grpc import aio
 
 from schemas import ContractError, ErrorCode
+from workers.component import Component
 from workers.gateway.answers import outputs_of
 from workers.gateway.core import Gateway, Submission
 from workers.gateway.errors import GatewayError, bad_request
@@ -249,7 +250,7 @@ def _response(
     return response
 
 
-class GrpcFront:
+class GrpcFront(Component):
     """The gRPC listener (grpc.aio); `stop()` lets calls in progress finish for a grace."""
 
     def __init__(self, gateway: Gateway, host: str, port: int, grace_s: float = 10.0) -> None:
@@ -291,10 +292,3 @@ class GrpcFront:
         if self._server is not None:
             await self._server.stop(self._grace_s)
             self._server = None
-
-    async def __aenter__(self) -> GrpcFront:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import ContractError
+from workers.component import Component
 from workers.gateway.answers import outputs_of, response_head
 from workers.gateway.core import Gateway, Submission
 from workers.gateway.errors import GatewayError
@@ -57,7 +58,7 @@ def _api_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-class HttpFront:
+class HttpFront(Component):
     """The HTTP listener; `start()` binds, `stop()` lets requests in progress finish."""
 
     def __init__(self, gateway: Gateway, host: str, port: int, grace_s: float = 10.0) -> None:
@@ -120,13 +121,6 @@ class HttpFront:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> HttpFront:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -12,11 +12,11 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from types import TracebackType
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from workers.component import Component
 from workers.lanes.registry import check_tenant
 from workers.ledger.records import text
 from workers.names import RedisKeys
@@ -61,7 +61,7 @@ class ApiKeys:
         return None if value is None else text(value)
 
 
-class KeyDirectory:
+class KeyDirectory(Component):
     """The gateway's cached view of the key store."""
 
     def __init__(self, store: ApiKeys, refresh_s: float) -> None:
@@ -80,18 +80,6 @@ class KeyDirectory:
 
     async def stop(self) -> None:
         await self._tasks.cancel()
-
-    async def __aenter__(self) -> KeyDirectory:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def tenant_of(self, key: str) -> str | None:
         """The key's tenant; None for an unknown key. Raises RedisError only when the key

@@ -19,18 +19,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Self
 
 from aiokafka import AIOKafkaProducer
 
+from workers.component import Component
 from workers.kafka.produce import Record, TopicCheck, produce_each, refusal_error
 from workers.tasks import TaskSet
 
 _Call = tuple[Sequence[Record], asyncio.Future[None]]
 
 
-class GatheringProducer:
+class GatheringProducer(Component):
     """Produces the records of concurrent `produce` calls together (see the module's
     docstring). Does not own `producer`: `stop()` leaves it open."""
 
@@ -61,18 +60,6 @@ class GatheringProducer:
         self._stopped = self._stopped or RuntimeError("the producer stopped")
         await self._tasks.cancel()
         self._fail_queued()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def produce(self, records: Sequence[Record]) -> None:
         """Until the broker acknowledged every record of `records`; raises as `produce_all`

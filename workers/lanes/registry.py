@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import orjson
@@ -31,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from workers.component import Component
 from workers.lanes.rate import bucket_size
 from workers.names import LANES, TENANT_RE, RedisKeys
 from workers.settings import LaneSettings
@@ -223,7 +223,7 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-class TenantDirectory:
+class TenantDirectory(Component):
     """The workers' view of the registry: a local copy, refreshed in the background.
 
     Lookups are synchronous dict reads. A refresh that fails (Redis down) keeps the last good
@@ -256,18 +256,6 @@ class TenantDirectory:
         if self._tasks is not None:
             tasks, self._tasks = self._tasks, None
             await tasks.cancel()
-
-    async def __aenter__(self) -> TenantDirectory:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # ---- lookups (sync: the scheduler calls them per record) -------------------------------
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from types import TracebackType
-from typing import Self
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from schemas.messages import Status
+from workers.component import Component
 from workers.ledger.connection import RedisConnection, redis_client
 from workers.ledger.records import Outcome, TaskRecord, Transition, TransitionResult, text
 from workers.ledger.scripts import RedisStep, run_scripts
@@ -39,7 +38,7 @@ return states
 """Every task's stored state in one command (false, so nil in the reply, where none)."""
 
 
-class Ledger:
+class Ledger(Component):
     """Records task transitions and answers where tasks stand.
 
     Does not own `redis`: `stop()` leaves the client open for whoever created it.
@@ -72,18 +71,6 @@ class Ledger:
     async def stop(self) -> None:
         """Stops accepting calls. Idempotent."""
         self._script = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _running_script(self) -> AsyncScript:
         if self._script is None:

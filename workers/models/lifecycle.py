@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from schemas import ContractError, ErrorCode
+from workers.component import Component
 from workers.models.events import EventKind, ModelEvents
 from workers.models.repository import ModelConfig, ModelRepository, ModelVersion
 from workers.models.routing import RoutingTable
@@ -71,7 +72,7 @@ class LoadRefused(RuntimeError):
         self.reason = reason
 
 
-class ModelLifecycle:
+class ModelLifecycle(Component):
     """Every model's versions in one inference worker, and where each task goes."""
 
     def __init__(
@@ -121,13 +122,6 @@ class ModelLifecycle:
                 loaded.model = None
             state.loaded.clear()
         self._started = False
-
-    async def __aenter__(self) -> ModelLifecycle:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ---- serving ----------------------------------------------------------------------
 

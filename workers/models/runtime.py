@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from workers.component import Component
 from workers.models.executor import PriorityExecutor
 from workers.models.ort_build import log_build
 from workers.models.repository import FP16_FILENAME, ModelVersion
@@ -219,7 +220,7 @@ class OnnxModel:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-class ModelRuntime:
+class ModelRuntime(Component):
     """Loads model versions on first use and runs batches off the event loop."""
 
     def __init__(
@@ -271,13 +272,6 @@ class ModelRuntime:
         if self._loader is not None:
             self._loader.shutdown(wait=True)
             self._loader = None
-
-    async def __aenter__(self) -> ModelRuntime:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def loaded(self) -> list[OnnxModel]:
         return list(self._models.values())

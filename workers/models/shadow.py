@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from workers.component import Component
 from workers.models.lifecycle import LoadedVersion, ModelLifecycle
 from workers.models.runtime import ModelRuntime
 from workers.names import LANES
@@ -46,7 +47,7 @@ def compare(serving: dict[str, Array], candidate: dict[str, Array]) -> ShadowDif
     return ShadowDiff(float(np.max(np.abs(a - b))) if a.size else 0.0, cosine)
 
 
-class ShadowRunner:
+class ShadowRunner(Component):
     """Runs sampled batches on the shadow version and records the differences as metrics."""
 
     def __init__(
@@ -68,13 +69,6 @@ class ShadowRunner:
 
     async def stop(self) -> None:
         await self._tasks.cancel()
-
-    async def __aenter__(self) -> ShadowRunner:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def offer(
         self, model: str, ran_on: int, feeds: dict[str, Array], outputs: dict[str, Array]

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from workers.component import Component
 from workers.models.lifecycle import ModelLifecycle
 from workers.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
 
-class RepositoryWatcher:
+class RepositoryWatcher(Component):
     def __init__(
         self, lifecycle: ModelLifecycle, interval_s: float, canary_fraction: float
     ) -> None:
@@ -41,13 +42,6 @@ class RepositoryWatcher:
         self._stopping.set()
         await self._tasks.cancel()
         self._started = False
-
-    async def __aenter__(self) -> RepositoryWatcher:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def poll(self) -> list[tuple[str, int]]:
         """Load every version that appeared since the last poll, oldest first."""

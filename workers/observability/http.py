@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from workers.component import Component
 from workers.exits import PortTakenError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class Health:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class ObservabilityServer:
+class ObservabilityServer(Component):
     """Serves metrics and health on `host:port` (port 0 picks a free one).
 
     A taken port raises `PortTakenError`, or with `fallback_to_free` (the port is only the
@@ -118,13 +119,6 @@ class ObservabilityServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    async def __aenter__(self) -> ObservabilityServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 def check(base_url: str, timeout_s: float = 3.0) -> tuple[int, str]:

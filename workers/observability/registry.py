@@ -16,13 +16,14 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from workers.component import Component
 from workers.ledger.records import text
 from workers.names import RedisKeys
 
 log = logging.getLogger(__name__)
 
 
-class WorkerAnnouncement:
+class WorkerAnnouncement(Component):
     """Keeps `RedisKeys.worker(instance_id)` alive while the worker runs; removes it at stop."""
 
     def __init__(
@@ -59,13 +60,6 @@ class WorkerAnnouncement:
                 pipe.delete(self._key)
                 pipe.srem(self._index, self._instance_id)
                 await pipe.execute()
-
-    async def __aenter__(self) -> WorkerAnnouncement:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _announce(self) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aiokafka import ConsumerRecord
 
-from schemas import ContractError, ErrorCode, InferenceRequest, encode, headers_for
+from schemas import ContractError, ErrorCode, InferenceRequest, encode
+from tests.records import request_record
 from workers.models.repository import ModelRepository
 from workers.names import Topics
 from workers.settings import LimitsSettings
@@ -49,26 +49,9 @@ def test_numeric_tensors_are_not_texts() -> None:
     assert _code({"features": np.zeros((4, 16), np.float32)}, limits) is None
 
 
-def _record(request: InferenceRequest) -> ConsumerRecord[bytes, bytes]:
-    value = encode(request)
-    return ConsumerRecord(
-        topic="t.requests",
-        partition=0,
-        offset=0,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=value,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=len(value),
-        headers=headers_for(request),
-    )
-
-
 def _decode_error(request: InferenceRequest, limits: LimitsSettings) -> ErrorCode | None:
     stage = PreprocessStage(Topics("t"), ModelRepository(Path(__file__).parent), limits)
-    work = stage.decode(_record(request))
+    work = stage.decode(request_record(request))
     return work.error.code if work.error else None
 
 

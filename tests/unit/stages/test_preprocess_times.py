@@ -8,31 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aiokafka import ConsumerRecord
 
-from schemas import InferenceRequest, Status, encode, headers_for
+from schemas import InferenceRequest, Status
+from tests.records import request_record
 from workers.models.builders import build_tiny_classifier
 from workers.models.repository import ModelRepository
 from workers.names import Topics
 from workers.settings import LimitsSettings
 from workers.stages.preprocess import PreprocessStage
-
-
-def _record(request: InferenceRequest, offset: int) -> ConsumerRecord[bytes, bytes]:
-    value = encode(request)
-    return ConsumerRecord(
-        topic="t.requests",
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=value,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=len(value),
-        headers=headers_for(request),
-    )
 
 
 async def test_requests_preprocessed_together_share_one_time(
@@ -54,7 +37,9 @@ async def test_requests_preprocessed_together_share_one_time(
     clock = itertools.count(time.time(), 0.01)
     monkeypatch.setattr(time, "time", lambda: next(clock))
     before = int(time.time() * 1000)
-    output = await stage.process([stage.decode(_record(r, i)) for i, r in enumerate(requests)])
+    output = await stage.process(
+        [stage.decode(request_record(r, i)) for i, r in enumerate(requests)]
+    )
     after = int(time.time() * 1000)
 
     assert [t.state for t in output.transitions] == [Status.PREPROCESSED] * 3
