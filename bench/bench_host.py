@@ -44,6 +44,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench import bench_model
 from bench.bench_pipeline import Deployment, cpu_delta, cpu_snapshot, percentiles, private_stack
+from bench.bench_profile import SAMPLES_PER_S, StageProfile, load_profile
 from schemas import InferenceRequest, InferenceResult, decode_result
 from workers.client import Client
 from workers.kafka.admin import TopicSpec, ensure_topics
@@ -72,6 +73,8 @@ class LayoutRun:
     cpu_s: dict[str, float]
     seconds: float
     gpu_busy: list[float]
+    profiles: list[tuple[str, StageProfile]] = dataclasses.field(default_factory=list)
+    """(process kind, py-spy samples) with --profile-s."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -112,6 +115,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "without a GPU, a model about as fast as one, so the CPU stages are what is measured",
     )
     parser.add_argument("--raw-s", type=float, default=5.0)
+    parser.add_argument(
+        "--profile-s",
+        type=float,
+        default=0.0,
+        help="py-spy one fused (or inference) worker and one load client this long in each "
+        "saturated window; their top areas and functions go into the report",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -317,6 +327,17 @@ def run_layout(
                 )
                 for i, reply in enumerate(replies)
             ]
+            profiles = (
+                _profile(
+                    [
+                        (f"{fleet.workers[0].stage} worker(s)", fleet.workers[0].process.pid),
+                        ("load clients", clients[0].pid),
+                    ],
+                    args,
+                )
+                if args.profile_s and not rate_per_s
+                else []
+            )
             outputs = [json.loads(c.communicate()[0].strip().splitlines()[-1]) for c in clients]
             window_samples = list(gpu_busy)
         cpu_s = cpu_delta(before, cpu_snapshot(deployment.stack_pids, fleet))
@@ -337,7 +358,40 @@ def run_layout(
         cpu_s=cpu_s,
         seconds=args.seconds,
         gpu_busy=window_samples,
+        profiles=[
+            (kind, load_profile(path, kind, 0.0)) for kind, path in profiles if path.exists()
+        ],
     )
+
+
+def _profile(
+    targets: Sequence[tuple[str, int]], args: argparse.Namespace
+) -> list[tuple[str, Path]]:
+    """py-spy's raw stacks of each (kind, pid) over `--profile-s` seconds from the middle of the
+    window (blocks meanwhile). `--native` on the first (the worker), so that time in ONNX
+    Runtime, the CUDA driver or the tokenizer shows by library, not as its Python caller."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("  --profile-s: no py-spy on PATH, not profiled", flush=True)
+        return []
+    time.sleep(args.warmup_s + max(0.0, (args.seconds - args.profile_s) / 2))
+    folder = Path(tempfile.mkdtemp(prefix="conveyor-host-profile-"))
+    recorders = []
+    for index, (kind, pid) in enumerate(targets):
+        path = folder / f"{index}.txt"
+        command = [
+            spy, "record", "--format", "raw", "--rate", str(SAMPLES_PER_S),
+            "--duration", str(int(args.profile_s)), "--output", str(path), "--pid", str(pid),
+        ]  # fmt: skip
+        if index == 0:
+            command.append("--native")
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        recorders.append((kind, path, process))
+    for kind, _, process in recorders:
+        _, err = process.communicate()
+        if process.returncode != 0:
+            print(f"  py-spy on the {kind} failed: {err.decode()[-300:]}", flush=True)
+    return [(kind, path) for kind, path, _ in recorders]
 
 
 def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Namespace) -> str:
@@ -376,7 +430,30 @@ def report(runs: Sequence[LayoutRun], raw: dict[str, float], args: argparse.Name
         cells = " | ".join(f"{run.cpu_s.get(k, 0.0) / tasks * 1000:.2f}" for k in kinds)
         load = f"{run.rate_per_s:,.0f}/s" if run.rate_per_s else "saturated"
         lines.append(f"| {layout_name(run.layout)} | {load} | {cells} |")
+    for run in runs:
+        lines += _profile_tables(run)
     return "\n".join(lines)
+
+
+def _profile_tables(run: LayoutRun) -> list[str]:
+    """Where one worker's and one load client's CPU went (py-spy, innermost frame), each share
+    also as microseconds of that kind's CPU per task in this run."""
+    lines = []
+    tasks = max(1.0, float(run.submitted - run.lost))
+    for kind, profile in run.profiles:
+        per_task_us = run.cpu_s.get(kind, 0.0) / tasks * 1e6
+        lines += [
+            "",
+            f"{layout_name(run.layout)}, one of the {kind} sampled ({profile.samples:,} samples on "
+            f"CPU); its kind's CPU {per_task_us:,.0f} us a task:",
+            "",
+            "| area or function (innermost frame) | share | ~us per task |",
+            "|---|---:|---:|",
+        ]
+        for name, count in [*profile.areas, *profile.top]:
+            share = count / max(1, profile.samples)
+            lines.append(f"| {name} | {share:.1%} | {share * per_task_us:,.1f} |")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:

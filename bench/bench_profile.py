@@ -70,6 +70,9 @@ def _area(frame: str) -> str:
     for marker, area in AREAS:
         if marker in frame:
             return area
+    where = frame.rpartition(" (")[2].rstrip(")")
+    if ".py" not in where and where:  # a native frame (py-spy --native): its library
+        return f"native: {where.split(':')[0]}"
     return "other (builtins, C extensions, stdlib)"
 
 
@@ -91,6 +94,24 @@ _IDLE = ("select (selectors.py", "Condition.wait (threading.py", "_worker (threa
 py-spy's own idle filter lets some through; they are not CPU."""
 
 
+_IDLE_NATIVE = (
+    "epoll_wait", "epoll_pwait", "poll (", "select (", "pthread_cond_", "futex", "sem_wait",
+    "sem_timedwait", "PyThread_acquire_lock", "take_gil", "nanosleep", "clock_nanosleep",
+)  # fmt: skip
+"""Native frames of a waiting thread (`py-spy --native`): the wait calls, found among the
+innermost few frames since libc's own frames below them are often known by address only."""
+
+
+def _idle(frames: Sequence[str]) -> bool:
+    """Whether a sampled stack is a thread waiting: its innermost Python frame is a wait, or
+    one of its innermost native frames is a wait call. Python frames are matched on the
+    shortened name: py-spy writes paths from sys.path's root (`concurrent/futures/thread.py`)."""
+    if any(frame.startswith(_IDLE_NATIVE) for frame in frames[-3:]):
+        return True
+    python = next((f for f in reversed(frames) if ".py:" in f), "")
+    return any(mark in _function(python) for mark in _IDLE)
+
+
 def load_profile(path: Path, stage: str, cpu_s: float) -> StageProfile:
     """Aggregate py-spy's raw (collapsed) stacks: innermost frame owns the sample."""
     areas: collections.Counter[str] = collections.Counter()
@@ -102,11 +123,12 @@ def load_profile(path: Path, stage: str, cpu_s: float) -> StageProfile:
             continue
         frames = stack.split(";")
         leaf = frames[-1]
-        if any(mark in leaf for mark in _IDLE):
+        function = _function(leaf)
+        if _idle(frames):
             continue
         total += int(count)
         areas[_area(leaf)] += int(count)
-        functions[_function(leaf)] += int(count)
+        functions[function] += int(count)
     return StageProfile(
         stage, cpu_s, total, areas.most_common(), functions.most_common(TOP_FUNCTIONS)
     )

@@ -357,6 +357,11 @@ class RuntimeSettings(_Group):
     default is on, which buys a little latency on cores of its own; off by default because
     the workers share cores with the broker and each other, and a spinning pool takes their
     CPU while a realtime task crosses the other stages (BENCHMARKS.md, lanes)."""
+    cuda_wait: Literal["auto", "spin", "yield", "block"] = "auto"
+    """How a model thread waits for the GPU at the end of each run (CUDA and TensorRT): auto,
+    CUDA's default, spins a core through the wait in a process of one CUDA context; block
+    sleeps until the device signals; yield spins but gives the core up to other threads
+    (workers/models/cuda_wait.py). No effect on the CPU provider."""
     compute_nice: int = Field(default=10, ge=0, le=19)
     """Nice value added to the general model threads and the loader (ONNX Runtime's pool,
     with `intra_op_threads` > 1, inherits it); express threads keep the worker's own. A bulk

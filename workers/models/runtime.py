@@ -26,6 +26,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from workers.component import Component
+from workers.models.cuda_wait import CudaWait, set_cuda_wait
 from workers.models.executor import PriorityExecutor
 from workers.models.ort_build import log_build
 from workers.models.repository import FP16_FILENAME, ModelVersion
@@ -68,6 +69,8 @@ class RuntimeOptions:
     device_id: int = 0
     allow_spinning: bool = False
     """Intra-op threads busy-wait for work (ORT's default is on; see RuntimeSettings)."""
+    cuda_wait: CudaWait = "auto"
+    """How a thread waits for the GPU at the end of a run (RuntimeSettings.cuda_wait)."""
     compute_nice: int = 10
     """Nice value added to the general model threads and the loader (see RuntimeSettings)."""
     inline_run_max_s: float = 0.0
@@ -85,6 +88,7 @@ class RuntimeOptions:
             io_binding=settings.io_binding,
             device_id=settings.device_id,
             allow_spinning=settings.allow_spinning,
+            cuda_wait=settings.cuda_wait,
             compute_nice=settings.compute_nice,
             inline_run_max_s=settings.inline_run_max_ms / 1000,
         )
@@ -159,6 +163,8 @@ class OnnxModel:
         session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         session_options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         providers = choose_providers(options.providers, ort.get_available_providers())
+        if providers[0] in _DEVICE_PROVIDERS:
+            set_cuda_wait(options.cuda_wait, options.device_id)
         self.path = model_file(version, providers[0], options.precision)
         self.session = ort.InferenceSession(
             str(self.path),
