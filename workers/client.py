@@ -6,7 +6,9 @@
 
 Results are read from the results topic (or the reply topic the client was given) by a
 group-less consumer that starts at the topic's end when the client starts, so `result()`
-finds every answer to requests submitted after `start()`.
+finds every answer to requests submitted after `start()`. A client made with
+`reads_results=False` only submits: it opens no consumer, for a producer whose results
+another process reads (a load generator, a feed whose answers go to their own consumers).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Client(Component):
         tenant: str | None = None,
         content_type: str = MSGPACK,
         received_limit: int = 100_000,
+        reads_results: bool = True,
     ) -> None:
         self.topics = topics or Topics()
         self.connection = connection
@@ -75,6 +78,7 @@ class Client(Component):
             self.topics.results_of(tenant) if tenant else self.topics.results
         )
         self.content_type = content_type
+        self.reads_results = reads_results
         self._producer: AIOKafkaProducer | None = None
         self._publisher: GatheringProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -108,6 +112,8 @@ class Client(Component):
         # Concurrent `submit`s share publications (one record batch per partition).
         self._publisher = GatheringProducer(self._producer)
         await self._publisher.start()
+        if not self.reads_results:
+            return
         # read_committed: in exactly-once mode a result of an aborted transaction never counts.
         self._consumer = AIOKafkaConsumer(
             **connection_options(self.connection),
@@ -198,6 +204,7 @@ class Client(Component):
         if task_id in self._received:
             return self._received[task_id]
         self._raise_if_broken()
+        self._require_reader()
         future = self._waiting.get(task_id)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -211,6 +218,7 @@ class Client(Component):
 
     async def results(self, tenant: str | None = None) -> AsyncIterator[Result]:
         """Every result from now on (of one tenant, or all), as an async iterator."""
+        self._require_reader()
         queue: asyncio.Queue[Result] = asyncio.Queue(maxsize=10_000)
         entry = (tenant, queue)
         self._subscribers.append(entry)
@@ -259,6 +267,10 @@ class Client(Component):
     def _raise_if_broken(self) -> None:
         if self._reader_error is not None:
             raise RuntimeError("the results reader stopped") from self._reader_error
+
+    def _require_reader(self) -> None:
+        if not self.reads_results:
+            raise RuntimeError("this client only submits (reads_results=False): no results")
 
     def _require_publisher(self) -> GatheringProducer:
         if self._publisher is None:

@@ -116,3 +116,24 @@ async def test_a_clients_concurrent_submits_share_publications(
     published = await read_topic(services.kafka_bootstrap, topics.requests)
     decoded = {decode_request(r.value or b"", r.headers).task_id for r in published}
     assert decoded == set(ids)
+
+
+async def test_a_submit_only_client_publishes_without_a_results_topic(
+    services: Services, namespace: Namespace
+) -> None:
+    # No results topic exists: a submit-only client never looks for one.
+    topics = Topics(namespace.topic_prefix)
+    await ensure_topics(services.kafka_bootstrap, [TopicSpec(topics.requests, 1)])
+    request = InferenceRequest.new(
+        tenant="acme", pipeline="tiny-classify", inputs={"x": np.zeros((1, 2), np.float32)}
+    )
+    async with Client(services.kafka_bootstrap, topics, reads_results=False) as client:
+        assert await client.submit(request) == request.task_id
+        with pytest.raises(RuntimeError, match="only submits"):
+            await client.result(request.task_id, timeout_s=1)
+        with pytest.raises(RuntimeError, match="only submits"):
+            await anext(client.results())
+    published = await read_topic(services.kafka_bootstrap, topics.requests)
+    assert [decode_request(r.value or b"", r.headers).task_id for r in published] == [
+        request.task_id
+    ]
