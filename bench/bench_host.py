@@ -342,6 +342,7 @@ def run_layout(
                 if args.profile_s and not rate_per_s
                 else []
             )
+            _keep_stacks(profiles, args)
             outputs = [json.loads(c.communicate()[0].strip().splitlines()[-1]) for c in clients]
             window_samples = list(gpu_busy)
         cpu_s = cpu_delta(before, cpu_snapshot(deployment.stack_pids, fleet))
@@ -368,6 +369,16 @@ def run_layout(
     )
 
 
+def _keep_stacks(profiles: Sequence[tuple[str, Path]], args: argparse.Namespace) -> None:
+    """py-spy's raw stacks beside `--out` (`<out>-<kind>.txt`), for callers and flame graphs."""
+    if args.out is None:
+        return
+    for kind, path in profiles:
+        if path.exists():
+            slug = kind.split(" ")[0]
+            shutil.copy(path, args.out.with_name(f"{args.out.stem}-{slug}.txt"))
+
+
 def _profile(
     targets: Sequence[tuple[str, int]], args: argparse.Namespace
 ) -> list[tuple[str, Path]]:
@@ -386,6 +397,7 @@ def _profile(
         command = [
             spy, "record", "--format", "raw", "--rate", str(SAMPLES_PER_S),
             "--duration", str(int(args.profile_s)), "--output", str(path), "--pid", str(pid),
+            "--nonblocking",  # never pause the sampled process: it must keep its pace
         ]  # fmt: skip
         if index == 0:
             command.append("--native")

@@ -131,7 +131,7 @@ class PreprocessStage(AnswersFailures):
         """Every request of the batch preprocessed, the good ones forwarded as frames: one
         per (lane, tenant, pipeline, model, version pin, shape bucket), made of what arrived;
         nothing waits for a frame to fill. Requests of one pipeline and model version are
-        preprocessed together where the preprocessor can (one `encode_batch` for all their
+        preprocessed together where the preprocessor can (one `encode_batch_fast` for all their
         texts)."""
         output = StageOutput()
         frames = FrameBuilder()
