@@ -43,9 +43,11 @@ from bench.bench_pipeline import Deployment, percentiles, private_stack
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
-from workers.fleet import STAGES
+from workers.fleet import FUSED, STAGES
 from workers.lanes.registry import TenantRegistry
+from workers.models.runtime import available_cores
 from workers.names import RedisKeys, Topics
+from workers.serve import plan_host
 from workers.settings import load_settings
 from workers.tenants import add_tenant
 
@@ -74,6 +76,8 @@ class Options:
     """Each isolation window's length, if not the default."""
     rounds: int | None = None
     """Isolation rounds of each topology, if not the default."""
+    fused_pools: tuple[int, int] = (1, 1)
+    """Fused workers of the realtime pool and of the other lanes' pool (FUSED_POOLS)."""
 
     @property
     def batching_tasks(self) -> int:
@@ -244,6 +248,10 @@ LOWER_POOL = {
 }
 PER_STAGE = "one worker per stage"
 """The topology of the latency-budget-off round."""
+FUSED_POOLS = "fused lane pools"
+"""Fused workers (every stage in one process) in a realtime pool and a pool of the other lanes,
+each reading its tenants' request topics: the one-host layout of `conveyor serve --fused`
+with its lanes apart. Pool sizes: `--fused-pools`."""
 REALTIME_TENANT, BULK_TENANT = "interactive", "backfill"
 
 
@@ -268,6 +276,7 @@ TOPOLOGIES: dict[str, Topology] = {
         )
     ),
     "lane pools at every stage": Topology(EVERY_STAGE_POOLS, tenant_topics=True),
+    FUSED_POOLS: Topology(((FUSED, REALTIME_POOL), (FUSED, LOWER_POOL)), tenant_topics=True),
 }
 """How the isolation rounds deploy the workers: every lane in one worker per stage; a realtime
 inference and postprocess pool beside a pool for the other lanes under SCHED_IDLE
@@ -373,6 +382,8 @@ def measure_isolation(
             asyncio.run(_add_tenant_topics(deployment, list(tenants)))
             env["CONVEYOR_KAFKA__TENANT_TOPICS"] = "true"
         workers = [(stage, {**pool, **env}) for stage, pool in topology.workers]
+        if name == FUSED_POOLS:
+            workers = _fused_pools(options.fused_pools, env, deployment)
         with deployment.fleet({}, workers=workers):
             round_ = asyncio.run(
                 _isolation_round(deployment, texts, capacity_per_s, options, topology.tenant_topics)
@@ -403,6 +414,20 @@ async def _add_tenant_topics(deployment: Deployment, tenants: Sequence[str]) -> 
     )
     for tenant in tenants:  # the private stack has no ACLs: the topics only
         await add_tenant(settings, tenant, f"User:{tenant}", None, grant=False)
+
+
+def _fused_pools(
+    sizes: tuple[int, int], env: dict[str, str], deployment: Deployment
+) -> list[tuple[str, dict[str, str]]]:
+    """The two pools of fused workers, each process told its share of the host's cores and its
+    GPU as `conveyor serve` tells it."""
+    gpu = deployment.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    plan = plan_host(available_cores(), (0,) if gpu else (), fused=sum(sizes))
+    pools = [REALTIME_POOL] * sizes[0] + [LOWER_POOL] * sizes[1]
+    return [
+        (FUSED, {**plan.environment(FUSED, index), **pool, **env})
+        for index, pool in enumerate(pools)
+    ]
 
 
 async def _isolation_round(
@@ -491,7 +516,8 @@ def _flood(
 ) -> None:
     async def run() -> int:
         tenant = BULK_TENANT if tenant_topics else None
-        async with Client(bootstrap, Topics(prefix), tenant=tenant) as client:
+        # Submit-only: nobody reads the bulk answers, and this host's cores are the workers'.
+        async with Client(bootstrap, Topics(prefix), tenant=tenant, reads_results=False) as client:
             started.set()
             requests = sentence_requests(texts, BULK_TENANT)
             return await offer(client, requests, rate_per_s, duration_s)
@@ -758,11 +784,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--rounds", type=int, help="isolation rounds of each topology")
     parser.add_argument("--window-s", type=float, help="length of each isolation window")
+    parser.add_argument(
+        "--fused-pools",
+        default="1,1",
+        help=f"'{FUSED_POOLS}': fused workers of the realtime pool and of the other lanes",
+    )
     args = parser.parse_args(argv)
     sizes = tuple(int(n) for n in args.sizes.split(","))
     if CAPACITY_BATCH_SIZE not in sizes:
         parser.error(f"--sizes must hold {CAPACITY_BATCH_SIZE}: C is the throughput there")
-    options = Options(quick=args.quick, window_s=args.window_s, rounds=args.rounds)
+    realtime_pool, lower_pool = (int(n) for n in args.fused_pools.split(","))
+    options = Options(
+        quick=args.quick,
+        window_s=args.window_s,
+        rounds=args.rounds,
+        fused_pools=(realtime_pool, lower_pool),
+    )
     topologies = [name.strip() for name in args.topologies.split(",")]
     if unknown := set(topologies) - set(TOPOLOGIES):
         parser.error(f"unknown topologies: {sorted(unknown)}")
