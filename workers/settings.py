@@ -357,11 +357,15 @@ class RuntimeSettings(_Group):
     default is on, which buys a little latency on cores of its own; off by default because
     the workers share cores with the broker and each other, and a spinning pool takes their
     CPU while a realtime task crosses the other stages (BENCHMARKS.md, lanes)."""
-    cuda_wait: Literal["auto", "spin", "yield", "block"] = "auto"
-    """How a model thread waits for the GPU at the end of each run (CUDA and TensorRT): auto,
-    CUDA's default, spins a core through the wait in a process of one CUDA context; block
-    sleeps until the device signals; yield spins but gives the core up to other threads
-    (workers/models/cuda_wait.py). No effect on the CPU provider."""
+    cuda_wait: Literal["auto", "spin", "yield", "block"] = "block"
+    """How a model thread waits for the GPU at the end of each run (CUDA and TensorRT): block
+    sleeps until the device signals; auto, CUDA's default, spins a core through the wait in
+    a process of one CUDA context; yield spins but gives the core up to other threads
+    (workers/models/cuda_wait.py). Block by default: workers share a host's cores with each
+    other, the broker and Redis. On the lent H100 host with 14 fused workers at 10 % load it
+    took 2.53 ms of the workers' CPU a task against 2.94 with auto (p99 30 against 51 ms; one
+    20 s run each), saturated it made no difference (BENCHMARKS.md, One GPU host). No effect
+    on the CPU provider."""
     compute_nice: int = Field(default=10, ge=0, le=19)
     """Nice value added to the general model threads and the loader (ONNX Runtime's pool,
     with `intra_op_threads` > 1, inherits it); express threads keep the worker's own. A bulk

@@ -69,7 +69,7 @@ class RuntimeOptions:
     device_id: int = 0
     allow_spinning: bool = False
     """Intra-op threads busy-wait for work (ORT's default is on; see RuntimeSettings)."""
-    cuda_wait: CudaWait = "auto"
+    cuda_wait: CudaWait = "block"
     """How a thread waits for the GPU at the end of a run (RuntimeSettings.cuda_wait)."""
     compute_nice: int = 10
     """Nice value added to the general model threads and the loader (see RuntimeSettings)."""

@@ -34,10 +34,10 @@ def test_a_mode_is_applied_exactly_where_a_driver_is(mode: cuda_wait.CudaWait) -
 
 
 def test_the_setting_reaches_the_runtime_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONVEYOR_RUNTIME__CUDA_WAIT", "block")
+    monkeypatch.setenv("CONVEYOR_RUNTIME__CUDA_WAIT", "spin")
     from workers.settings import Settings
 
-    assert RuntimeOptions.from_settings(Settings().runtime, cores=4).cuda_wait == "block"
-    assert RuntimeOptions.from_settings(RuntimeSettings(), cores=4).cuda_wait == "auto"
+    assert RuntimeOptions.from_settings(Settings().runtime, cores=4).cuda_wait == "spin"
+    assert RuntimeOptions.from_settings(RuntimeSettings(), cores=4).cuda_wait == "block"
     with pytest.raises(ValueError, match="cuda_wait"):
         RuntimeSettings(cuda_wait="sometimes")  # type: ignore[arg-type]
