@@ -8,9 +8,9 @@ tokenizer, the codec and the broker need. `block` makes the waiting thread sleep
 device signals (a wake-up costs some microseconds of latency), `yield` spins but yields the
 core to others, `spin` never yields.
 
-The flag belongs to the primary context, which the CUDA runtime (and so ONNX Runtime) uses;
-the driver API sets it before or after the context is created. No driver, no flag: a CPU-only
-machine goes on as before.
+The flag belongs to the device's primary context, the one the CUDA runtime (and so ONNX
+Runtime) uses; a worker sets it through the driver API before its first CUDA session exists,
+so the context is made with it. No driver, no flag: a CPU-only machine goes on as before.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ def set_cuda_wait(mode: CudaWait, device_id: int = 0) -> bool:
         return True
     try:
         driver = ctypes.CDLL("libcuda.so.1")
-        # The _v2 entry (CUDA 11+; ONNX Runtime's CUDA builds need 12) also applies to a
-        # context already active.
+        # The _v2 entry: CUDA 11 and later (ONNX Runtime's CUDA builds need 12).
         set_flags = driver.cuDevicePrimaryCtxSetFlags_v2
     except (OSError, AttributeError):
         return False
