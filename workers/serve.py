@@ -107,6 +107,15 @@ class HostPlan:
         return env
 
 
+def instance_prefix(settings: Settings, hostname: str | None = None) -> str:
+    """`<hostname>-`, and the lane pool's lanes where `worker.lanes` makes one
+    (`<hostname>-realtime-`): two `serve`s of one host, one per lane pool, share preprocess's
+    consumer group (and a transactional id's prefix), so their instance ids must differ."""
+    host = hostname if hostname is not None else socket.gethostname()
+    lanes = settings.worker.lanes
+    return f"{host}-{'+'.join(lanes)}-" if lanes else f"{host}-"
+
+
 def plan_host(
     cores: int,
     gpus: Sequence[int] = (),
@@ -241,7 +250,7 @@ async def serve(settings: Settings, plan: HostPlan, log_dir: Path) -> int:
     # Children read the same settings from the environment; new topics get enough partitions.
     env = {"CONVEYOR_KAFKA__PARTITIONS": str(settings.kafka.partitions)}
     env = {k: v for k, v in env.items() if k not in os.environ}
-    fleet = WorkerFleet(env, log_dir, instance_prefix=f"{socket.gethostname()}-", own_sessions=True)
+    fleet = WorkerFleet(env, log_dir, instance_prefix=instance_prefix(settings), own_sessions=True)
     supervisor = Supervisor(fleet, plan, grace_s=settings.worker.shutdown_grace_s + 10)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

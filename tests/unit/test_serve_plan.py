@@ -79,3 +79,14 @@ def test_fused_workers_share_the_cores_and_gpus_among_themselves(
     assert "CONVEYOR_RUNTIME__INTRA_OP_THREADS" not in on_gpus.environment("fused", 0)
     with pytest.raises(ValueError, match="every count must be >= 1"):
         HostPlan(cores=4, preprocess=0, inference=0, postprocess=0, fused=-1)
+
+
+def test_lane_pools_of_one_host_get_instance_ids_of_their_own() -> None:
+    from workers.serve import instance_prefix
+    from workers.settings import load_settings
+
+    assert instance_prefix(load_settings(), "gpu-host-1") == "gpu-host-1-"
+    realtime = load_settings(worker={"lanes": ["realtime"]})
+    lower = load_settings(worker={"lanes": ["standard", "bulk"]})
+    assert instance_prefix(realtime, "gpu-host-1") == "gpu-host-1-realtime-"
+    assert instance_prefix(lower, "gpu-host-1") == "gpu-host-1-standard+bulk-"
