@@ -3,7 +3,7 @@ processes per stage and the load clients -- serving MiniLM, one 32-token sentenc
 
     python -m bench.bench_host [--source DIR] [--providers CUDAExecutionProvider,...]
         [--layouts 4:1:4,fused:8] [--clients 4] [--seconds 60] [--precision fp32|fp16]
-        [--paced-fractions 0.1,0.5] [--worker-env NAME=VALUE ...] [--out FILE]
+        [--paced-fractions 0.1,0.5] [--worker-env NAME=VALUE ...] [--profile-s S] [--out FILE]
 
 For each layout (preprocess:inference:postprocess processes, or `fused:N` fused workers, each
 told its share of the cores as `conveyor serve` tells it, the topics widened to the most
@@ -119,8 +119,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile-s",
         type=float,
         default=0.0,
-        help="py-spy one fused (or inference) worker and one load client this long in each "
-        "saturated window; their top areas and functions go into the report",
+        help="py-spy the layout's first worker (fused, or preprocess when staged) and one load "
+        "client this long in each saturated window; their top areas and functions go into "
+        "the report, their raw stacks beside --out",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -363,10 +364,15 @@ def run_layout(
         cpu_s=cpu_s,
         seconds=args.seconds,
         gpu_busy=window_samples,
-        profiles=[
-            (kind, load_profile(path, kind, 0.0)) for kind, path in profiles if path.exists()
-        ],
+        profiles=_load_profiles(profiles),
     )
+
+
+def _load_profiles(profiles: Sequence[tuple[str, Path]]) -> list[tuple[str, StageProfile]]:
+    loaded = [(kind, load_profile(path, kind, 0.0)) for kind, path in profiles if path.exists()]
+    for folder in {path.parent for _, path in profiles}:
+        shutil.rmtree(folder, ignore_errors=True)
+    return loaded
 
 
 def _keep_stacks(profiles: Sequence[tuple[str, Path]], args: argparse.Namespace) -> None:
@@ -397,10 +403,10 @@ def _profile(
         command = [
             spy, "record", "--format", "raw", "--rate", str(SAMPLES_PER_S),
             "--duration", str(int(args.profile_s)), "--output", str(path), "--pid", str(pid),
-            "--nonblocking",  # never pause the sampled process: it must keep its pace
         ]  # fmt: skip
-        if index == 0:
-            command.append("--native")
+        # Native stacks need the process paused at each sample (py-spy refuses --native with
+        # --nonblocking): the sampled worker runs a little slower; the client keeps its pace.
+        command.append("--native" if index == 0 else "--nonblocking")
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         recorders.append((kind, path, process))
     for kind, _, process in recorders:
