@@ -86,7 +86,11 @@ async def submit(
     request = InferenceRequest.new(
         tenant=tenant, pipeline=pipeline, inputs={"text": np.array(texts, dtype=object)}
     )
-    async with Client(settings.kafka, Topics(settings.kafka.topic_prefix)) as client:
+    # Without --wait-s nothing reads the answer here: no consumer to start (and no results
+    # topic to find) before the request goes out.
+    async with Client(
+        settings.kafka, Topics(settings.kafka.topic_prefix), reads_results=wait_s is not None
+    ) as client:
         task_id = await client.submit(request)
         print(task_id, flush=True)
         if wait_s is None:
