@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ from workers.control import ControlListener
 from workers.engine.runner import Stage, StageRunner
 from workers.engine.telemetry import StageTelemetry
 from workers.eventloop import running_loop_name
+from workers.gc_tuning import tune_garbage_collection
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import client_id, make_consumer, make_producer, start_client
 from workers.kafka.produce import TopicCheck
@@ -66,15 +66,6 @@ def _lower_cpu_priority(nice: int, sched_idle: bool) -> None:
             os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
         if sched_idle:
             os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
-
-
-def _tune_garbage_collection(threshold: int) -> None:
-    """`worker.gc_threshold`; and what start-up built moves to the permanent generation,
-    which the collector no longer walks (it lives as long as the worker anyway)."""
-    if threshold:
-        gc.set_threshold(threshold, *gc.get_threshold()[1:])
-    gc.collect()
-    gc.freeze()
 
 
 def _idle_autogroup() -> None:
@@ -236,7 +227,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             )
         )
         _install_signals(runner)
-        _tune_garbage_collection(w.gc_threshold)
+        tune_garbage_collection(w.gc_threshold)
         log.info(
             "%s worker ready: %s -> pipeline topics under %r (event loop %s)",
             stage_name,

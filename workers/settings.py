@@ -446,6 +446,11 @@ class GatewaySettings(_Group):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """The gateway's event loop, as `worker.event_loop`: aiohttp and gRPC's asyncio server
     run on either."""
+    gc_threshold: int = Field(default=50_000, ge=0)
+    """Allocations between the cyclic garbage collector's young collections, as
+    `worker.gc_threshold` (0: CPython's 700). Every request leaves parsed bodies, messages and
+    futures behind: at 700 the collector took ~8 % of the gateway's CPU at saturation
+    (py-spy, BENCHMARKS.md Gateway)."""
     http_host: str = "0.0.0.0"
     """Interface of the HTTP listener (V2 REST, /metrics)."""
     http_port: int = Field(default=8000, ge=0, le=65535)

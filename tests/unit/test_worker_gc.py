@@ -1,4 +1,5 @@
-"""`worker.gc_threshold`: the worker's collector settings, applied in this process and undone."""
+"""`worker.gc_threshold`, `gateway.gc_threshold`: a process's collector settings, applied in
+this process and undone."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from workers.service import _tune_garbage_collection
-from workers.settings import WorkerSettings
+from workers.gc_tuning import tune_garbage_collection
+from workers.settings import GatewaySettings, WorkerSettings
 
 
 @pytest.fixture
@@ -21,12 +22,17 @@ def restored_gc() -> Iterator[None]:
 
 def test_the_threshold_is_raised_and_start_up_objects_are_frozen(restored_gc: None) -> None:
     survivor = [object() for _ in range(100)]
-    _tune_garbage_collection(WorkerSettings().gc_threshold)
+    tune_garbage_collection(WorkerSettings().gc_threshold)
     assert gc.get_threshold()[0] == 50_000
     assert gc.get_freeze_count() >= len(survivor)
 
 
 def test_zero_keeps_the_interpreters_threshold(restored_gc: None) -> None:
     before = gc.get_threshold()
-    _tune_garbage_collection(0)
+    tune_garbage_collection(0)
     assert gc.get_threshold() == before
+
+
+def test_the_gateway_raises_it_as_the_workers_do(restored_gc: None) -> None:
+    tune_garbage_collection(GatewaySettings().gc_threshold)
+    assert gc.get_threshold()[0] == WorkerSettings().gc_threshold == 50_000

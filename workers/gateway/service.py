@@ -17,6 +17,7 @@ from workers.exits import PortTakenError
 from workers.gateway.core import Gateway
 from workers.gateway.grpc_service import GrpcFront
 from workers.gateway.http import HttpFront
+from workers.gc_tuning import tune_garbage_collection
 from workers.settings import Settings
 from workers.signals import on_stop_signals
 
@@ -35,6 +36,7 @@ async def run_gateway(settings: Settings) -> None:
         grpc = GrpcFront(gateway, config.http_host, config.grpc_port, grace_s)
         await _listen(stack, http, "gateway.http_port", config.http_port)
         await _listen(stack, grpc, "gateway.grpc_port", config.grpc_port)
+        tune_garbage_collection(config.gc_threshold)
         # One line that scripts and tests wait on: both listeners are bound.
         log.info(
             "gateway ready: http %d grpc %d (event loop %s)",
