@@ -8,6 +8,7 @@ from aiokafka import ConsumerRecord
 
 from schemas import ContractError, ErrorCode, Status
 from schemas.frames import Frame, decode_frame
+from tests.records import consumer_record
 from tests.unit.schemas.test_frames import make_frame
 from workers.engine.framing import FrameBuilder, cut, fail_rows
 from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
@@ -17,19 +18,7 @@ TARGET = FailureTarget("inference", "t.results", "t.dlq")
 
 
 def _record(offset: int = 7) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic="t.preprocessed.standard",
-        partition=1,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=b"frame",
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=5,
-        headers=(),
-    )
+    return consumer_record("t.preprocessed.standard", b"frame", partition=1, offset=offset)
 
 
 def _work(frame: Frame) -> Work:

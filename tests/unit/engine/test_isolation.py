@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from aiokafka import ConsumerRecord
 
 from schemas import InferenceRequest, Status
+from tests.records import consumer_record
 from workers.engine.isolation import FailureTarget, RetryPolicy, process_isolating
 from workers.engine.work import BatchFailed, StageOutput, Work
 
@@ -19,19 +19,7 @@ def _work(index: int) -> Work:
         inputs={"x": np.zeros((1, 2), np.float32)},
         task_id=f"task-{index}",
     )
-    record = ConsumerRecord(
-        topic="t.preprocessed",
-        partition=0,
-        offset=index,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=b"v%d" % index,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=2,
-        headers=(),
-    )
+    record = consumer_record("t.preprocessed", b"v%d" % index, offset=index)
     return Work(record, message=request)
 
 
