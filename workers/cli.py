@@ -210,13 +210,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from workers.gateway.service import run_gateway
 
-    ports = {"http_port": args.http_port, "grpc_port": args.grpc_port}
-    changes = {name: port for name, port in ports.items() if port is not None}
+    given = {"http_port": args.http_port, "grpc_port": args.grpc_port, "processes": args.processes}
+    changes = {name: value for name, value in given.items() if value is not None}
     if changes:
         gateway = settings.gateway.model_copy(update=changes)
         settings = settings.model_copy(update={"gateway": gateway})
+    if settings.gateway.processes > 1:
+        from workers.gateway.processes import run_gateway_processes
+
+        return asyncio.run(run_gateway_processes(settings))
     run_on(settings.gateway.event_loop, run_gateway(settings))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -401,6 +412,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     )
     gateway.add_argument("--http-port", type=int, default=None, help="default gateway.http_port")
     gateway.add_argument("--grpc-port", type=int, default=None, help="default gateway.grpc_port")
+    gateway.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=None,
+        help="gateway processes sharing the ports (default gateway.processes, 1)",
+    )
     handlers["gateway"] = _gateway
 
     keys = commands.add_parser("keys", help="the gateway's API keys: add, list, revoke")

@@ -460,7 +460,17 @@ class GatewaySettings(_Group):
     instance_id: str | None = None
     """Names this gateway's reply topic `<prefix>.gateway.<instance_id>`, where its one
     results consumer reads the answers to the requests it published. Give each replica a
-    stable name (a StatefulSet pod name); default: the host name."""
+    stable name (a StatefulSet pod name); default: the host name. With `processes` > 1 the
+    processes are `<instance_id>-0`, `<instance_id>-1`, ..."""
+    processes: int = Field(default=1, ge=1, le=256)
+    """Gateway processes behind the same ports (also `conveyor gateway --processes`). One
+    process answers ~3,000-4,000 requests a second on a core of its own (BENCHMARKS.md,
+    Gateway); more share the listening ports (SO_REUSEPORT: the kernel spreads connections
+    among them), each with its own reply topic, and /metrics of any of them counts them all.
+    A supervisor starts them and starts again one that exits."""
+    reuse_port: bool = False
+    """Bind the listeners with SO_REUSEPORT, so that several gateway processes on one host
+    share the ports (set for each process when `processes` > 1)."""
     auth: Literal["api_key", "header", "none"] = "api_key"
     """How a caller's tenant is known: `api_key` (an `Authorization: Bearer KEY` or
     `x-api-key` header, or gRPC metadata, looked up in Redis: `conveyor keys add`),

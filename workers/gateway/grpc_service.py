@@ -268,7 +268,9 @@ class GrpcFront(Component):
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
-                ("grpc.so_reuseport", 0),
+                # Off unless processes share the port: then a second gateway started on a
+                # taken port would bind beside it silently instead of failing.
+                ("grpc.so_reuseport", int(self.gateway.config.reuse_port)),
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from schemas import ContractError
 from workers.component import Component
@@ -100,7 +100,14 @@ class HttpFront(Component):
         )
         await self._runner.setup()
         tls = self._tls()
-        site = web.TCPSite(self._runner, self._host, self._port, backlog=4096, ssl_context=tls)
+        site = web.TCPSite(
+            self._runner,
+            self._host,
+            self._port,
+            backlog=4096,
+            ssl_context=tls,
+            reuse_port=self.gateway.config.reuse_port or None,
+        )
         await site.start()
         server = site._server  # the bound socket tells the port actually taken
         sockets = getattr(server, "sockets", None) or []
@@ -169,7 +176,7 @@ class HttpFront(Component):
         return _json({"name": name, "ready": ready}, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.gateway.metrics.registry)
+        body = self.gateway.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # ---- inference ---------------------------------------------------------------------------

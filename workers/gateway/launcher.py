@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workers.settings import Settings
 
-_READY = re.compile(r"gateway ready: http (\d+) grpc (\d+)")
+_READY = re.compile(r"gateway ready: http (\d+) grpc (\d+) \(instance ([^,]+),")
 
 
 @dataclass
@@ -59,11 +59,19 @@ def gateway_env(settings: Settings, **extra: str) -> dict[str, str]:
     }
 
 
+def ready_instances(log: str) -> dict[str, tuple[int, int]]:
+    """Every gateway process whose "ready" line is in `log`: instance id -> (HTTP port,
+    gRPC port)."""
+    return {m.group(3): (int(m.group(1)), int(m.group(2))) for m in _READY.finditer(log)}
+
+
 @contextlib.contextmanager
 def running_gateway(
     env: dict[str, str], log_path: Path, timeout_s: float = 60
 ) -> Iterator[GatewayProcess]:
-    """A gateway process, until its log says both listeners are bound; SIGTERM at exit."""
+    """A gateway process, until its log says both listeners are bound (with
+    `CONVEYOR_GATEWAY__PROCESSES` > 1: in every process); SIGTERM at exit."""
+    processes = int(env.get("CONVEYOR_GATEWAY__PROCESSES", "1"))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -75,13 +83,14 @@ def running_gateway(
         )
     try:
         deadline = time.monotonic() + timeout_s
-        while (found := _READY.search(log_path.read_text(errors="replace"))) is None:
+        while len(ready := ready_instances(log_path.read_text(errors="replace"))) < processes:
             if process.poll() is not None:
                 raise RuntimeError(f"gateway exited:\n{log_path.read_text()[-3000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway not ready:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.05)
-        yield GatewayProcess(process, log_path, int(found.group(1)), int(found.group(2)))
+        http_port, grpc_port = next(iter(ready.values()))
+        yield GatewayProcess(process, log_path, http_port, grpc_port)
     finally:
         if process.poll() is None:
             process.terminate()

@@ -1,8 +1,17 @@
-"""The gateway's Prometheus metrics (served on its HTTP port at /metrics)."""
+"""The gateway's Prometheus metrics (served on its HTTP port at /metrics).
+
+Where several gateway processes share the port (`gateway.processes`), a scrape reaches any
+one of them, so each writes its values where the others read them: prometheus_client's
+multiprocess mode, in the directory `PROMETHEUS_MULTIPROC_DIR` names (the supervisor makes
+it), and /metrics answers the sum over every process.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -52,6 +61,7 @@ class GatewayMetrics:
             "conveyor_gateway_in_flight",
             "Inference requests held by this gateway (published, result not yet answered).",
             registry=r,
+            multiprocess_mode="livesum",  # what the live processes hold together
         )
         self.callbacks = Counter(
             "conveyor_gateway_callbacks",
@@ -59,6 +69,16 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+
+    def exposition(self) -> bytes:
+        """The text /metrics answers: this process's metrics, or every gateway process's
+        where they share a multiprocess directory."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return generate_latest(self.registry)
+        shared = CollectorRegistry()
+        MultiProcessCollector(shared, directory)  # type: ignore[no-untyped-call]
+        return generate_latest(shared)
 
     def observe(self, protocol: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(protocol, route, str(status)).inc()

@@ -39,9 +39,10 @@ async def run_gateway(settings: Settings) -> None:
         tune_garbage_collection(config.gc_threshold)
         # One line that scripts and tests wait on: both listeners are bound.
         log.info(
-            "gateway ready: http %d grpc %d (event loop %s)",
+            "gateway ready: http %d grpc %d (instance %s, event loop %s)",
             http.port,
             grpc.port,
+            gateway.instance_id,
             running_loop_name(),
         )
         await stop.wait()
