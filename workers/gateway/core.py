@@ -16,14 +16,13 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
@@ -95,6 +94,33 @@ class _Kept:
     since_s: float
 
 
+class _InFlight:
+    """Requests this gateway holds (`with` around each); past `limit`, 429 at once."""
+
+    __slots__ = ("count", "gauge", "limit")
+
+    def __init__(self, limit: int, gauge: Gauge) -> None:
+        self.count = 0
+        self.limit = limit
+        self.gauge = gauge
+
+    def __enter__(self) -> None:
+        if self.count >= self.limit:
+            raise GatewayError(
+                429,
+                ErrorCode.QUOTA_EXCEEDED.value,
+                f"this gateway holds {self.count} requests (gateway.max_in_flight); "
+                "retry shortly",
+                retry_after_s=1,
+            )
+        self.count += 1
+        self.gauge.inc()
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+        self.gauge.dec()
+
+
 def instance_name(configured: str | None) -> str:
     """The gateway's instance id: configured, else the host name made topic-safe."""
     if configured:
@@ -124,7 +150,7 @@ class Gateway(Component):
         self._tasks = TaskSet(self._crashed)
         self._callbacks = TaskSet(lambda error: None)
         self._callback_slots = asyncio.Semaphore(CALLBACKS_AT_ONCE)
-        self._in_flight = 0
+        self._in_flight = _InFlight(self.config.max_in_flight, self.metrics.in_flight)
         self._stages: frozenset[str] = frozenset()
         self._started = False
         self._ready = False
@@ -270,32 +296,17 @@ class Gateway(Component):
 
     # ---- inference -------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        if self._in_flight >= self.config.max_in_flight:
-            raise GatewayError(
-                429,
-                ErrorCode.QUOTA_EXCEEDED.value,
-                f"this gateway holds {self._in_flight} requests (gateway.max_in_flight); "
-                "retry shortly",
-                retry_after_s=1,
-            )
-        self._in_flight += 1
-        self.metrics.in_flight.inc()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            self.metrics.in_flight.dec()
-
     def request_of(self, sub: Submission, reply_to: str | None = None) -> InferenceRequest:
         """The task to publish; 400/413 when the inputs break the contract."""
-        known = {t.name for t in sub.served.outputs}
-        unknown = [name for name in sub.body.outputs if name not in known]
-        if unknown:
-            raise GatewayError(
-                400, "INVALID_VALUE", f"outputs {unknown} are not produced; known: {sorted(known)}"
-            )
+        if sub.body.outputs:
+            known = {t.name for t in sub.served.outputs}
+            unknown = [name for name in sub.body.outputs if name not in known]
+            if unknown:
+                raise GatewayError(
+                    400,
+                    "INVALID_VALUE",
+                    f"outputs {unknown} are not produced; known: {sorted(known)}",
+                )
         try:
             return InferenceRequest.new(
                 tenant=sub.tenant,
@@ -316,7 +327,7 @@ class Gateway(Component):
         client = self._require_client()
         request = self.request_of(sub)
         timeout_s = min(self.config.request_timeout_s, sub.body.timeout_s or float("inf"))
-        async with self._slot():
+        with self._in_flight:
             started = time.perf_counter()
             await self._publish(client, request)
             published = time.perf_counter()
@@ -350,7 +361,7 @@ class Gateway(Component):
         if reply_to is not None and reply_to == self.topics.results:
             reply_to = None
         request = self.request_of(sub, reply_to)
-        async with self._slot():
+        with self._in_flight:
             await self._remember(request, callback, keep=reply_to is None)
             await self._publish(client, request)
         return request

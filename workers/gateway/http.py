@@ -75,8 +75,12 @@ class HttpFront(Component):
             client_max_size=self.gateway.config.max_body_bytes, middlewares=[self._middleware]
         )
         get, post = web.get, web.post
+        # aiohttp tries the routes under one prefix (`/v2/models`) in this order, one regex
+        # each: inference, the route every request of a busy gateway takes, goes first.
         app.add_routes(
             [
+                post("/v2/models/{name}/infer", self.infer),
+                post("/v2/models/{name}/versions/{version}/infer", self.infer),
                 get("/v2/health/live", self.live),
                 get("/v2/health/ready", self.ready),
                 get("/v2", self.server_metadata),
@@ -84,8 +88,6 @@ class HttpFront(Component):
                 get("/v2/models/{name}/versions/{version}", self.model_metadata),
                 get("/v2/models/{name}/ready", self.model_ready),
                 get("/v2/models/{name}/versions/{version}/ready", self.model_ready),
-                post("/v2/models/{name}/infer", self.infer),
-                post("/v2/models/{name}/versions/{version}/infer", self.infer),
                 get("/v2/tasks/{task_id}", self.task),
                 get("/metrics", self.metrics),
             ]

@@ -69,6 +69,7 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def exposition(self) -> bytes:
         """The text /metrics answers: this process's metrics, or every gateway process's
@@ -81,5 +82,12 @@ class GatewayMetrics:
         return generate_latest(shared)
 
     def observe(self, protocol: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(protocol, route, str(status)).inc()
-        self.latency.labels(protocol, route).observe(seconds)
+        children = self._children.get((protocol, route, status))
+        if children is None:  # a few routes and statuses: looked up once each
+            children = (
+                self.requests.labels(protocol, route, str(status)),
+                self.latency.labels(protocol, route),
+            )
+            self._children[protocol, route, status] = children
+        children[0].inc()
+        children[1].observe(seconds)
