@@ -34,6 +34,7 @@ def stack_config(settings: Settings) -> StackConfig:
         redis_port=s.redis_port,
         install_missing=s.install_missing,
         secure=s.secure,
+        kafka_jit=s.kafka_jit,
     )
 
 

@@ -109,8 +109,7 @@ class _InFlight:
             raise GatewayError(
                 429,
                 ErrorCode.QUOTA_EXCEEDED.value,
-                f"this gateway holds {self.count} requests (gateway.max_in_flight); "
-                "retry shortly",
+                f"this gateway holds {self.count} requests (gateway.max_in_flight); retry shortly",
                 retry_after_s=1,
             )
         self.count += 1

@@ -54,6 +54,15 @@ class StackConfig:
     secure: bool = False
     """Kafka with SASL/SCRAM and ACLs, Redis with TLS and an ACL user (`workers.stack.secure`).
     Use a state dir of its own: a broker's users are made when its storage is formatted."""
+    kafka_jit: str = "auto"
+    """`quick` (the JVM's client compiler only), `full` (tiered, as Kafka's scripts) or `auto`
+    (`quick` up to 4 cores): `stack.kafka_jit`."""
+
+    @property
+    def kafka_quick_jit(self) -> bool:
+        if self.kafka_jit == "auto":
+            return (os.cpu_count() or 1) <= 4
+        return self.kafka_jit == "quick"
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -341,11 +350,15 @@ class NativeStack:
         logs = self._kafka.directory / "logs"
         # The heap starts at its full size, as Kafka's own scripts start it: one that starts
         # small grows under load through extra young collections, each a pause for every client.
+        # On a few cores the optimizing compiler's threads compete with the workers for
+        # minutes after a start and rarely pay that back in a developer's broker.
+        quick = ["-XX:TieredStopAtLevel=1"] if self.config.kafka_quick_jit else []
         return [
             f"-Xms{self.config.kafka_heap_mb}m",
             f"-Xmx{self.config.kafka_heap_mb}m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
+            *quick,
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={logs}",
             f"-Dlog4j2.configurationFile={self.config.ops_dir / 'log4j2.properties'}",
