@@ -115,12 +115,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def private_stack(state_dir: Path) -> Iterator[NativeStack]:
-    """Kafka and Redis of our own on free ports: never the stack someone runs on 9092/6379."""
+    """Kafka and Redis of our own on free ports: never the stack someone runs on 9092/6379.
+    The broker's JIT as `stack.kafka_jit` says (`CONVEYOR_STACK__KAFKA_JIT=full` for
+    Kafka's own)."""
     config = StackConfig(
         state_dir=state_dir,
         kafka_port=free_port(),
         kafka_controller_port=free_port(),
         redis_port=free_port(),
+        kafka_jit=load_settings().stack.kafka_jit,
     )
     stack = NativeStack(config)
     try:
