@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -23,7 +24,11 @@ QUICK = "-XX:TieredStopAtLevel=1"
     ],
 )
 def test_the_broker_compiles_quickly_where_cores_are_few(
-    jit: str, cores: int, quick: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    jit: Literal["auto", "quick", "full"],
+    cores: int,
+    quick: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     options = NativeStack(StackConfig(state_dir=tmp_path, kafka_jit=jit))._jvm_options()

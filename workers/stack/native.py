@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from workers.stack import probes, secure
 
@@ -54,7 +54,7 @@ class StackConfig:
     secure: bool = False
     """Kafka with SASL/SCRAM and ACLs, Redis with TLS and an ACL user (`workers.stack.secure`).
     Use a state dir of its own: a broker's users are made when its storage is formatted."""
-    kafka_jit: str = "auto"
+    kafka_jit: Literal["auto", "quick", "full"] = "auto"
     """`quick` (the JVM's client compiler only), `full` (tiered, as Kafka's scripts) or `auto`
     (`quick` up to 4 cores): `stack.kafka_jit`."""
 
