@@ -528,11 +528,12 @@ class StackSettings(_Group):
     """Start Kafka with SASL/SCRAM-SHA-512 and ACLs and Redis with TLS and an ACL user
     (credentials and a self-signed CA under `<state_dir>/secrets`); also `stack up --secure`."""
     kafka_jit: Literal["auto", "quick", "full"] = "auto"
-    """The broker JVM's compilers. `quick`: the client compiler only (`-XX:TieredStopAtLevel=1`);
+    """The broker JVM's compilers. `quick`: the client compiler only (`-XX:TieredStopAtLevel=1`):
     on 2 cores the optimizing compiler's threads took ~1 CPU s in every 12 s of a fresh
-    broker's first minutes, beside the workers, and the broker used half the CPU a task with
-    `quick` (BENCHMARKS.md, Pipeline). `full`: both, as Kafka's own scripts (long-lived
-    brokers with cores to spare). `auto`: `quick` up to 4 cores, else `full`."""
+    broker's first minutes, beside the workers; with `quick` the pipeline's saturated bursts
+    ran 9-16 % faster, while a steady 200 requests a second cost ~10 % more CPU a task once
+    `full` had compiled its paths (BENCHMARKS.md, Pipeline). `full`: both, as Kafka's own
+    scripts (long-lived brokers, cores to spare). `auto`: `quick` up to 4 cores, else `full`."""
 
 
 class Settings(BaseSettings):
