@@ -35,7 +35,13 @@ from schemas import (
 )
 from workers.component import Component
 from workers.kafka.admin import partitions_of
-from workers.kafka.clients import Connection, bootstrap_of, connection_options, start_client
+from workers.kafka.clients import (
+    Connection,
+    bootstrap_of,
+    connection_options,
+    start_client,
+    stop_client,
+)
 from workers.kafka.gather import GatheringProducer
 from workers.kafka.produce import Record
 from workers.names import Topics
@@ -44,9 +50,6 @@ from workers.tasks import TaskSet
 log = logging.getLogger(__name__)
 
 Result = InferenceResult | ErrorResult
-
-
-_CLOSE_TIMEOUT_S = 10.0
 
 
 class Client(Component):
@@ -130,9 +133,9 @@ class Client(Component):
         self._tasks.start(self._read(), "client-results")
 
     async def stop(self) -> None:
-        """Close the results reader and both Kafka clients. Each client gets
-        `_CLOSE_TIMEOUT_S` to close: a close stuck on an unresponsive broker must not keep a
-        finished program (a CLI command, a gateway shutting down) alive."""
+        """Close the results reader and both Kafka clients (each within `CLOSE_TIMEOUT_S`: a
+        close stuck on an unresponsive broker must not keep a finished program, a CLI command
+        or a gateway shutting down, alive)."""
         await self._tasks.cancel()
         if self._publisher is not None:
             await self._publisher.stop()
@@ -140,15 +143,8 @@ class Client(Component):
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
         for kafka_client in (consumer, producer):
-            if kafka_client is None:
-                continue
-            try:
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await kafka_client.stop()
-            except TimeoutError:
-                log.warning(
-                    "%s did not close in %.0f s", type(kafka_client).__name__, _CLOSE_TIMEOUT_S
-                )
+            if kafka_client is not None:
+                await stop_client(kafka_client)
 
     # ---- submit -----------------------------------------------------------------------
 

@@ -20,7 +20,13 @@ from workers.engine.telemetry import StageTelemetry
 from workers.eventloop import running_loop_name
 from workers.gc_tuning import tune_garbage_collection
 from workers.kafka.admin import TopicSpec, ensure_topics
-from workers.kafka.clients import client_id, make_consumer, make_producer, start_client
+from workers.kafka.clients import (
+    client_id,
+    make_consumer,
+    make_producer,
+    start_client,
+    stop_client,
+)
 from workers.kafka.produce import TopicCheck
 from workers.lanes.admission import Admission
 from workers.lanes.quota import TenantQuota
@@ -157,7 +163,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             settings.kafka, stage_name, transactional_id, w.transaction_timeout_ms
         )
         await start_client(producer, settings.kafka)
-        stack.push_async_callback(producer.stop)
+        stack.push_async_callback(stop_client, producer)
         if stage_name in ("preprocess", "fused"):
             admission = Admission(
                 directory,
@@ -199,7 +205,7 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
             )
         consumer = make_consumer(settings.kafka, stage_name, group, w.instance_id)
         await start_client(consumer, settings.kafka)
-        stack.push_async_callback(consumer.stop)
+        stack.push_async_callback(stop_client, consumer)
         claims = ClaimCheck(
             redis,
             settings.redis.key_prefix,

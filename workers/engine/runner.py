@@ -222,7 +222,15 @@ class StageRunner(ConsumerRebalanceListener, Component):  # type: ignore[misc]
             )
             await self._batches.cancel()
             await self._loops.cancel()
-        await self._commit()
+        try:  # a broker that stopped answering must not hold a stopping worker
+            async with asyncio.timeout(self.settings.shutdown_grace_s):
+                await self._commit()
+        except TimeoutError:
+            log.warning(
+                "%s: the last commit did not finish in %.0f s; its records will be read again",
+                self.stage.name,
+                self.settings.shutdown_grace_s,
+            )
         self._started = False
 
     async def _still_running_after(self, seconds: float) -> bool:

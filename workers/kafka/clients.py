@@ -3,6 +3,8 @@ turns the security settings into what every aiokafka client needs to connect."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 from typing import Any, Protocol
@@ -13,8 +15,13 @@ from aiokafka.helpers import create_ssl_context
 
 from workers.settings import KafkaSettings
 
+log = logging.getLogger(__name__)
+
 Connection = KafkaSettings | str
 """Where and how to reach the broker: settings, or a bare bootstrap string (plaintext)."""
+
+CLOSE_TIMEOUT_S = 10.0
+"""How long a Kafka client may take to close (`stop_client`)."""
 
 
 def connection_options(connection: Connection) -> dict[str, Any]:
@@ -48,6 +55,21 @@ def bootstrap_of(connection: Connection) -> str:
 
 class _Startable(Protocol):
     async def start(self) -> None: ...
+
+
+class _Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
+async def stop_client(client: _Stoppable, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    """`client.stop()`, given up after `timeout_s`: aiokafka's close waits on the broker
+    (a producer's last sends, a consumer leaving its group), and one that stopped answering
+    must not keep a stopping process alive; what was not acknowledged is redelivered."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.stop()
+    except TimeoutError:
+        log.warning("%s did not close in %.0f s", type(client).__name__, timeout_s)
 
 
 async def start_client(client: _Startable, connection: Connection) -> None:
