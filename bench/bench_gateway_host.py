@@ -209,10 +209,10 @@ def _saturate(
         ]
         time.sleep(max(0.0, start_at - time.time()))
         before = cpu_snapshot(deployment.stack_pids, fleet)
-        gateway_before = _gateway_cpu_s(gateway.process.pid)
-        spy = _profile(_gateway_pids(gateway.process.pid)[-1], options.profile_s, out_dir)
+        gateway_before = _gateway_cpu_s(gateway)
+        spy = _profile([gateway.process.pid, *gateway.children()][-1], options.profile_s, out_dir)
         time.sleep(max(0.0, end_at - time.time()))
-        gateway_after = _gateway_cpu_s(gateway.process.pid)
+        gateway_after = _gateway_cpu_s(gateway)
         cpu = cpu_delta(before, cpu_snapshot(deployment.stack_pids, fleet))
         loads = [future.result() for future in futures]
         if spy is not None:
@@ -226,17 +226,9 @@ def _saturate(
     return Window(statuses[200] / options.seconds, dict(statuses), cpu["gateway"], cpu)
 
 
-def _gateway_pids(pid: int) -> list[int]:
-    """The gateway's process and, with `gateway.processes` > 1, the processes it supervises."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return [pid, *map(int, children)]
-
-
-def _gateway_cpu_s(pid: int) -> float:
-    return sum(_process_cpu_s(p)[1] for p in _gateway_pids(pid))
+def _gateway_cpu_s(gateway: GatewayProcess) -> float:
+    pids = [gateway.process.pid, *gateway.children()]
+    return sum(_process_cpu_s(pid)[1] for pid in pids)
 
 
 def _profile(pid: int, seconds: float, out_dir: Path | None) -> subprocess.Popen[bytes] | None:

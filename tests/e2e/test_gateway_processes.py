@@ -56,10 +56,6 @@ def _until_ready_lines(gateway: GatewayProcess, count: int, timeout_s: float = 6
         time.sleep(0.1)
 
 
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 async def test_processes_share_the_ports_count_together_and_restart(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -89,11 +85,11 @@ async def test_processes_share_the_ports_count_together_and_restart(
         assert f"{counted} 40.0" in metrics  # whichever process answered the scrape
 
         # One process dies: the supervisor starts it again and the ports keep answering.
-        victim = _children(gateway.process.pid)[0]
+        victim = gateway.children()[0]
         os.kill(victim, signal.SIGKILL)
         _until_ready_lines(gateway, 3)
-        assert victim not in _children(gateway.process.pid)
-        assert len(_children(gateway.process.pid)) == 2
+        assert victim not in gateway.children()
+        assert len(gateway.children()) == 2
         assert await _infer_on_fresh_connections(gateway, key, 10) == [200] * 10
 
         gateway.process.send_signal(signal.SIGTERM)

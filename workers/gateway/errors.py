@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from schemas import ContractError, ErrorCode, ErrorResult
+from workers.exits import PortTakenError
 
 _STATUS_OF_CODE: dict[ErrorCode, int] = {
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
@@ -87,3 +88,12 @@ class GatewayError(Exception):
 
 def bad_request(message: str, code: ErrorCode = ErrorCode.INVALID_VALUE) -> GatewayError:
     return GatewayError(status_of(code), code.value, message)
+
+
+def port_taken(setting: str, port: int) -> PortTakenError:
+    """The one-line error (exit code 5) for a gateway port another process holds."""
+    name = setting.split(".")[1]
+    return PortTakenError(
+        f"{setting} {port} is taken by another process: stop it, or choose another port "
+        f"(--{name.replace('_', '-')} or CONVEYOR_GATEWAY__{name.upper()})"
+    )

@@ -40,6 +40,15 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def children(self) -> list[int]:
+        """The gateway processes a supervisor started (`gateway.processes` > 1); none for
+        a gateway of one process."""
+        pid = self.process.pid
+        try:
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
 
 def gateway_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment (settings) of a gateway on free loopback ports serving the pipeline

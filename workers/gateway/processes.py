@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from workers.exits import ExitCode, PortTakenError
+from workers.exits import ExitCode
 from workers.gateway.core import instance_name
+from workers.gateway.errors import port_taken
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,7 @@ def held_port(host: str, port: int, setting: str) -> Iterator[int]:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            raise PortTakenError(
-                f"{setting} {port} is taken by another process: stop it, or choose another "
-                f"port (--{setting.split('.')[1].replace('_', '-')} or CONVEYOR_GATEWAY__"
-                f"{setting.split('.')[1].upper()})"
-            ) from None
+            raise port_taken(setting, port) from None
         yield int(sock.getsockname()[1])
     finally:
         sock.close()

@@ -13,8 +13,8 @@ import logging
 from contextlib import AsyncExitStack
 
 from workers.eventloop import running_loop_name
-from workers.exits import PortTakenError
 from workers.gateway.core import Gateway
+from workers.gateway.errors import port_taken
 from workers.gateway.grpc_service import GrpcFront
 from workers.gateway.http import HttpFront
 from workers.gc_tuning import tune_garbage_collection
@@ -61,8 +61,4 @@ async def _listen(
             raise
         if isinstance(exc, RuntimeError) and "bind" not in str(exc).lower():
             raise
-        raise PortTakenError(
-            f"{setting} {port} is taken by another process: stop it, or choose another "
-            f"port (--{setting.split('.')[1].replace('_', '-')} or CONVEYOR_GATEWAY__"
-            f"{setting.split('.')[1].upper()})"
-        ) from None
+        raise port_taken(setting, port) from None
