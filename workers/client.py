@@ -37,6 +37,7 @@ from workers.component import Component
 from workers.kafka.admin import partitions_of
 from workers.kafka.clients import (
     Connection,
+    batch_bytes,
     bootstrap_of,
     connection_options,
     start_client,
@@ -110,6 +111,7 @@ class Client(Component):
             enable_idempotence=True,
             # `submit_many` hands over whole record batches: waiting adds only latency.
             linger_ms=0,
+            max_batch_size=batch_bytes(self.connection),
         )
         await start_client(self._producer, self.connection)
         # Concurrent `submit`s share publications (one record batch per partition).

@@ -21,6 +21,7 @@ from workers.eventloop import running_loop_name
 from workers.gc_tuning import tune_garbage_collection
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.kafka.clients import (
+    batch_bytes,
     client_id,
     make_consumer,
     make_producer,
@@ -226,9 +227,9 @@ async def run_worker(stage_name: StageName, settings: Settings) -> None:
                 quota,
                 settings.lanes,
                 directory.weight,
-                # Below any broker's default record limit (1 MiB), with headroom for the
+                # Within a record batch any broker takes, with headroom for the
                 # record's key, headers and batch framing: a frame splits, never bounces.
-                max_record_bytes=min(settings.kafka.max_message_bytes, 1 << 20) - (64 << 10),
+                max_record_bytes=batch_bytes(settings.kafka) - (64 << 10),
                 every_state=settings.redis.ledger_states == "every",
             )
         )

@@ -23,6 +23,18 @@ Connection = KafkaSettings | str
 CLOSE_TIMEOUT_S = 10.0
 """How long a Kafka client may take to close (`stop_client`)."""
 
+BROKER_DEFAULT_RECORD_BYTES = 1 << 20
+"""Kafka's default `message.max.bytes` (1 MiB and 12 bytes): what any broker takes."""
+
+
+def batch_bytes(connection: Connection) -> int:
+    """A producer's record batch limit (aiokafka's `max_batch_size`): as large as any broker
+    takes. aiokafka's own 16 KiB splits one delivery of 32 MiniLM results (~2 KiB each)
+    into five batches of one partition, and an idempotent producer sends those one round
+    trip after another (a partition with a batch in flight is muted)."""
+    limit = BROKER_DEFAULT_RECORD_BYTES
+    return limit if isinstance(connection, str) else min(connection.max_message_bytes, limit)
+
 
 def connection_options(connection: Connection) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client (producer, consumer, admin, client):
@@ -115,6 +127,7 @@ def make_producer(
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.linger_ms,
+        max_batch_size=batch_bytes(settings),
         compression_type=settings.compression_type,
         max_request_size=settings.max_message_bytes,
     )
