@@ -57,9 +57,9 @@ async def _round(client: Client, count: int, bad_every: int, missing_topic: str)
     started = time.perf_counter()
     await client.submit_many(requests)
     async with asyncio.timeout(300):
-        results = await asyncio.gather(*(client.result(t) for t in good))
+        results = await client.result_many(good)
         elapsed_s = time.perf_counter() - started
-        refused = await asyncio.gather(*(client.result(t) for t in bad))
+        refused = await client.result_many(bad)
     assert all(isinstance(r, InferenceResult) for r in results)
     assert all(isinstance(r, ErrorResult) and r.code is ErrorCode.UNDELIVERABLE for r in refused)
     return len(good) / elapsed_s

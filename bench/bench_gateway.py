@@ -243,7 +243,7 @@ async def _measure(
         print("saturation: kafka client", flush=True)
         started = time.perf_counter()
         ids = await client.submit_many(make(i) for i in range(options.ceiling_requests))
-        await asyncio.gather(*(client.result(i, timeout_s=300) for i in ids))
+        await client.result_many(ids, timeout_s=300)
         ceiling = options.ceiling_requests / (time.perf_counter() - started)
 
         # One record batch per submit: far more callers than this time out in the client's

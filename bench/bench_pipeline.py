@@ -282,7 +282,7 @@ async def burst(client: Client, make: MakeRequest, count: int, timeout_s: float)
     ids = await client.submit_many(make(i) for i in range(count))
     sent = time.perf_counter()
     async with asyncio.timeout(timeout_s):
-        results = await asyncio.gather(*(client.result(task_id) for task_id in ids))
+        results = await client.result_many(ids)
     return Burst(_successes(results), time.perf_counter() - started, sent - started)
 
 

@@ -3,6 +3,8 @@
     async with Client("127.0.0.1:9092") as client:  # or Client(settings.kafka) when secured
         task_id = await client.submit(InferenceRequest.new(tenant="acme", pipeline=..., inputs=...))
         result = await client.result(task_id, timeout_s=30)
+        ids = await client.submit_many(requests)
+        results = await client.result_many(ids, timeout_s=60)  # one wait for all of them
 
 Results are read from the results topic (or the reply topic the client was given) by a
 group-less consumer that starts at the topic's end when the client starts, so `result()`
@@ -17,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -87,6 +89,8 @@ class Client(Component):
         self._publisher: GatheringProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._awaited: dict[str, list[_Awaited]] = {}
+        """`result_many` callers by the task ids they still wait for."""
         # Results seen lately, so `result()` answers before or after arrival, more than once;
         # bounded, oldest dropped first.
         self._received: OrderedDict[str, Result] = OrderedDict()
@@ -214,6 +218,34 @@ class Client(Component):
             if future.done():
                 self._waiting.pop(task_id, None)
 
+    async def result_many(
+        self, task_ids: Sequence[str], timeout_s: float | None = None
+    ) -> list[Result]:
+        """The results (or errors) of `task_ids`, in their order, once all are in: what a
+        `submit_many` caller waits for, at the cost of one wait, not one per task."""
+        self._raise_if_broken()
+        self._require_reader()
+        awaited = _Awaited(asyncio.get_running_loop().create_future())
+        for task_id in dict.fromkeys(task_ids):
+            if task_id in self._received:
+                awaited.found[task_id] = self._received[task_id]
+            else:
+                awaited.missing += 1
+                self._awaited.setdefault(task_id, []).append(awaited)
+        try:
+            if awaited.missing:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(awaited.future)
+        finally:
+            if awaited.missing:  # timed out or cancelled: nothing is left waiting for us
+                for task_id in task_ids:
+                    others = self._awaited.get(task_id)
+                    if others is not None and awaited in others:
+                        others.remove(awaited)
+                        if not others:
+                            del self._awaited[task_id]
+        return [awaited.found[task_id] for task_id in task_ids]
+
     async def results(self, tenant: str | None = None) -> AsyncIterator[Result]:
         """Every result from now on (of one tenant, or all), as an async iterator."""
         self._require_reader()
@@ -247,6 +279,8 @@ class Client(Component):
         future = self._waiting.pop(result.task_id, None)
         if future is not None and not future.done():
             future.set_result(result)
+        for awaited in self._awaited.pop(result.task_id, ()):
+            awaited.arrived(result)
         self._received[result.task_id] = result
         if len(self._received) > self._received_limit:
             self._received.popitem(last=False)
@@ -261,6 +295,10 @@ class Client(Component):
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(error)
+        for waiters in self._awaited.values():
+            for awaited in waiters:
+                if not awaited.future.done():
+                    awaited.future.set_exception(error)
 
     def _raise_if_broken(self) -> None:
         if self._reader_error is not None:
@@ -274,6 +312,24 @@ class Client(Component):
         if self._publisher is None:
             raise RuntimeError("client is not started")
         return self._publisher
+
+
+class _Awaited:
+    """One `result_many` call: the results found so far, how many are missing, and the
+    future that is done when none is."""
+
+    __slots__ = ("found", "future", "missing")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.found: dict[str, Result] = {}
+        self.missing = 0
+        self.future = future
+
+    def arrived(self, result: Result) -> None:
+        self.found[result.task_id] = result
+        self.missing -= 1
+        if not self.missing and not self.future.done():
+            self.future.set_result(None)
 
 
 def _with_reply_to(request: InferenceRequest, reply_to: str) -> InferenceRequest:

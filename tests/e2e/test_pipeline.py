@@ -29,7 +29,7 @@ async def test_requests_from_three_tenants_complete_exactly_once(
     requests = [tiny_request(TENANTS[i % 3]) for i in range(2000)]
 
     ids = await client.submit_many(requests)
-    results = await asyncio.gather(*(client.result(i, timeout_s=120) for i in ids))
+    results = await client.result_many(ids, timeout_s=120)
 
     assert all(isinstance(r, InferenceResult) for r in results), [
         r for r in results if isinstance(r, ErrorResult)
