@@ -96,7 +96,10 @@ class HostPlan:
         tokenizes, runs_model = stage in ("preprocess", FUSED), stage in ("inference", FUSED)
         if tokenizes:
             threads["RAYON_NUM_THREADS"] = str(self.cpu_threads)  # the tokenizer's pool
-            threads["TOKENIZERS_PARALLELISM"] = "true" if self.cpu_threads > 1 else "false"
+            # A fused process with its model on the CPU tokenizes on its own thread: the
+            # model's threads have its cores (`service.tokenizer_threads`).
+            parallel = self.cpu_threads > 1 and not (stage == FUSED and not self.gpus)
+            threads["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
         if runs_model and not self.gpus:
             threads["CONVEYOR_RUNTIME__INTRA_OP_THREADS"] = str(self.inference_threads)
         # What the user set for every process stays theirs.

@@ -63,11 +63,12 @@ def test_fused_workers_share_the_cores_and_gpus_among_themselves(
     plan = plan_host(8, fused=2)
     assert plan.kinds == ("fused",)
     assert plan.count("fused") == 2
-    # 8 cores for 2 processes of 2 concurrent runs: 2 threads a run; 4 tokenizer threads each.
+    # 8 cores for 2 processes of 2 concurrent runs: 2 threads a run; the model's threads
+    # have the cores, so each tokenizes on its own thread.
     assert plan.environment("fused", 1) == {
         "OMP_NUM_THREADS": "1",
         "RAYON_NUM_THREADS": "4",
-        "TOKENIZERS_PARALLELISM": "true",
+        "TOKENIZERS_PARALLELISM": "false",
         "CONVEYOR_RUNTIME__INTRA_OP_THREADS": "2",
     }
     on_gpus = plan_host(16, gpus=(0, 1), fused=3)
@@ -77,6 +78,8 @@ def test_fused_workers_share_the_cores_and_gpus_among_themselves(
         "0",
     ]
     assert "CONVEYOR_RUNTIME__INTRA_OP_THREADS" not in on_gpus.environment("fused", 0)
+    # With the model on a GPU, the tokenizer's pool has the cores of its share.
+    assert on_gpus.environment("fused", 0)["TOKENIZERS_PARALLELISM"] == "true"
     with pytest.raises(ValueError, match="every count must be >= 1"):
         HostPlan(cores=4, preprocess=0, inference=0, postprocess=0, fused=-1)
 
