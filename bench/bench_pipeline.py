@@ -626,6 +626,8 @@ def cpu_table(title: str, cpu_s: dict[str, float], elapsed_s: float) -> list[str
     ]
     for name, seconds in sorted(cpu_s.items(), key=lambda item: -item[1]):
         lines.append(f"| {name} | {seconds:.1f} | {seconds / (cores * elapsed_s):.0%} |")
+    total = sum(cpu_s.values())
+    lines.append(f"| all of them | {total:.1f} | {total / (cores * elapsed_s):.0%} |")
     return lines
 
 
