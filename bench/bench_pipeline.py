@@ -93,7 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--overhead-only", action="store_true", help="skip (b), MiniLM")
     parser.add_argument("--no-fused", action="store_true", help="skip the fused worker")
     parser.add_argument(
-        "--fused-rounds", type=int, default=3, help="MiniLM fused runs, each between raw runs"
+        "--fused-rounds", type=int, default=5, help="MiniLM fused runs, each between raw runs"
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
