@@ -209,6 +209,15 @@ def test_every_service_is_up_and_healthy() -> None:
 
 
 @pytest.mark.usefixtures("stack")
+def test_the_broker_picks_its_jit_by_the_cores_it_has() -> None:
+    (kafka,) = containers("kafka")
+    cores = int(podman("exec", kafka, "nproc").stdout)
+    java = podman("exec", kafka, "cat", "/proc/1/cmdline").stdout.split("\0")
+    assert "kafka.Kafka" in java, java
+    assert ("-XX:TieredStopAtLevel=1" in java) == (cores <= 4), (cores, java)
+
+
+@pytest.mark.usefixtures("stack")
 def test_requests_from_three_tenants_are_all_done() -> None:
     results = asyncio.run(_send_demo_traffic())
     failed = [r for r in results if not isinstance(r, InferenceResult)]

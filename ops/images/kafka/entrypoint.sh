@@ -28,5 +28,14 @@ if [ ! -f "$log_dir/meta.properties" ]; then
   java "$log4j" -cp "$classpath" kafka.tools.StorageTool format \
     "--cluster-id=${CLUSTER_ID:-5L6g3nShT-eMCtK--X86sw}" -c "$properties"
 fi
-exec java "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true "$log4j" \
-  -cp "$classpath" kafka.Kafka "$properties"
+# The JVM's flags from KAFKA_JVM_PERFORMANCE_OPTS, as the official image reads them. By default
+# G1, and on up to 4 cores the client compiler only, as the native stack's `stack.kafka_jit`
+# auto picks: the optimizing compiler's threads take a small machine's cores from the
+# pipeline for minutes after a start (BENCHMARKS, "The broker's JIT on 2 cores").
+jvm_default="-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true"
+if [ "$(nproc)" -le 4 ]; then
+  jvm_default+=" -XX:TieredStopAtLevel=1"
+fi
+read -r -a jvm <<<"${KAFKA_JVM_PERFORMANCE_OPTS:-$jvm_default}"
+read -r -a extra <<<"${KAFKA_OPTS:-}"
+exec java "${heap[@]}" "${jvm[@]}" "${extra[@]}" "$log4j" -cp "$classpath" kafka.Kafka "$properties"
