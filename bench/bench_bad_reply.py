@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_pipeline import TINY_FEATURES, Deployment, private_stack
+from bench.bench_pipeline import TINY_FEATURES, Deployment, private_deployment
 from bench.report import BENCHMARKS, write_section
 from schemas import ErrorCode, ErrorResult, InferenceRequest, InferenceResult
 from workers.client import Client
@@ -106,11 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = Path(tmp)
         repository = root / "repository"
         build_tiny_classifier(repository, version=1, seed=0)
-        with private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid or 0 for s in stack.status()}
-            deployment = Deployment(stack, repository, root / "logs", pids)
-            with deployment.fleet({}):
-                runs = asyncio.run(_measure(deployment, count, rounds))
+        with private_deployment(root, repository) as deployment, deployment.fleet({}):
+            runs = asyncio.run(_measure(deployment, count, rounds))
     lines = table(runs, count)
     print("\n".join(lines))
     if not args.no_write:

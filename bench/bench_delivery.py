@@ -34,7 +34,7 @@ from bench.bench_pipeline import (
     burst,
     cpu_delta,
     cpu_snapshot,
-    private_stack,
+    private_deployment,
     tiny_requests,
 )
 from bench.report import BENCHMARKS, write_section
@@ -339,9 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = Path(root_name)
         repository = root / "repository"
         build_tiny_classifier(repository)
-        with private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = Deployment(stack, repository, root / "logs", pids)
+        with private_deployment(root, repository) as deployment:
             results = measure(deployment, options)
     markdown = report(results, options, load_start, os.getloadavg()[0])
     print(markdown)

@@ -38,7 +38,7 @@ from bench.bench_pipeline import (
     Deployment,
     _process_cpu_s,
     percentiles,
-    private_stack,
+    private_deployment,
     tiny_requests,
 )
 from bench.report import BENCHMARKS, write_section
@@ -482,9 +482,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = Path(root_name)
         repository = root / "repository"
         build_tiny_classifier(repository)
-        with private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = Deployment(stack, repository, root / "logs", pids)
+        with private_deployment(root, repository) as deployment:
             measured = _run(deployment, options)
     markdown = report(measured, options)
     print(markdown)

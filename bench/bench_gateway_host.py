@@ -44,7 +44,7 @@ from bench.bench_pipeline import (
     burst,
     cpu_delta,
     cpu_snapshot,
-    private_stack,
+    private_deployment,
     tiny_requests,
 )
 from bench.report import BENCHMARKS, write_section
@@ -165,15 +165,8 @@ def measure(options: Options, out_dir: Path | None) -> tuple[float, Window]:
         root = Path(root_name)
         repository = root / "repository"
         build_tiny_classifier(repository)
-        with private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = Deployment(
-                stack,
-                repository,
-                root / "logs",
-                pids,
-                partitions=max(options.fused_workers, 4),
-            )
+        partitions = max(options.fused_workers, 4)
+        with private_deployment(root, repository, partitions=partitions) as deployment:
             settings = _settings(deployment)
             key = asyncio.run(_add_key(settings))
             with deployment.fleet({FUSED: options.fused_workers}) as fleet:

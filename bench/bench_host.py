@@ -43,7 +43,13 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from bench import bench_model
-from bench.bench_pipeline import Deployment, cpu_delta, cpu_snapshot, percentiles, private_stack
+from bench.bench_pipeline import (
+    Deployment,
+    cpu_delta,
+    cpu_snapshot,
+    percentiles,
+    private_deployment,
+)
 from bench.bench_profile import SAMPLES_PER_S, StageProfile, load_profile
 from schemas import InferenceRequest, InferenceResult, decode_result
 from workers.client import Client
@@ -516,9 +522,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ).seq_per_s
             del model
         print(raw, flush=True)
-        with private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = Deployment(stack, repository, root / "logs", pids, providers=providers)
+        with private_deployment(root, repository, providers=providers) as deployment:
             runs = []
             best: tuple[float, HostPlan, Deployment] | None = None
             for text in args.layouts.split(","):

@@ -39,7 +39,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from bench import bench_model
-from bench.bench_pipeline import Deployment, percentiles, private_stack
+from bench.bench_pipeline import Deployment, percentiles, private_deployment
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
@@ -832,10 +832,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         version = bench_model.minilm_version(repository)
         tokenizer = bench_model.tokenizer_of(version)
         texts = bench_model.sentences(tokenizer, SEQUENCE_TOKENS, 512)
-        native = stack.enter_context(private_stack(root / "stack"))
-        pids = {s.name: s.pid for s in native.status() if s.pid is not None}
         providers = tuple(name.strip() for name in args.providers.split(","))
-        deployment = Deployment(native, repository, root / "logs", pids, providers=providers)
+        deployment = stack.enter_context(private_deployment(root, repository, providers=providers))
         if args.isolation_only:
             capacity = args.capacity or _capacity(deployment, texts, options)
             print(f"isolation at C = {capacity:,.0f} tasks/s", flush=True)

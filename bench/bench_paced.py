@@ -81,9 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="conveyor-paced-") as root_name:
         root = Path(root_name)
         build_tiny_classifier(root / "repository")
-        with bp.private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = bp.Deployment(stack, root / "repository", root / "logs", pids)
+        with bp.private_deployment(root, root / "repository") as deployment:
             for round_ in range(1, options.rounds + 1):
                 for name, env in variants.items():
                     deployment = deployment.fresh()

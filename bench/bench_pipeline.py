@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,6 +208,15 @@ class Deployment:
             yield fleet
         finally:
             fleet.stop_all()
+
+
+@contextlib.contextmanager
+def private_deployment(root: Path, repository: Path, **options: Any) -> Iterator[Deployment]:
+    """A private stack with its state under `root` and a first deployment on it (`options`:
+    `Deployment`'s fields past the first four); the stack stops on exit."""
+    with private_stack(root / "stack") as stack:
+        pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
+        yield Deployment(stack, repository, root / "logs", pids, **options)
 
 
 def stages_of(counts: dict[str, int]) -> tuple[str, ...]:
@@ -777,9 +787,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         repository = root / "repository"
         build_tiny_classifier(repository)
         bench_model.build_repository(repository)
-        with private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = Deployment(stack, repository, root / "logs", pids)
+        with private_deployment(root, repository) as deployment:
             print("(a) framework overhead", flush=True)
             overhead = measure_overhead(deployment, options)
             efficiency = None

@@ -200,9 +200,7 @@ def measure(
         else:
             build_tiny_classifier(repository)
             make = bp.tiny_requests(tasks)
-        with bp.private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = bp.Deployment(stack, repository, root / "logs", pids)
+        with bp.private_deployment(root, repository) as deployment:
             with deployment.fleet({FUSED: 1} if fused else {}) as fleet:
                 cpu = asyncio.run(_burst(deployment, fleet, tasks, root, make, rate_per_s))
             stages = [

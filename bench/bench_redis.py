@@ -74,9 +74,7 @@ def measure(tasks: int, ledger_states: str) -> RedisCost:
         repository = root / "repository"
         version = bench_model.build_repository(repository, encoder_layers=0)
         make = bp.text_requests(bench_model.sentences(bench_model.tokenizer_of(version), 32, 1024))
-        with bp.private_stack(root / "stack") as stack:
-            pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
-            deployment = bp.Deployment(stack, repository, root / "logs", pids)
+        with bp.private_deployment(root, repository) as deployment:
             env = {FUSED: {"CONVEYOR_REDIS__LEDGER_STATES": ledger_states}}
             with deployment.fleet({FUSED: 1}, extra_env=env):
                 return asyncio.run(_burst(deployment, make, tasks))
