@@ -53,9 +53,10 @@ from bench.bench_pipeline import (
 from bench.bench_profile import SAMPLES_PER_S, StageProfile, load_profile
 from schemas import InferenceRequest, InferenceResult, decode_result
 from workers.client import Client
+from workers.cores import available_cores
 from workers.kafka.admin import TopicSpec, ensure_topics
 from workers.models.builders import build_minilm, find_minilm_package_dir
-from workers.models.runtime import OnnxModel, RuntimeOptions, available_cores
+from workers.models.runtime import OnnxModel, RuntimeOptions
 from workers.names import Topics
 from workers.serve import HostPlan, plan_host
 from workers.settings import KafkaSettings

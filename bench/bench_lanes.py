@@ -43,9 +43,9 @@ from bench.bench_pipeline import Deployment, percentiles, private_deployment
 from bench.report import BENCHMARKS, write_section
 from schemas import InferenceRequest, InferenceResult
 from workers.client import Client, Result
+from workers.cores import available_cores
 from workers.fleet import FUSED, STAGES
 from workers.lanes.registry import TenantRegistry
-from workers.models.runtime import available_cores
 from workers.names import RedisKeys, Topics
 from workers.serve import plan_host
 from workers.settings import load_settings

@@ -173,7 +173,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.models.runtime import available_cores
+    from workers.cores import available_cores
     from workers.serve import plan_host, serve, visible_gpus
 
     if args.gpus is None:

@@ -30,7 +30,7 @@ def test_the_broker_compiles_quickly_where_cores_are_few(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr("workers.stack.native.available_cores", lambda: cores)
     options = NativeStack(StackConfig(state_dir=tmp_path, kafka_jit=jit))._jvm_options()
     assert (QUICK in options) is quick
     assert "-XX:+UseG1GC" in options

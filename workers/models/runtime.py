@@ -26,6 +26,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from workers.component import Component
+from workers.cores import available_cores
 from workers.models.cuda_wait import CudaWait, set_cuda_wait
 from workers.models.executor import PriorityExecutor
 from workers.models.ort_build import log_build
@@ -92,13 +93,6 @@ class RuntimeOptions:
             compute_nice=settings.compute_nice,
             inline_run_max_s=settings.inline_run_max_ms / 1000,
         )
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def choose_providers(preferred: tuple[str, ...], available: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from workers.cores import available_cores
 from workers.stack import probes, secure
 
 OPS_STACK_DIR = Path(__file__).resolve().parents[2] / "ops" / "stack"
@@ -61,7 +62,7 @@ class StackConfig:
     @property
     def kafka_quick_jit(self) -> bool:
         if self.kafka_jit == "auto":
-            return (os.cpu_count() or 1) <= 4
+            return available_cores() <= 4
         return self.kafka_jit == "quick"
 
     @property

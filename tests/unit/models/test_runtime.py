@@ -14,6 +14,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from workers.cores import available_cores
 from workers.models import runtime as runtime_module
 from workers.models.builders import build_tiny_classifier
 from workers.models.repository import FP16_FILENAME, ModelRepository, ModelVersion
@@ -267,7 +268,7 @@ def test_runtime_from_settings_shares_the_cores_among_general_runs() -> None:
     assert runtime_module.RuntimeOptions.from_settings(settings, cores=16).intra_op_threads == 8
     pinned = RuntimeSettings(intra_op_threads=3)
     assert runtime_module.RuntimeOptions.from_settings(pinned, cores=16).intra_op_threads == 3
-    assert runtime_module.available_cores() >= 1
+    assert available_cores() >= 1
 
 
 @pytest.fixture
