@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from workers.component import Component
 from workers.exits import ExitCode
 from workers.gateway.core import instance_name
 from workers.gateway.errors import port_taken
@@ -54,8 +55,9 @@ class _Child:
     started_s: float
 
 
-class GatewayProcesses:
-    """`processes` gateway processes on shared ports until `stop()`; see the module."""
+class GatewayProcesses(Component):
+    """`processes` gateway processes on shared ports from `start()` to `stop()`; see the
+    module."""
 
     def __init__(self, settings: Settings, http_port: int, grpc_port: int, metrics_dir: str):
         self.settings = settings
@@ -89,7 +91,7 @@ class GatewayProcesses:
         )
         return _Child(index, instance_id, process, time.monotonic())
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._children = [self._spawn(i) for i in range(self.settings.gateway.processes)]
 
     def request_stop(self) -> None:
@@ -165,14 +167,14 @@ async def run_gateway_processes(settings: Settings) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, processes.request_stop)
-            processes.start()
-            log.info(
-                "gateway: %d processes on http %d grpc %d", config.processes, http_port, grpc_port
-            )
-            try:
+            async with processes:
+                log.info(
+                    "gateway: %d processes on http %d grpc %d",
+                    config.processes,
+                    http_port,
+                    grpc_port,
+                )
                 code = await processes.run()
-            finally:
-                await processes.stop()
             log.info("gateway processes stopped (%d restarts)", processes.restarts)
             return int(code)
     finally:
